@@ -1,0 +1,210 @@
+"""The ``internvideo`` command line: run the coordinator, submit and watch jobs, make data."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import grpc
+
+DEFAULT_ADDRESS = os.environ.get("INTERNVIDEO_ADDRESS", "127.0.0.1:50051")
+
+
+def _state_name(value: int) -> str:
+    from protos.internvideo.v1 import jobs_pb2 as pb
+    return pb.JobState.Name(value).removeprefix("JOB_STATE_")
+
+
+def render_event(event, out=sys.stdout) -> None:
+    """One line per event; progress as a bar that redraws in place on a terminal."""
+    body = event.WhichOneof("body")
+    tty = out.isatty()
+    if body == "progress":
+        p = event.progress
+        width = 30
+        done = int(width * p.step / max(1, p.total_steps))
+        line = (f"[{'#' * done}{'.' * (width - done)}] step {p.step}/{p.total_steps} loss {p.loss:.4f} "
+                f"{p.clips_per_second:.1f} clips/s data-wait {100 * p.data_wait_fraction:.0f}%")
+        out.write(("\r" + line) if tty else line + "\n")
+    else:
+        if tty:
+            out.write("\n")
+        if body == "state_changed":
+            s = event.state_changed
+            out.write(f"state → {_state_name(s.to_state)}{': ' + s.message if s.message else ''}\n")
+        elif body == "checkpoint":
+            out.write(f"checkpoint at step {event.checkpoint.step}: {event.checkpoint.path}\n")
+        elif body == "skipped_video":
+            v = event.skipped_video
+            out.write(f"skipped video {v.path} ({v.reason}): {v.detail}\n")
+        elif body == "result":
+            metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(event.result.metrics.items()))
+            out.write(f"result: {metrics}\n")
+    out.flush()
+
+
+def _job_summary(job) -> dict:
+    return {"job_id": job.job_id, "name": job.name, "kind": job.kind, "state": _state_name(job.state),
+            "message": job.message, "world_size": job.world_size,
+            "progress": {"step": job.progress.step, "total_steps": job.progress.total_steps,
+                         "loss": job.progress.loss},
+            "result": dict(job.result.metrics), "final_checkpoint": job.result.final_checkpoint,
+            "checkpoints": [c.path for c in job.checkpoints],
+            "skipped_videos": [{"path": v.path, "reason": v.reason, "count": v.count} for v in job.skipped_videos]}
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from coordinator.server import ServeOptions, serve
+    host, _, port = args.listen.rpartition(":")
+    return serve(ServeOptions(host=host, port=int(port), metrics_port=args.metrics_port,
+                              state_dir=Path(args.state_dir).expanduser(), ray_address=args.ray_address,
+                              num_cpus=args.num_cpus))
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from coordinator.client import JobClient, read_config
+    with JobClient(args.address) as client:
+        job = client.submit(args.kind, read_config(args.config), args.set, min_workers=args.min_workers,
+                            max_workers=args.max_workers, priority=args.priority, name=args.name,
+                            request_id=args.request_id)
+        print(job.job_id)
+        if args.watch:
+            return cmd_watch(argparse.Namespace(address=args.address, job_id=job.job_id))
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from coordinator.client import JobClient
+    from protos.internvideo.v1 import jobs_pb2 as pb
+    states = [pb.JobState.Value(f"JOB_STATE_{s.upper()}") for s in args.state]
+    with JobClient(args.address) as client:
+        token = ""
+        while True:
+            page = client.list(states=states, kinds=args.kind, page_token=token)
+            for job in page.jobs:
+                print(f"{job.job_id}  {job.kind:<14} {_state_name(job.state):<10} "
+                      f"step {job.progress.step}/{job.progress.total_steps}  {job.message}")
+            token = page.next_page_token
+            if not token:
+                return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from coordinator.client import JobClient
+    with JobClient(args.address) as client:
+        print(json.dumps(_job_summary(client.get(args.job_id)), indent=2))
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from coordinator.client import JobClient
+    with JobClient(args.address) as client:
+        for event in client.watch(args.job_id):
+            render_event(event)
+        job = client.get(args.job_id)
+    print(f"job {job.job_id}: {_state_name(job.state)} {job.message}")
+    return 0 if _state_name(job.state) == "SUCCEEDED" else 1
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from coordinator.client import JobClient
+    with JobClient(args.address) as client:
+        job = client.cancel(args.job_id)
+    print(f"job {job.job_id}: {_state_name(job.state)} {job.message}")
+    return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from google.protobuf.json_format import MessageToDict
+    from coordinator.client import JobClient
+    with JobClient(args.address) as client:
+        print(json.dumps(MessageToDict(client.cluster()), indent=2))
+    return 0
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from internvideo.data.synthetic import write_synthetic_dataset
+    ds = write_synthetic_dataset(args.out_dir, num_videos=args.num_videos, num_frames=args.num_frames,
+                                 size=args.size, seed=args.seed)
+    print(f"wrote {args.num_videos} videos to {ds.root}\n  train list: {ds.train_list}\n  val list:   {ds.val_list}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from coordinator.demo import run_demo
+    return run_demo(Path(args.workdir))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="internvideo", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def client_command(name: str, fn, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--address", default=DEFAULT_ADDRESS, help="coordinator host:port")
+        p.set_defaults(fn=fn)
+        return p
+
+    p = sub.add_parser("serve", help="run the coordinator (embedded Ray + SQLite by default)")
+    p.add_argument("--listen", default="127.0.0.1:50051", help="host:port for the gRPC API")
+    p.add_argument("--metrics-port", type=int, default=9464)
+    p.add_argument("--state-dir", default="~/.internvideo", help="SQLite job store and checkpoints")
+    p.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting one")
+    p.add_argument("--num-cpus", type=int, default=None, help="logical CPU slots of the embedded Ray")
+    p.set_defaults(fn=cmd_serve)
+
+    p = client_command("submit", cmd_submit, "submit a job")
+    p.add_argument("kind", help="job kind, e.g. pretrain-mae")
+    p.add_argument("--config", required=True, help="YAML file or preset name (tiny-cpu, vit-b)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--min-workers", type=int, default=1)
+    p.add_argument("--max-workers", type=int, default=0)
+    p.add_argument("--priority", type=int, default=0)
+    p.add_argument("--name", default="")
+    p.add_argument("--request-id", default=None, help="idempotency key (default: random)")
+    p.add_argument("--watch", action="store_true", help="stream progress until the job ends")
+
+    p = client_command("jobs", cmd_jobs, "list jobs")
+    p.add_argument("--state", action="append", default=[], help="filter by state (repeatable)")
+    p.add_argument("--kind", action="append", default=[], help="filter by kind (repeatable)")
+
+    for name, fn, help_ in (("status", cmd_status, "show one job"), ("watch", cmd_watch, "stream a job's events"),
+                            ("cancel", cmd_cancel, "cancel a job")):
+        client_command(name, fn, help_).add_argument("job_id")
+    client_command("cluster", cmd_cluster, "nodes, free trainer slots, running jobs")
+
+    data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("synth", help="write a synthetic video dataset (H.264 mp4 + lists)")
+    p.add_argument("out_dir")
+    p.add_argument("--num-videos", type=int, default=64)
+    p.add_argument("--num-frames", type=int, default=32)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_data_synth)
+
+    p = sub.add_parser("demo", help="serve, make data, run a tiny pretraining job end to end")
+    p.add_argument("--workdir", default=".demo")
+    p.set_defaults(fn=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose or args.command == "serve" else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.fn(args)
+    except grpc.RpcError as err:
+        print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

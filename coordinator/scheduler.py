@@ -1,0 +1,140 @@
+"""Admits queued jobs first-in first-out, each as a gang that fits the free capacity.
+
+Capacity is the cluster's Ray resources minus what running jobs reserved; a job's
+reservation is its trainer gang plus its decode pool. The head of the queue blocks the
+jobs behind it (strict FIFO), so a large job is not starved by small ones.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+from coordinator.runner import JobRunner, RunnerSettings, resource_demand
+from coordinator.state import InvalidTransition, JobState
+from coordinator.store import JobRecord, JobStore
+from internvideo.tasks.pretrain_mae import PretrainMAEConfig
+
+log = logging.getLogger(__name__)
+
+
+class Scheduler:
+    def __init__(self, store: JobStore, settings: RunnerSettings,
+                 cluster_resources: Callable[[], dict[str, float]], tick_s: float = 1.0) -> None:
+        self.store, self.settings = store, settings
+        self.cluster_resources = cluster_resources
+        self.tick_s = tick_s
+        self.runners: dict[str, JobRunner] = {}
+        self._lock = threading.RLock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        self._fail_orphans()
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout_s)
+        with self._lock:
+            runners = list(self.runners.values())
+        for runner in runners:
+            runner.interrupt("the coordinator shut down while the job was running")
+        for runner in runners:
+            runner.join(timeout_s)
+
+    def active_runners(self) -> list[JobRunner]:
+        with self._lock:
+            return list(self.runners.values())
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 — the scheduler must outlive any one bad tick
+                log.exception("scheduler tick failed")
+            self._wake.wait(self.tick_s)
+            self._wake.clear()
+
+    def _fail_orphans(self) -> None:
+        """Jobs that were active when a previous coordinator died have no actors any more."""
+        active = [s for s in JobState if s.active]
+        jobs, _ = self.store.list_jobs(states=active, limit=1_000_000)
+        for job in jobs:
+            checkpoints = self.store.checkpoints(job.job_id)
+            hint = f"; last committed checkpoint: {checkpoints[-1].path}" if checkpoints else ""
+            self.store.transition(job.job_id, JobState.FAILED,
+                                  f"the coordinator restarted while the job was {job.state.value}{hint}",
+                                  world_size=0)
+
+    # -- admission ------------------------------------------------------------------------
+    def free_resources(self) -> dict[str, float]:
+        free = dict(self.cluster_resources())
+        with self._lock:
+            for runner in self.runners.values():
+                for key, amount in runner.demand.items():
+                    free[key] = free.get(key, 0.0) - amount
+        return free
+
+    def tick(self) -> None:
+        queued, _ = self.store.list_jobs(states=[JobState.QUEUED], limit=1_000)
+        free = self.free_resources()
+        for job in queued:
+            if self._stop.is_set():
+                return
+            world = self._fitting_world_size(job, free)
+            if world is None:
+                self._note_waiting(job, free)
+                return  # strict FIFO: nothing jumps the head of the queue
+            runner = JobRunner(self.store, job, world, self.settings, on_exit=self._runner_exited)
+            with self._lock:  # atomic with cancel(): a job is either still QUEUED or has its runner
+                try:
+                    self.store.transition(job.job_id, JobState.STARTING, f"starting {world} workers",
+                                          world_size=world)
+                except InvalidTransition:
+                    continue  # cancelled since the queue was read
+                self.runners[job.job_id] = runner
+            for key, amount in runner.demand.items():
+                free[key] = free.get(key, 0.0) - amount
+            runner.start()
+
+    def _fitting_world_size(self, job: JobRecord, free: dict[str, float]) -> int | None:
+        config = PretrainMAEConfig.model_validate(job.config)
+        sizes = [w for w in config.valid_world_sizes(job.min_workers, job.max_workers)
+                 if all(free.get(k, 0.0) >= v - 1e-9
+                        for k, v in resource_demand(config, w, self.settings.trainer_bundle).items())]
+        return max(sizes) if sizes else None
+
+    def _note_waiting(self, job: JobRecord, free: dict[str, float]) -> None:
+        config = PretrainMAEConfig.model_validate(job.config)
+        need = resource_demand(config, job.min_workers, self.settings.trainer_bundle)
+        short = ", ".join(f"{k} {v:g} (free {max(0.0, free.get(k, 0.0)):g})" for k, v in sorted(need.items())
+                          if free.get(k, 0.0) < v)
+        message = f"waiting for resources: needs {short}"
+        if job.message != message:
+            self.store.update_job(job.job_id, message=message)
+
+    def _runner_exited(self, runner: JobRunner) -> None:
+        with self._lock:
+            self.runners.pop(runner.job_id, None)
+        self.wake()
+
+    # -- requests -------------------------------------------------------------------------
+    def cancel(self, job_id: str, wait_s: float = 30.0) -> JobRecord:
+        """Cancel a job; waits (up to ``wait_s``) for a running one to release its actors."""
+        job = self.store.get_job(job_id)
+        if job.state.terminal:
+            raise InvalidTransition(f"job {job_id} already ended ({job.state.value}); nothing to cancel")
+        with self._lock:
+            runner = self.runners.get(job_id)
+            if runner is None:
+                return self.store.transition(job_id, JobState.CANCELLED, "cancelled by request")
+        runner.cancel()
+        runner.join(wait_s)
+        return self.store.get_job(job_id)

@@ -1,0 +1,106 @@
+"""``internvideo serve``: the coordinator process (gRPC API, scheduler, store, metrics)."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import ray
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from coordinator.metrics import serve_coordinator_metrics
+from coordinator.runner import RunnerSettings
+from coordinator.scheduler import Scheduler
+from coordinator.service import JobService
+from coordinator.store import JobStore
+from protos.internvideo.v1 import jobs_pb2 as pb
+from protos.internvideo.v1 import jobs_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["JobService"].full_name
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_port: int = 9464
+    state_dir: Path = Path("~/.internvideo").expanduser()
+    ray_address: str | None = None  # None: start Ray in this process (the embedded default)
+    num_cpus: int | None = None     # embedded Ray's logical CPUs (default: max(4, cores))
+    start_timeout_s: float = 300.0
+
+
+def start_ray(options: ServeOptions) -> None:
+    if options.ray_address:
+        ray.init(address=options.ray_address, namespace="internvideo", log_to_driver=False)
+        return
+    # Logical CPU slots, not cores: a trainer and a decode worker each hold one, and the
+    # demo's 2 + 2 must fit on a 2-core laptop (they time-share the cores).
+    num_cpus = options.num_cpus or max(4, os.cpu_count() or 1)
+    ray.init(num_cpus=num_cpus, namespace="internvideo", include_dashboard=False, log_to_driver=False,
+             _node_ip_address=options.host if options.host.startswith("127.") else None)
+
+
+def cluster_resources() -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for node in ray.nodes():
+        if node["Alive"]:
+            for key in ("CPU", "GPU"):
+                totals[key] = totals.get(key, 0.0) + node["Resources"].get(key, 0.0)
+    return totals
+
+
+def trainer_bundle() -> dict[str, float]:
+    """One GPU per trainer on a GPU cluster; one CPU slot per trainer on the CPU-only default."""
+    return {"GPU": 1.0, "CPU": 1.0} if cluster_resources().get("GPU") else {"CPU": 1.0}
+
+
+def build_server(service: JobService, host: str, port: int) -> tuple[grpc.Server, int, health.HealthServicer]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=64))
+    pb_grpc.add_JobServiceServicer_to_server(service, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen on {host}:{port}")
+    return server, bound, health_servicer
+
+
+def serve(options: ServeOptions) -> int:
+    options.state_dir.mkdir(parents=True, exist_ok=True)
+    store = JobStore(options.state_dir / "jobs.sqlite")
+    start_ray(options)
+    settings = RunnerSettings(state_dir=options.state_dir, trainer_bundle=trainer_bundle(),
+                              start_timeout_s=options.start_timeout_s)
+    scheduler = Scheduler(store, settings, cluster_resources)
+    scheduler.start()
+    metrics_port = serve_coordinator_metrics(store, options.host, options.metrics_port)
+    server, port, health_servicer = build_server(JobService(store, scheduler), options.host, options.port)
+    server.start()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving on %s:%d (metrics on :%d, state in %s, trainers use %s)",
+             options.host, port, metrics_port, options.state_dir, settings.trainer_bundle)
+    print(f"internvideo coordinator listening on {options.host}:{port}; metrics on {options.host}:{metrics_port}",
+          flush=True)
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    log.info("shutting down")
+    health_servicer.enter_graceful_shutdown()
+    server.stop(grace=5).wait()
+    scheduler.stop()
+    store.close()
+    ray.shutdown()
+    return 0

@@ -1,0 +1,316 @@
+"""Job records, their event history and checkpoints, in SQLite (the embedded default).
+
+One connection guarded by a lock: the coordinator's writes are small and few (a
+progress row per step at most), and WAL mode keeps readers from blocking. Watchers
+wait on ``changed`` instead of polling the database in a tight loop.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from coordinator.state import JobState, check_transition
+
+# Each entry moves the schema one version up; PRAGMA user_version records how far a file is.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE jobs (
+        job_id       TEXT PRIMARY KEY,
+        request_id   TEXT UNIQUE,
+        name         TEXT NOT NULL,
+        kind         TEXT NOT NULL,
+        state        TEXT NOT NULL,
+        message      TEXT NOT NULL DEFAULT '',
+        config_json  TEXT NOT NULL,
+        min_workers  INTEGER NOT NULL,
+        max_workers  INTEGER NOT NULL,
+        world_size   INTEGER NOT NULL DEFAULT 0,
+        priority     INTEGER NOT NULL DEFAULT 0,
+        progress_json TEXT NOT NULL DEFAULT '{}',
+        result_json  TEXT NOT NULL DEFAULT '{}',
+        created_at   REAL NOT NULL,
+        updated_at   REAL NOT NULL
+    );
+    CREATE INDEX jobs_state ON jobs(state);
+    CREATE TABLE events (
+        job_id  TEXT NOT NULL REFERENCES jobs(job_id),
+        seq     INTEGER NOT NULL,
+        time    REAL NOT NULL,
+        type    TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        PRIMARY KEY (job_id, seq)
+    );
+    CREATE TABLE checkpoints (
+        job_id     TEXT NOT NULL REFERENCES jobs(job_id),
+        step       INTEGER NOT NULL,
+        path       TEXT NOT NULL,
+        world_size INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (job_id, step)
+    );
+    CREATE TABLE skipped_videos (
+        job_id TEXT NOT NULL REFERENCES jobs(job_id),
+        path   TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        count  INTEGER NOT NULL,
+        PRIMARY KEY (job_id, path)
+    );
+    """,
+)
+
+
+class JobNotFound(KeyError):
+    pass
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a client asked for, after validation."""
+
+    kind: str
+    config: dict[str, Any]
+    min_workers: int
+    max_workers: int
+    priority: int = 0
+    name: str = ""
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    job_id: str
+    request_id: str
+    name: str
+    kind: str
+    state: JobState
+    message: str
+    config: dict[str, Any]
+    min_workers: int
+    max_workers: int
+    world_size: int
+    priority: int
+    progress: dict[str, Any]
+    result: dict[str, Any]
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    job_id: str
+    seq: int
+    time: float
+    type: str  # state | progress | checkpoint | skipped_video | result
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    job_id: str
+    step: int
+    path: str
+    world_size: int
+    created_at: float
+
+
+@dataclass(frozen=True)
+class SkippedVideoRecord:
+    path: str
+    reason: str
+    detail: str
+    count: int
+
+
+class JobStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._lock = threading.RLock()
+        self.changed = threading.Condition(self._lock)
+        self._migrate()
+
+    # -- schema -------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        with self._lock:
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise RuntimeError(f"{self.path} has schema version {version}, newer than this code "
+                                   f"({len(MIGRATIONS)}); upgrade internvideo-on-ray")
+            for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                self._db.executescript(f"BEGIN; {script}; PRAGMA user_version = {target}; COMMIT;")
+
+    @property
+    def schema_version(self) -> int:
+        with self._lock:
+            return self._db.execute("PRAGMA user_version").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- writes -------------------------------------------------------------------------
+    def _write(self, fn) -> Any:
+        """Run ``fn(db)`` in one transaction and wake every watcher."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                out = fn(self._db)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            self.changed.notify_all()
+            return out
+
+    def create_job(self, spec: JobSpec) -> tuple[JobRecord, bool]:
+        """Store a QUEUED job; returns ``(job, created)``. A known request_id returns its job."""
+        def create(db: sqlite3.Connection) -> tuple[str, bool]:
+            if spec.request_id:
+                row = db.execute("SELECT job_id FROM jobs WHERE request_id = ?", (spec.request_id,)).fetchone()
+                if row:
+                    return row["job_id"], False
+            job_id = f"job-{uuid.uuid4().hex[:12]}"
+            now = time.time()
+            db.execute(
+                "INSERT INTO jobs (job_id, request_id, name, kind, state, config_json, min_workers,"
+                " max_workers, priority, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (job_id, spec.request_id or None, spec.name or job_id, spec.kind, JobState.QUEUED.value,
+                 json.dumps(spec.config), spec.min_workers, spec.max_workers, spec.priority, now, now))
+            self._append(db, job_id, "state", {"from": "", "to": JobState.QUEUED.value, "message": "submitted"})
+            return job_id, True
+
+        job_id, created = self._write(create)
+        return self.get_job(job_id), created
+
+    def transition(self, job_id: str, new: JobState, message: str = "", **columns: Any) -> JobRecord:
+        """Change a job's state (checked by the state machine) and record the event atomically."""
+        def change(db: sqlite3.Connection) -> None:
+            current = self._row(db, job_id)["state"]
+            check_transition(JobState(current), new)
+            self._update(db, job_id, state=new.value, message=message, **columns)
+            self._append(db, job_id, "state", {"from": current, "to": new.value, "message": message})
+
+        self._write(change)
+        return self.get_job(job_id)
+
+    def update_job(self, job_id: str, **columns: Any) -> None:
+        self._write(lambda db: self._update(db, job_id, **columns))
+
+    def record_progress(self, job_id: str, progress: dict[str, Any]) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            self._update(db, job_id, progress=progress)
+            self._append(db, job_id, "progress", progress)
+
+        self._write(write)
+
+    def record_checkpoint(self, job_id: str, step: int, path: str, world_size: int) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,?)",
+                       (job_id, step, path, world_size, time.time()))
+            self._append(db, job_id, "checkpoint", {"step": step, "path": path, "world_size": world_size})
+
+        self._write(write)
+
+    def record_skipped(self, job_id: str, path: str, reason: str, detail: str) -> None:
+        """Count a skipped video; the first skip of a path is also an event."""
+        def write(db: sqlite3.Connection) -> None:
+            cur = db.execute("UPDATE skipped_videos SET count = count + 1 WHERE job_id = ? AND path = ?",
+                             (job_id, path))
+            if cur.rowcount == 0:
+                db.execute("INSERT INTO skipped_videos VALUES (?,?,?,?,1)", (job_id, path, reason, detail))
+                self._append(db, job_id, "skipped_video", {"path": path, "reason": reason, "detail": detail})
+
+        self._write(write)
+
+    def record_result(self, job_id: str, result: dict[str, Any]) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            self._update(db, job_id, result=result)
+            self._append(db, job_id, "result", result)
+
+        self._write(write)
+
+    _JSON_COLUMNS = {"progress": "progress_json", "result": "result_json"}
+
+    def _update(self, db: sqlite3.Connection, job_id: str, **columns: Any) -> None:
+        self._row(db, job_id)
+        sets = {self._JSON_COLUMNS.get(k, k): (json.dumps(v) if k in self._JSON_COLUMNS else v)
+                for k, v in columns.items()}
+        sets["updated_at"] = time.time()
+        db.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in sets)} WHERE job_id = ?",
+                   (*sets.values(), job_id))
+
+    @staticmethod
+    def _append(db: sqlite3.Connection, job_id: str, type_: str, payload: dict[str, Any]) -> None:
+        seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?", (job_id,)).fetchone()[0]
+        db.execute("INSERT INTO events VALUES (?,?,?,?,?)", (job_id, seq, time.time(), type_, json.dumps(payload)))
+
+    # -- reads --------------------------------------------------------------------------
+    @staticmethod
+    def _row(db: sqlite3.Connection, job_id: str) -> sqlite3.Row:
+        row = db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(job_id)
+        return row
+
+    @staticmethod
+    def _to_record(row: sqlite3.Row) -> JobRecord:
+        return JobRecord(
+            job_id=row["job_id"], request_id=row["request_id"] or "", name=row["name"], kind=row["kind"],
+            state=JobState(row["state"]), message=row["message"], config=json.loads(row["config_json"]),
+            min_workers=row["min_workers"], max_workers=row["max_workers"], world_size=row["world_size"],
+            priority=row["priority"], progress=json.loads(row["progress_json"]),
+            result=json.loads(row["result_json"]), created_at=row["created_at"], updated_at=row["updated_at"])
+
+    def get_job(self, job_id: str) -> JobRecord:
+        with self._lock:
+            return self._to_record(self._row(self._db, job_id))
+
+    def list_jobs(self, states: Iterable[JobState] = (), kinds: Iterable[str] = (),
+                  after_rowid: int = 0, limit: int = 50) -> tuple[list[JobRecord], int]:
+        """Jobs in submission order after ``after_rowid``; returns them and the last rowid read."""
+        states, kinds = [s.value for s in states], list(kinds)
+        sql, args = "SELECT rowid, * FROM jobs WHERE rowid > ?", [after_rowid]
+        if states:
+            sql += f" AND state IN ({','.join('?' * len(states))})"
+            args += states
+        if kinds:
+            sql += f" AND kind IN ({','.join('?' * len(kinds))})"
+            args += kinds
+        sql += " ORDER BY rowid LIMIT ?"
+        args.append(limit)
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return [self._to_record(r) for r in rows], (rows[-1]["rowid"] if rows else after_rowid)
+
+    def events_after(self, job_id: str, seq: int) -> list[JobEvent]:
+        with self._lock:
+            self._row(self._db, job_id)
+            rows = self._db.execute("SELECT * FROM events WHERE job_id = ? AND seq > ? ORDER BY seq",
+                                    (job_id, seq)).fetchall()
+        return [JobEvent(r["job_id"], r["seq"], r["time"], r["type"], json.loads(r["payload"])) for r in rows]
+
+    def checkpoints(self, job_id: str) -> list[CheckpointRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM checkpoints WHERE job_id = ? ORDER BY step", (job_id,)).fetchall()
+        return [CheckpointRecord(r["job_id"], r["step"], r["path"], r["world_size"], r["created_at"]) for r in rows]
+
+    def skipped_videos(self, job_id: str) -> list[SkippedVideoRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM skipped_videos WHERE job_id = ? ORDER BY path", (job_id,)).fetchall()
+        return [SkippedVideoRecord(r["path"], r["reason"], r["detail"], r["count"]) for r in rows]
+
+    def count_by_state(self) -> dict[JobState, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
+        return {JobState(r["state"]): r["n"] for r in rows}

@@ -1,0 +1,74 @@
+"""Turns a SubmitJob request into a validated JobSpec, or says which field is wrong."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from coordinator.store import JobSpec
+from internvideo.tasks import JOB_CONFIGS
+
+
+class InvalidSubmission(ValueError):
+    """A bad request; ``field`` names what to fix (gRPC: INVALID_ARGUMENT)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def parse_config(text: str) -> dict[str, Any]:
+    try:
+        config = yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError as err:
+        raise InvalidSubmission("config_yaml", f"not valid YAML: {err}") from None
+    if not isinstance(config, dict):
+        raise InvalidSubmission("config_yaml", "must be a mapping of sections (model, data, train)")
+    return config
+
+
+def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``a.b=value`` sets config[a][b]; the value is read as YAML (so 3 is an int, [1,2] a list)."""
+    config = json.loads(json.dumps(config))  # a deep copy
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidSubmission("overrides", f"{item!r} is not key=value")
+        *parents, leaf = key.strip().split(".")
+        node = config
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise InvalidSubmission(f"config.{key}", f"{part} is not a section")
+        try:
+            node[leaf] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise InvalidSubmission(f"config.{key}", f"value is not valid YAML: {err}") from None
+    return config
+
+
+def validate_submission(*, kind: str, config_text: str, overrides: list[str], min_workers: int,
+                        max_workers: int, priority: int = 0, name: str = "", request_id: str = "") -> JobSpec:
+    if kind not in JOB_CONFIGS:
+        raise InvalidSubmission("kind", f"unknown job kind {kind!r}; known: {', '.join(sorted(JOB_CONFIGS))}")
+    if min_workers < 1:
+        raise InvalidSubmission("min_workers", f"must be at least 1, got {min_workers}")
+    max_workers = max_workers or min_workers
+    if max_workers < min_workers:
+        raise InvalidSubmission("max_workers", f"must be ≥ min_workers ({min_workers}), got {max_workers}")
+    raw = apply_overrides(parse_config(config_text), overrides)
+    try:
+        config = JOB_CONFIGS[kind].model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in ("config", *first["loc"]))
+        raise InvalidSubmission(field, first["msg"]) from None
+    if not config.valid_world_sizes(min_workers, max_workers):
+        raise InvalidSubmission(
+            "config.train.global_batch",
+            f"{config.train.global_batch} cannot be split into micro-batches of {config.train.micro_batch} "
+            f"over any world size in [{min_workers}, {max_workers}]")
+    return JobSpec(kind=kind, config=config.model_dump(mode="json"), min_workers=min_workers,
+                   max_workers=max_workers, priority=priority, name=name, request_id=request_id)

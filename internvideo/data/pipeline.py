@@ -1,0 +1,89 @@
+"""What a decode worker runs for one VideoMAE pretraining sample."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from internvideo.data.decode import read_clip
+from internvideo.data.lists import VideoRecord
+from internvideo.data.masking import tube_mask
+from internvideo.data.sampling import dense_indices
+from internvideo.data.transforms import multi_scale_crop
+
+__all__ = ["PretrainClipSpec", "PretrainClip", "sample_rng", "load_pretrain_clip"]
+
+
+@dataclass(frozen=True)
+class PretrainClipSpec:
+    """Shape and randomness of a pretraining sample (VideoMAE defaults: 16, 4, 224, 16, 2, 0.9)."""
+
+    num_frames: int
+    sampling_rate: int
+    input_size: int
+    patch_size: int
+    tubelet_size: int
+    mask_ratio: float
+    seed: int
+
+    def __post_init__(self) -> None:
+        if min(self.num_frames, self.sampling_rate, self.input_size, self.patch_size, self.tubelet_size) < 1:
+            raise ValueError(f"all sizes must be >= 1: {self}")
+        if self.num_frames % self.tubelet_size:
+            raise ValueError(f"num_frames {self.num_frames} not divisible by tubelet_size {self.tubelet_size}")
+        if self.input_size % self.patch_size:
+            raise ValueError(f"input_size {self.input_size} not divisible by patch_size {self.patch_size}")
+        if not 0.0 <= self.mask_ratio <= 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1], got {self.mask_ratio}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+
+    @property
+    def token_grid(self) -> tuple[int, int, int]:
+        """(T / tubelet, S / patch, S / patch)."""
+        side = self.input_size // self.patch_size
+        return self.num_frames // self.tubelet_size, side, side
+
+    @property
+    def num_tokens(self) -> int:
+        t, h, w = self.token_grid
+        return t * h * w
+
+
+@dataclass
+class PretrainClip:
+    """One pretraining sample as it travels to the trainer."""
+
+    video: np.ndarray  # uint8 (T, S, S, 3)
+    mask: np.ndarray  # bool (N,), N = T/tubelet * (S/patch)**2, True = masked
+    label: int
+
+
+def sample_rng(seed: int, epoch: int, sample_id: int) -> np.random.Generator:
+    """The one generator behind every random choice of a sample."""
+    return np.random.default_rng([seed, epoch, sample_id])
+
+
+def load_pretrain_clip(
+    record: VideoRecord, spec: PretrainClipSpec, epoch: int, sample_id: int
+) -> PretrainClip:
+    """Decode, crop and mask one sample; a pure function of (seed, epoch, sample_id).
+
+    Draw order from the single generator is fixed: start frame, crop box
+    (scale pair, then offset), tube mask. Changing that order changes every
+    sample of every run, so keep it.
+
+    Raises:
+        DecodeError: the video is missing, empty, corrupt or too short.
+    """
+    if epoch < 0 or sample_id < 0:
+        raise ValueError(f"epoch={epoch} and sample_id={sample_id} must be >= 0")
+    rng = sample_rng(spec.seed, epoch, sample_id)
+    clip = read_clip(
+        record.path,
+        lambda n: dense_indices(n, spec.num_frames, spec.sampling_rate, rng),
+    )  # (T, H, W, 3)
+    video = multi_scale_crop(clip, spec.input_size, rng=rng)  # (T, S, S, 3)
+    mask = tube_mask(*spec.token_grid, spec.mask_ratio, rng)  # (N,)
+    return PretrainClip(video=video, mask=mask, label=int(record.label))

@@ -1,0 +1,182 @@
+"""Video ViT backbone: the encoder of VideoMAE (and of InternVideo's video branch).
+
+Semantics follow the official VideoMAE ``PretrainVisionTransformerEncoder``:
+tubelet patch embedding, a fixed sine-cosine position table, pre-norm blocks
+that see only the visible (unmasked) tokens, and a final LayerNorm.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from internvideo.models.layers import LAYER_NORM_EPS, Block, PatchEmbed3D, sinusoid_position_table
+
+
+class ViTConfig(BaseModel):
+    """Shape and regularisation of a video ViT."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    embed_dim: int = Field(gt=0)
+    depth: int = Field(gt=0)
+    num_heads: int = Field(gt=0)
+    mlp_ratio: float = Field(default=4.0, gt=0)
+    qkv_bias: bool = True
+    patch_size: int = Field(default=16, gt=0)
+    tubelet_size: int = Field(default=2, gt=0)
+    in_chans: int = Field(default=3, gt=0)
+    img_size: int = Field(default=224, gt=0)
+    num_frames: int = Field(default=16, gt=0)
+    drop_path_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
+    init_values: float = Field(default=0.0, ge=0.0)
+    use_checkpoint: bool = False
+
+    # The divisibility checks hang on the later field of each pair, so that the
+    # earlier one is already validated and available in ``info.data``.
+    @field_validator("num_heads")
+    @classmethod
+    def _heads_divide_embed_dim(cls, v: int, info: ValidationInfo) -> int:
+        embed_dim = info.data.get("embed_dim")
+        if embed_dim is not None and embed_dim % v != 0:
+            raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({v})")
+        return v
+
+    @field_validator("img_size")
+    @classmethod
+    def _patch_divides_img_size(cls, v: int, info: ValidationInfo) -> int:
+        patch_size = info.data.get("patch_size")
+        if patch_size is not None and v % patch_size != 0:
+            raise ValueError(f"img_size ({v}) must be divisible by patch_size ({patch_size})")
+        return v
+
+    @field_validator("num_frames")
+    @classmethod
+    def _tubelet_divides_num_frames(cls, v: int, info: ValidationInfo) -> int:
+        tubelet_size = info.data.get("tubelet_size")
+        if tubelet_size is not None and v % tubelet_size != 0:
+            raise ValueError(f"num_frames ({v}) must be divisible by tubelet_size ({tubelet_size})")
+        return v
+
+    @property
+    def grid_size(self) -> tuple[int, int, int]:
+        """Token grid (T', H', W') after tubelet embedding."""
+        side = self.img_size // self.patch_size
+        return (self.num_frames // self.tubelet_size, side, side)
+
+    @property
+    def num_patches(self) -> int:
+        t, h, w = self.grid_size
+        return t * h * w
+
+    @property
+    def patch_dim(self) -> int:
+        """Values in one tubelet: tubelet * patch * patch * in_chans."""
+        return self.tubelet_size * self.patch_size**2 * self.in_chans
+
+
+# Published ViT widths/depths/heads (giant is the EVA/InternVideo ViT-g/14 shape).
+VIT_SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3},
+    "small": {"embed_dim": 384, "depth": 12, "num_heads": 6},
+    "base": {"embed_dim": 768, "depth": 12, "num_heads": 12},
+    "large": {"embed_dim": 1024, "depth": 24, "num_heads": 16},
+    "huge": {"embed_dim": 1280, "depth": 32, "num_heads": 16},
+    "giant": {"embed_dim": 1408, "depth": 40, "num_heads": 16, "mlp_ratio": 48 / 11},
+}
+
+
+def vit_config(size: str, **overrides: Any) -> ViTConfig:
+    """Config of a published size, with ``overrides`` taking precedence."""
+    if size not in VIT_SIZES:
+        raise ValueError(f"unknown ViT size {size!r}; valid sizes: {', '.join(VIT_SIZES)}")
+    return ViTConfig(**{**VIT_SIZES[size], **overrides})
+
+
+def transformer_flops(dim: int, depth: int, tokens: int, mlp_ratio: float = 4.0) -> float:
+    """Forward FLOPs (2 per multiply-add) of ``depth`` blocks on ``tokens`` tokens.
+
+    Per block: qkv + output projection 8·t·d², MLP 4·r·t·d², attention scores
+    and the weighted sum of values 4·t²·d. Norms, softmax and biases are ignored.
+    """
+    t, d = float(tokens), float(dim)
+    per_block = 8 * t * d * d + 4 * mlp_ratio * t * d * d + 4 * t * t * d
+    return depth * per_block
+
+
+class VideoViTEncoder(nn.Module):
+    """Video ViT that encodes only the visible tokens of a clip."""
+
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.patch_embed = PatchEmbed3D(
+            img_size=config.img_size,
+            patch_size=config.patch_size,
+            tubelet_size=config.tubelet_size,
+            in_chans=config.in_chans,
+            embed_dim=config.embed_dim,
+            num_frames=config.num_frames,
+        )
+        # Not persistent: the table is a pure function of the config, and the
+        # official checkpoints do not contain it, so state dicts match 1:1.
+        self.register_buffer(
+            "pos_embed", sinusoid_position_table(self.num_patches, config.embed_dim), persistent=False
+        )  # (1, N, C)
+        # Stochastic depth grows linearly with depth.
+        dpr = torch.linspace(0, config.drop_path_rate, config.depth, device="cpu").tolist()
+        self.blocks = nn.ModuleList(
+            Block(
+                config.embed_dim,
+                config.num_heads,
+                mlp_ratio=config.mlp_ratio,
+                qkv_bias=config.qkv_bias,
+                drop_path=dpr[i],
+                init_values=config.init_values,
+            )
+            for i in range(config.depth)
+        )
+        self.norm = nn.LayerNorm(config.embed_dim, eps=LAYER_NORM_EPS)
+        self.apply(_init_vit_weights)
+
+    @property
+    def num_patches(self) -> int:
+        return self.patch_embed.num_patches
+
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        """Encode a clip (B, C, T, H, W); ``mask`` (B, N) is True where a token is hidden.
+
+        Every row of ``mask`` must hide the same number of tokens. Returns the
+        visible tokens in their original order, (B, N_visible, C).
+        """
+        x = self.patch_embed(x)  # (B, N, C)
+        x = x + self.pos_embed.to(x.dtype)
+        if mask is not None:
+            b, n, c = x.shape
+            if mask.dtype != torch.bool or mask.shape != (b, n):
+                raise ValueError(
+                    f"mask must be a bool tensor of shape ({b}, {n}), got {mask.dtype} {tuple(mask.shape)}"
+                )
+            x = x[~mask].reshape(b, -1, c)  # (B, N_visible, C)
+        for block in self.blocks:
+            if self.config.use_checkpoint and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return self.norm(x)  # (B, N_visible, C)
+
+
+def _init_vit_weights(m: nn.Module) -> None:
+    # timm / VideoMAE fine-tuning init; the Conv3d patch embedding keeps
+    # PyTorch's default init, as in the official code.
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)

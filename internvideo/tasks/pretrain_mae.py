@@ -1,0 +1,123 @@
+"""Masked video pretraining (VideoMAE): the job's config schema and its engine-agnostic step.
+
+Everything a trainer needs to run this job kind is here: how to build the model, how to
+turn a decoded batch (uint8 clips + tube masks) into a loss, and how many FLOPs a clip
+costs. Which engine wraps the model (DeepSpeed on workers, plain torch in tests) is not
+this module's business.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from internvideo.data.pipeline import PretrainClipSpec
+from internvideo.data.transforms import normalize_clips
+from internvideo.models.videomae import VideoMAEConfig, VideoMAEPretrain, videomae_config, videomae_targets
+
+KIND = "pretrain-mae"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSection(_Strict):
+    """Size name plus overrides; resolved into a VideoMAEConfig by ``resolve()``."""
+
+    size: str = "base"
+    img_size: int = Field(224, gt=0)
+    num_frames: int = Field(16, gt=0)
+    mask_ratio: float = Field(0.9, gt=0.0, lt=1.0)
+    encoder: dict[str, Any] = Field(default_factory=dict)
+    decoder: dict[str, Any] = Field(default_factory=dict)
+
+    def resolve(self) -> VideoMAEConfig:
+        return videomae_config(self.size, img_size=self.img_size, num_frames=self.num_frames,
+                               mask_ratio=self.mask_ratio, encoder_overrides=self.encoder, **self.decoder)
+
+    @model_validator(mode="after")
+    def _resolvable(self) -> "ModelSection":
+        self.resolve()  # a bad size or override fails here, at submit time
+        return self
+
+
+class DataSection(_Strict):
+    train_list: str = Field(min_length=1)
+    root: str | None = None  # relative video paths resolve against this (default: the list's folder)
+    sampling_rate: int = Field(4, gt=0)
+    decode_workers: int = Field(2, ge=1)
+    decode_cpus: float = Field(1.0, gt=0)
+    max_in_flight: int = Field(4, ge=1)  # decode requests outstanding per trainer (backpressure)
+    max_bad_fraction: float = Field(0.1, ge=0.0, le=1.0)
+    decode_timeout_s: float = Field(120.0, gt=0)
+
+
+class TrainSection(_Strict):
+    steps: int = Field(gt=0)
+    global_batch: int = Field(gt=0)
+    micro_batch: int = Field(gt=0)
+    lr: float = Field(1.5e-4, gt=0)
+    min_lr: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = Field(0.0, ge=0)  # 0: off
+    seed: int = 0
+    checkpoint_every: int = Field(0, ge=0)  # 0: only at the end
+    zero_stage: Literal[0, 1, 2] = 2
+    step_timeout_s: float = Field(600.0, gt=0)
+    resume_from: str | None = None  # a committed checkpoint folder
+
+    @model_validator(mode="after")
+    def _batch_splits(self) -> "TrainSection":
+        if self.global_batch % self.micro_batch:
+            raise ValueError(f"global_batch ({self.global_batch}) must be a multiple of micro_batch "
+                             f"({self.micro_batch})")
+        return self
+
+
+class PretrainMAEConfig(_Strict):
+    model: ModelSection
+    data: DataSection
+    train: TrainSection
+
+    def valid_world_sizes(self, min_workers: int, max_workers: int) -> list[int]:
+        """World sizes in [min, max] that keep the global batch whole."""
+        step = self.train.micro_batch
+        return [w for w in range(min_workers, max_workers + 1) if self.train.global_batch % (step * w) == 0]
+
+    def clip_spec(self) -> PretrainClipSpec:
+        enc = self.model.resolve().encoder
+        return PretrainClipSpec(num_frames=self.model.num_frames, sampling_rate=self.data.sampling_rate,
+                                input_size=self.model.img_size, patch_size=enc.patch_size,
+                                tubelet_size=enc.tubelet_size, mask_ratio=self.model.mask_ratio,
+                                seed=self.train.seed)
+
+
+def build_model(config: PretrainMAEConfig) -> VideoMAEPretrain:
+    torch.manual_seed(config.train.seed)  # identical initial weights on every rank and every run
+    return VideoMAEPretrain(config.model.resolve())
+
+
+def batch_to_tensors(batch: dict[str, np.ndarray], device: torch.device,
+                     dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Decoded uint8 clips (B, T, H, W, 3) become normalised input (in the model's ``dtype``)
+    and float32 [0, 1] pixels for the targets, both (B, 3, T, H, W)."""
+    # Arrays from Ray's object store are read-only; torch wants to own writable memory.
+    video = torch.from_numpy(np.require(batch["video"], requirements="W")).to(device, non_blocking=True)
+    pixels = video.permute(0, 4, 1, 2, 3).float().div_(255.0)  # (B, 3, T, H, W)
+    return {"video": normalize_clips(video).to(dtype), "pixels": pixels,
+            "mask": torch.from_numpy(np.require(batch["mask"], requirements="W")).to(device, non_blocking=True)}
+
+
+def loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """MSE on per-patch-normalised pixels of the masked tubes. ``model`` may be an engine wrapper."""
+    predictions = model(batch["video"], batch["mask"])  # (B, N_masked, tubelet·p·p·3)
+    config: VideoMAEConfig = getattr(model, "module", model).config
+    targets = videomae_targets(batch["pixels"], batch["mask"], config.encoder.patch_size,
+                               config.encoder.tubelet_size, normalize=config.norm_pix_loss)
+    return F.mse_loss(predictions.float(), targets)

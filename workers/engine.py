@@ -1,0 +1,65 @@
+"""The one place DeepSpeed is touched: process-group set-up, engine construction, checkpoints."""
+from __future__ import annotations
+
+import datetime
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+import deepspeed
+import torch
+import torch.distributed as dist
+
+from internvideo.optim import param_groups, warmup_cosine
+
+
+def init_process_group(*, master_addr: str, master_port: int, rank: int, world_size: int,
+                       timeout_s: float) -> str:
+    """Join the job's process group (NCCL on GPUs, gloo on CPUs); returns the backend."""
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if master_addr.startswith("127."):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # a one-machine group stays on loopback
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False,
+                               init_method=f"tcp://{master_addr}:{master_port}", rank=rank,
+                               world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s))
+    return backend
+
+
+def build_engine(model: torch.nn.Module, *, micro_batch: int, accumulation: int, world_size: int,
+                 lr: float, min_lr: float, warmup_steps: int, total_steps: int, weight_decay: float,
+                 betas: tuple[float, float], grad_clip: float, zero_stage: int) -> deepspeed.DeepSpeedEngine:
+    optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas)
+    # LambdaLR multiplies the base lr; the schedule is written in absolute terms, hence the division.
+    schedule = functools.partial(warmup_cosine, warmup_steps=warmup_steps, total_steps=total_steps,
+                                 base_lr=lr, min_lr=min_lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step) / lr)
+    config: dict[str, Any] = {
+        "train_batch_size": micro_batch * accumulation * world_size,
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": accumulation,
+        "zero_optimization": {"stage": zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "gradient_clipping": grad_clip,
+        "bf16": {"enabled": torch.cuda.is_available() and torch.cuda.is_bf16_supported()},
+        "steps_per_print": 2**31 - 1,
+    }
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
+    return engine
+
+
+def save_checkpoint(engine: deepspeed.DeepSpeedEngine, folder: Path, client_state: dict[str, Any]) -> None:
+    """Every rank calls this (ZeRO shards optimizer state); the caller commits it afterwards."""
+    engine.save_checkpoint(str(folder.parent), tag=folder.name, client_state=client_state, save_latest=False)
+
+
+def load_checkpoint(engine: deepspeed.DeepSpeedEngine, folder: Path) -> dict[str, Any]:
+    path, client_state = engine.load_checkpoint(str(folder.parent), tag=folder.name)
+    if path is None:
+        raise FileNotFoundError(f"DeepSpeed found no checkpoint in {folder}")
+    return client_state
+
+
+def destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

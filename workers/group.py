@@ -1,0 +1,100 @@
+"""A job's group of EncoderWorker actors: gang placement, rendezvous, lock-step calls, teardown.
+
+``create`` builds the whole group or nothing (a half-built group is torn down before the
+error propagates); every wait has a timeout; an error raised by many ranks is reported once
+with the ranks that raised it.
+"""
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from workers.trainer import EncoderWorker
+
+
+class WorkerGroupError(RuntimeError):
+    """One or more ranks failed; the message groups identical errors."""
+
+
+class PlacementTimeout(WorkerGroupError):
+    """The cluster could not give the group its resources in time."""
+
+
+def gather(refs: list[ray.ObjectRef], timeout_s: float, what: str) -> list[Any]:
+    """``ray.get`` over all ranks with one deadline; failures grouped by message."""
+    ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    errors: dict[str, list[int]] = collections.defaultdict(list)
+    results: list[Any] = []
+    for rank, ref in enumerate(refs):
+        if ref in pending:
+            errors[f"no answer within {timeout_s:.0f}s"].append(rank)
+            results.append(None)
+            continue
+        try:
+            results.append(ray.get(ref))
+        except Exception as err:  # noqa: BLE001 — reported below, grouped
+            cause = getattr(err, "cause", None) or err
+            errors[f"{type(cause).__name__}: {cause}".strip()[:2000]].append(rank)
+            results.append(None)
+    if errors:
+        detail = "; ".join(f"ranks {ranks}: {msg}" for msg, ranks in errors.items())
+        raise WorkerGroupError(f"{what} failed — {detail}")
+    return results
+
+
+@dataclass
+class WorkerGroup:
+    workers: list[ray.actor.ActorHandle]
+    placement: PlacementGroup
+    infos: list[dict[str, Any]]
+
+    @property
+    def world_size(self) -> int:
+        return len(self.workers)
+
+    @property
+    def metrics_endpoints(self) -> list[str]:
+        return [i["metrics_endpoint"] for i in self.infos]
+
+    @classmethod
+    def create(cls, *, job_id: str, config: dict[str, Any], world_size: int, bundle: dict[str, float],
+               num_samples: int, decode_actors: list, timeout_s: float) -> "WorkerGroup":
+        pg = placement_group([dict(bundle) for _ in range(world_size)], strategy="PACK",
+                             name=f"{job_id}-trainers")
+        workers: list[ray.actor.ActorHandle] = []
+        try:
+            if not pg.wait(timeout_seconds=timeout_s):
+                raise PlacementTimeout(f"no room for {world_size} × {bundle} within {timeout_s:.0f}s")
+            actor_cls = ray.remote(EncoderWorker)
+            for rank in range(world_size):
+                workers.append(actor_cls.options(
+                    num_cpus=bundle.get("CPU", 0), num_gpus=bundle.get("GPU", 0),
+                    scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=rank),
+                ).remote(job_id, config, rank, world_size, True))
+            (addr, port), = gather([workers[0].rendezvous_address.remote()], timeout_s, "rendezvous")
+            infos = gather([w.setup.remote(master_addr=addr, master_port=port, num_samples=num_samples,
+                                           decode_actors=decode_actors, timeout_s=timeout_s)
+                            for w in workers], timeout_s, "worker set-up")
+        except BaseException:
+            _teardown(workers, pg)
+            raise
+        return cls(workers, pg, infos)
+
+    def call(self, method: str, *args: Any, timeout_s: float) -> list[Any]:
+        return gather([getattr(w, method).remote(*args) for w in self.workers], timeout_s, method)
+
+    def shutdown(self) -> None:
+        _teardown(self.workers, self.placement)
+        self.workers = []
+
+
+def _teardown(workers: list[ray.actor.ActorHandle], pg: PlacementGroup) -> None:
+    # Killing is enough: a rank stuck in a collective would never answer a polite shutdown.
+    for worker in workers:
+        ray.kill(worker, no_restart=True)
+    remove_placement_group(pg)

@@ -1,0 +1,120 @@
+"""EncoderWorker: one device, one DeepSpeed engine, one encoder.
+
+A plain class (testable without Ray); the worker group runs it as ``ray.remote(EncoderWorker)``.
+The job runner drives it one step at a time; the worker pulls its micro-batches from the
+decode pool through a ClipStream, so decoding overlaps compute.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from internvideo.data.order import GlobalBatchPlan, gradient_accumulation
+from internvideo.tasks import pretrain_mae
+from workers import engine as ds
+from workers import telemetry
+from workers.checkpoint import checkpoint_folder
+from workers.decode import ClipStream
+
+
+class EncoderWorker:
+    def __init__(self, job_id: str, config: dict[str, Any], rank: int, world_size: int,
+                 serve_metrics: bool = False) -> None:
+        self.job_id, self.rank, self.world_size = job_id, rank, world_size
+        self.config = pretrain_mae.PretrainMAEConfig.model_validate(config)
+        labels = {"job": job_id, "kind": pretrain_mae.KIND, "encoder": "videomae", "rank": str(rank)}
+        self._samples = telemetry.TRAIN_SAMPLES.labels(**labels)
+        self._steps = telemetry.TRAIN_STEPS.labels(**labels)
+        self._step_seconds = telemetry.TRAIN_STEP_SECONDS.labels(**labels)
+        self._data_wait = telemetry.TRAIN_DATA_WAIT.labels(**labels)
+        self._flops = telemetry.TRAIN_MODEL_FLOPS.labels(**labels)
+        self.metrics_endpoint = telemetry.serve_metrics(telemetry.node_address()) if serve_metrics else ""
+        self.engine = None
+
+    def rendezvous_address(self) -> tuple[str, int]:
+        """Rank 0 picks the address every rank joins (a free port on its own node)."""
+        host = telemetry.node_address()
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            return host, sock.getsockname()[1]
+
+    def setup(self, *, master_addr: str, master_port: int, num_samples: int, decode_actors: list,
+              timeout_s: float) -> dict[str, Any]:
+        """Join the process group, build the engine and the clip stream."""
+        train = self.config.train
+        threads = int(float(os.environ.get("OMP_NUM_THREADS", "0") or 0)) or len(os.sched_getaffinity(0))
+        torch.set_num_threads(max(1, threads))
+        os.environ.setdefault("LOCAL_RANK", "0")  # Ray exposes exactly one device to this process
+        backend = ds.init_process_group(master_addr=master_addr, master_port=master_port, rank=self.rank,
+                                        world_size=self.world_size, timeout_s=timeout_s)
+        self.device = torch.device("cuda", 0) if backend == "nccl" else torch.device("cpu")
+        model = pretrain_mae.build_model(self.config)
+        self.flops_per_clip = model.flops_per_clip(training=True)
+        self.dtype = torch.bfloat16 if backend == "nccl" and torch.cuda.is_bf16_supported() else torch.float32
+        self.accumulation = gradient_accumulation(train.global_batch, train.micro_batch, self.world_size)
+        self.engine = ds.build_engine(
+            model, micro_batch=train.micro_batch, accumulation=self.accumulation, world_size=self.world_size,
+            lr=train.lr, min_lr=train.min_lr, warmup_steps=train.warmup_steps, total_steps=train.steps,
+            weight_decay=train.weight_decay, betas=train.betas, grad_clip=train.grad_clip,
+            zero_stage=train.zero_stage)
+        self.plan = GlobalBatchPlan(num_samples, train.global_batch, train.seed)
+        self.stream = ClipStream(decode_actors, self.plan, rank=self.rank, world_size=self.world_size,
+                                 micro_batch=train.micro_batch, end_step=train.steps,
+                                 max_in_flight=self.config.data.max_in_flight,
+                                 timeout_s=self.config.data.decode_timeout_s)
+        return {"backend": backend, "device": str(self.device), "accumulation": self.accumulation,
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "flops_per_clip": self.flops_per_clip, "metrics_endpoint": self.metrics_endpoint}
+
+    def train_step(self, step: int) -> dict[str, Any]:
+        """Run optimizer step ``step`` (0-based) over this rank's share of the global batch."""
+        start = time.perf_counter()
+        waited, losses, skipped, samples = 0.0, [], [], 0
+        for micro in range(self.accumulation):
+            before = time.perf_counter()
+            batch = self.stream.get(step, micro)
+            waited += time.perf_counter() - before
+            skipped += batch["skipped"]
+            tensors = pretrain_mae.batch_to_tensors(batch, self.device, self.dtype)
+            loss = pretrain_mae.loss(self.engine, tensors)
+            self.engine.backward(loss)
+            self.engine.step()
+            losses.append(loss.detach())
+            samples += len(batch["video"])
+        seconds = time.perf_counter() - start
+        self._samples.inc(samples)
+        self._steps.inc()
+        self._step_seconds.observe(seconds)
+        self._data_wait.inc(waited)
+        self._flops.inc(samples * self.flops_per_clip)
+        return {"step": step, "loss": torch.stack(losses).mean().item(), "samples": samples,
+                "seconds": seconds, "data_wait_seconds": waited, "skipped": skipped,
+                "lr": self.engine.get_lr()[0]}
+
+    def save_checkpoint(self, root: str, step: int) -> str:
+        """``step`` = optimizer steps completed; every rank must call this."""
+        folder = checkpoint_folder(root, step)
+        ds.save_checkpoint(self.engine, folder, {"step": step, "world_size": self.world_size,
+                                                 "global_batch": self.config.train.global_batch})
+        return str(folder)
+
+    def load_checkpoint(self, folder: str) -> int:
+        """Restore model, optimizer and schedule; returns the steps completed."""
+        state = ds.load_checkpoint(self.engine, Path(folder))
+        if state.get("global_batch") != self.config.train.global_batch:
+            raise ValueError(f"{folder} was trained with global batch {state.get('global_batch')}, "
+                             f"this job uses {self.config.train.global_batch}")
+        return int(state["step"])
+
+    def parameters_digest(self) -> list[float]:
+        """A cheap fingerprint of the weights, for tests that compare runs."""
+        return [p.detach().float().sum().item() for p in self.engine.module.parameters()]
+
+    def shutdown(self) -> None:
+        ds.destroy_process_group()
