@@ -30,6 +30,7 @@ class RunnerSettings:
     state_dir: Path
     trainer_bundle: dict[str, float]  # resources of one trainer: {"GPU": 1, "CPU": 1} or {"CPU": 1}
     start_timeout_s: float = 300.0
+    worker_host: str | None = None  # where workers listen; None: each one's Ray node address
 
     def job_dir(self, job_id: str) -> Path:
         return self.state_dir / "jobs" / job_id
@@ -83,35 +84,38 @@ class JobRunner(threading.Thread):
     def run(self) -> None:
         pool: DecodePool | None = None
         group: WorkerGroup | None = None
+        outcome = (JobState.SUCCEEDED, "")
         try:
             num_samples = len(read_video_list(self.config.data.train_list, self.config.data.root))
             pool = DecodePool.create(job_id=self.job_id, size=self.config.data.decode_workers,
                                      cpus=self.config.data.decode_cpus, list_path=self.config.data.train_list,
                                      root=self.config.data.root, spec=self.config.clip_spec(),
-                                     timeout_s=self.settings.start_timeout_s)
+                                     host=self.settings.worker_host, timeout_s=self.settings.start_timeout_s)
             self.decode_workers = len(pool.actors)
             self._check_cancel()
             group = WorkerGroup.create(job_id=self.job_id, config=self.job.config, world_size=self.world_size,
                                        bundle=self.settings.trainer_bundle, num_samples=num_samples,
-                                       decode_actors=pool.actors, timeout_s=self.settings.start_timeout_s)
+                                       decode_actors=pool.actors, host=self.settings.worker_host,
+                                       timeout_s=self.settings.start_timeout_s)
             self.metrics_endpoints = group.metrics_endpoints + pool.metrics_endpoints
             start_step = self._resume(group)
             self.store.transition(self.job_id, JobState.RUNNING,
                                   f"{self.world_size} workers, {self.decode_workers} decode workers")
-            result = self._train(group, start_step, num_samples)
-            self.store.record_result(self.job_id, result)
-            self.store.transition(self.job_id, JobState.SUCCEEDED, "")
+            self.store.record_result(self.job_id, self._train(group, start_step, num_samples))
         except JobCancelled:
-            self.store.transition(self.job_id, JobState.CANCELLED, "cancelled by request")
+            outcome = (JobState.CANCELLED, "cancelled by request")
+        except JobInterrupted as err:
+            outcome = (JobState.FAILED, str(err))
         except Exception as err:  # noqa: BLE001 — any failure ends the job, with its reason
             log.exception("job %s failed", self.job_id)
-            self.store.transition(self.job_id, JobState.FAILED, f"{type(err).__name__}: {err}")
+            outcome = (JobState.FAILED, f"{type(err).__name__}: {err}")
         finally:
+            # Release everything before the job is seen to end, so that its end means "resources free".
             for part in (group, pool):
                 if part is not None:
                     part.shutdown()
-            self.store.update_job(self.job_id, world_size=0)
             self._on_exit(self)
+            self.store.transition(self.job_id, *outcome, world_size=0)
 
     def _resume(self, group: WorkerGroup) -> int:
         folder = self.config.train.resume_from

@@ -44,8 +44,7 @@ def start_ray(options: ServeOptions) -> None:
     # Logical CPU slots, not cores: a trainer and a decode worker each hold one, and the
     # demo's 2 + 2 must fit on a 2-core laptop (they time-share the cores).
     num_cpus = options.num_cpus or max(4, os.cpu_count() or 1)
-    ray.init(num_cpus=num_cpus, namespace="internvideo", include_dashboard=False, log_to_driver=False,
-             _node_ip_address=options.host if options.host.startswith("127.") else None)
+    ray.init(num_cpus=num_cpus, namespace="internvideo", include_dashboard=False, log_to_driver=False)
 
 
 def cluster_resources() -> dict[str, float]:
@@ -79,8 +78,10 @@ def serve(options: ServeOptions) -> int:
     options.state_dir.mkdir(parents=True, exist_ok=True)
     store = JobStore(options.state_dir / "jobs.sqlite")
     start_ray(options)
+    # Embedded, every worker runs on this machine: their servers listen where the coordinator does.
     settings = RunnerSettings(state_dir=options.state_dir, trainer_bundle=trainer_bundle(),
-                              start_timeout_s=options.start_timeout_s)
+                              start_timeout_s=options.start_timeout_s,
+                              worker_host=None if options.ray_address else options.host)
     scheduler = Scheduler(store, settings, cluster_resources)
     scheduler.start()
     metrics_port = serve_coordinator_metrics(store, options.host, options.metrics_port)

@@ -41,7 +41,7 @@ class DecodeWorker:
     """Decodes pretraining clips. Plain class: the Ray actor is ``ray.remote(DecodeWorker)``."""
 
     def __init__(self, job_id: str, pool: str, list_path: str, root: str | None, spec: PretrainClipSpec,
-                 serve_metrics: bool = False) -> None:
+                 serve_metrics: bool = False, host: str | None = None) -> None:
         torch.set_num_threads(1)  # one decode worker, one core: the pool scales by actors, not threads
         self.records: list[VideoRecord] = read_video_list(list_path, root)
         self.spec = spec
@@ -51,7 +51,7 @@ class DecodeWorker:
         self._frames = telemetry.DECODE_FRAMES.labels(**labels)
         self._seconds = telemetry.DECODE_SECONDS.labels(**labels)
         self._errors = lambda reason: telemetry.DECODE_ERRORS.labels(**labels, reason=reason)
-        self.metrics_endpoint = telemetry.serve_metrics(telemetry.node_address()) if serve_metrics else ""
+        self.metrics_endpoint = telemetry.serve_metrics(host or telemetry.node_address()) if serve_metrics else ""
 
     def info(self) -> dict[str, Any]:
         return {"num_samples": len(self.records), "metrics_endpoint": self.metrics_endpoint}
@@ -105,10 +105,10 @@ class DecodePool:
 
     @classmethod
     def create(cls, *, job_id: str, size: int, cpus: float, list_path: str, root: str | None,
-               spec: PretrainClipSpec, timeout_s: float) -> "DecodePool":
+               spec: PretrainClipSpec, host: str | None, timeout_s: float) -> "DecodePool":
         actor_cls = ray.remote(DecodeWorker)
         actors = [actor_cls.options(num_cpus=cpus, max_concurrency=1).remote(
-                      job_id, f"{job_id}-decode", list_path, root, spec, True) for _ in range(size)]
+                      job_id, f"{job_id}-decode", list_path, root, spec, True, host) for _ in range(size)]
         try:
             infos = ray.get([a.info.remote() for a in actors], timeout=timeout_s)
         except BaseException:

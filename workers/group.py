@@ -63,7 +63,7 @@ class WorkerGroup:
 
     @classmethod
     def create(cls, *, job_id: str, config: dict[str, Any], world_size: int, bundle: dict[str, float],
-               num_samples: int, decode_actors: list, timeout_s: float) -> "WorkerGroup":
+               num_samples: int, decode_actors: list, host: str | None, timeout_s: float) -> "WorkerGroup":
         pg = placement_group([dict(bundle) for _ in range(world_size)], strategy="PACK",
                              name=f"{job_id}-trainers")
         workers: list[ray.actor.ActorHandle] = []
@@ -75,7 +75,7 @@ class WorkerGroup:
                 workers.append(actor_cls.options(
                     num_cpus=bundle.get("CPU", 0), num_gpus=bundle.get("GPU", 0),
                     scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=rank),
-                ).remote(job_id, config, rank, world_size, True))
+                ).remote(job_id, config, rank, world_size, True, host))
             (addr, port), = gather([workers[0].rendezvous_address.remote()], timeout_s, "rendezvous")
             infos = gather([w.setup.remote(master_addr=addr, master_port=port, num_samples=num_samples,
                                            decode_actors=decode_actors, timeout_s=timeout_s)

@@ -25,8 +25,10 @@ from workers.decode import ClipStream
 
 class EncoderWorker:
     def __init__(self, job_id: str, config: dict[str, Any], rank: int, world_size: int,
-                 serve_metrics: bool = False) -> None:
+                 serve_metrics: bool = False, host: str | None = None) -> None:
+        """``host``: where this worker's servers listen (metrics, rendezvous); None: its Ray node address."""
         self.job_id, self.rank, self.world_size = job_id, rank, world_size
+        self.host = host or telemetry.node_address()
         self.config = pretrain_mae.PretrainMAEConfig.model_validate(config)
         labels = {"job": job_id, "kind": pretrain_mae.KIND, "encoder": "videomae", "rank": str(rank)}
         self._samples = telemetry.TRAIN_SAMPLES.labels(**labels)
@@ -34,15 +36,14 @@ class EncoderWorker:
         self._step_seconds = telemetry.TRAIN_STEP_SECONDS.labels(**labels)
         self._data_wait = telemetry.TRAIN_DATA_WAIT.labels(**labels)
         self._flops = telemetry.TRAIN_MODEL_FLOPS.labels(**labels)
-        self.metrics_endpoint = telemetry.serve_metrics(telemetry.node_address()) if serve_metrics else ""
+        self.metrics_endpoint = telemetry.serve_metrics(self.host) if serve_metrics else ""
         self.engine = None
 
     def rendezvous_address(self) -> tuple[str, int]:
         """Rank 0 picks the address every rank joins (a free port on its own node)."""
-        host = telemetry.node_address()
         with socket.socket() as sock:
-            sock.bind((host, 0))
-            return host, sock.getsockname()[1]
+            sock.bind((self.host, 0))
+            return self.host, sock.getsockname()[1]
 
     def setup(self, *, master_addr: str, master_port: int, num_samples: int, decode_actors: list,
               timeout_s: float) -> dict[str, Any]:

@@ -1,0 +1,105 @@
+"""A real coordinator process (gRPC on 127.0.0.1, embedded Ray, SQLite) shared by a module's tests."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from coordinator.client import JobClient, read_config
+from internvideo.data.synthetic import write_synthetic_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Coordinator:
+    state_dir: Path
+    log_path: Path
+    port: int
+    metrics_port: int
+    process: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "coordinator.cli", "serve", "--listen", self.address,
+                 "--metrics-port", str(self.metrics_port), "--state-dir", str(self.state_dir), "--num-cpus", "4"],
+                stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+        with JobClient(self.address) as client:
+            client.wait_ready(timeout_s=120)
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: the coordinator and the Ray processes it started."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self.process:
+            try:  # Ray helpers that outlived their driver
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory):
+    return write_synthetic_dataset(tmp_path_factory.mktemp("synth"), num_videos=32, num_frames=24, size=64, seed=0)
+
+
+@pytest.fixture(scope="module")
+def coordinator(tmp_path_factory):
+    root = tmp_path_factory.mktemp("coordinator")
+    coord = Coordinator(state_dir=root / "state", log_path=root / "coordinator.log", port=free_port(),
+                        metrics_port=free_port())
+    coord.start()
+    yield coord
+    coord.stop()
+
+
+@pytest.fixture
+def client(coordinator):
+    with JobClient(coordinator.address) as c:
+        yield c
+
+
+def tiny_job(client: JobClient, train_list, *overrides: str, workers: int = 2, **kwargs):
+    """Submit a tiny-cpu pretraining job on ``train_list``."""
+    return client.submit("pretrain-mae", read_config("tiny-cpu"),
+                         [f"data.train_list={train_list}", *overrides], min_workers=workers,
+                         max_workers=workers, **kwargs)
+
+
+def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.5):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")

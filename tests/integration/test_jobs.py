@@ -1,0 +1,198 @@
+"""End to end through the real parts: gRPC on 127.0.0.1 → coordinator → Ray actors → DeepSpeed (gloo)."""
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from coordinator.client import read_config
+from internvideo.data.lists import VideoRecord, read_video_list, write_video_list
+from internvideo.data.order import GlobalBatchPlan
+from protos.internvideo.v1 import jobs_pb2 as pb
+from tests.integration.conftest import tiny_job, wait_for
+from workers.checkpoint import read_commit
+
+pytestmark = pytest.mark.integration
+
+
+def state(job: pb.Job) -> str:
+    return pb.JobState.Name(job.state).removeprefix("JOB_STATE_")
+
+
+def bodies(events, kind: str) -> list:
+    return [getattr(e, kind) for e in events if e.WhichOneof("body") == kind]
+
+
+def test_job_runs_to_success_streams_events_and_resumes_exactly(client, dataset, coordinator):
+    job = tiny_job(client, dataset.train_list, "train.steps=6", "train.checkpoint_every=3")
+    assert state(job) in ("QUEUED", "STARTING")
+    events = list(client.watch(job.job_id))  # ends when the job does
+    job = client.get(job.job_id)
+    assert state(job) == "SUCCEEDED", f"{job.message}\n{coordinator.log_tail()}"
+
+    transitions = [pb.JobState.Name(s.to_state) for s in bodies(events, "state_changed")]
+    assert transitions == ["JOB_STATE_QUEUED", "JOB_STATE_STARTING", "JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED"]
+    progress = bodies(events, "progress")
+    assert [p.step for p in progress] == [1, 2, 3, 4, 5, 6]
+    assert all(p.total_steps == 6 and p.clips_per_second > 0 and p.loss > 0 for p in progress)
+    assert [c.step for c in bodies(events, "checkpoint")] == [3, 6]
+    (result,) = bodies(events, "result")
+    assert result.metrics["first_loss"] == pytest.approx(progress[0].loss)
+    assert result.metrics["final_loss"] == pytest.approx(progress[-1].loss)
+    assert result.metrics["samples"] == 6 * 16
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert [e.seq for e in client.watch(job.job_id, after_seq=len(events) - 2)] == [len(events) - 1, len(events)]
+
+    assert [c.step for c in job.checkpoints] == [3, 6] and job.world_size == 0
+    assert job.result.final_checkpoint == job.checkpoints[-1].path
+    for ckpt in job.checkpoints:
+        assert read_commit(ckpt.path)["world_size"] == 2
+
+    # A job resumed from the step-3 checkpoint continues at step 4 with the same losses.
+    resumed = tiny_job(client, dataset.train_list, "train.steps=6", "train.checkpoint_every=3",
+                       f"train.resume_from={job.checkpoints[0].path}")
+    resumed_events = list(client.watch(resumed.job_id))
+    resumed = client.get(resumed.job_id)
+    assert state(resumed) == "SUCCEEDED", resumed.message
+    resumed_progress = bodies(resumed_events, "progress")
+    assert [p.step for p in resumed_progress] == [4, 5, 6]
+    assert [p.loss for p in resumed_progress] == pytest.approx([p.loss for p in progress[3:]], rel=1e-5)
+    assert resumed.result.metrics["start_step"] == 3
+
+    listed = client.list(states=[pb.JOB_STATE_SUCCEEDED], kinds=["pretrain-mae"]).jobs
+    assert {job.job_id, resumed.job_id} <= {j.job_id for j in listed}
+
+
+def test_bad_requests_get_clear_errors_and_store_nothing(client, dataset):
+    before = len(client.list(page_size=1000).jobs)
+
+    def code_and_details(call) -> tuple[grpc.StatusCode, str]:
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        return err.value.code(), err.value.details()
+
+    code, details = code_and_details(lambda: client.submit("pretrain-xyz", read_config("tiny-cpu")))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("kind:")
+    code, details = code_and_details(lambda: tiny_job(client, dataset.train_list, "train.lr=-0.1"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("config.train.lr:")
+    code, details = code_and_details(lambda: tiny_job(client, dataset.train_list, "train.warmup=3"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("config.train.warmup:")
+    code, details = code_and_details(lambda: client.get("job-doesnotexist"))
+    assert code == grpc.StatusCode.NOT_FOUND and "job-doesnotexist" in details
+    code, _ = code_and_details(lambda: client.cancel("job-doesnotexist"))
+    assert code == grpc.StatusCode.NOT_FOUND
+    code, _ = code_and_details(lambda: list(client.watch("job-doesnotexist")))
+    assert code == grpc.StatusCode.NOT_FOUND
+    code, _ = code_and_details(lambda: client.list(page_token="not-a-token"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(client.list(page_size=1000).jobs) == before
+
+
+def test_idempotent_submit_and_cancel_rules(client, dataset):
+    # 16 workers never fit the 4 CPU slots: the job waits in the queue and says why.
+    first = tiny_job(client, dataset.train_list, "train.micro_batch=1", workers=16, request_id="same-request")
+    try:
+        again = tiny_job(client, dataset.train_list, "train.micro_batch=1", workers=16, request_id="same-request")
+        assert again.job_id == first.job_id
+        waiting = wait_for(lambda: (j := client.get(first.job_id)).message.startswith("waiting") and j, 30,
+                           "the wait reason")
+        assert state(waiting) == "QUEUED" and "CPU 18" in waiting.message
+    finally:
+        cancelled = client.cancel(first.job_id)  # it blocks the FIFO queue for everyone else
+    assert state(cancelled) == "CANCELLED"
+    with pytest.raises(grpc.RpcError) as err:
+        client.cancel(first.job_id)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "already ended (CANCELLED)" in err.value.details()
+
+
+@pytest.fixture
+def list_with_bad_videos(dataset, tmp_path) -> tuple[Path, dict[str, str]]:
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "garbage.mp4").write_bytes(b"this is not an mp4 file" * 64)
+    good = Path(dataset.train_list.parent / "videos" / "000000.mp4").read_bytes()
+    (tmp_path / "truncated.mp4").write_bytes(good[: len(good) // 2])
+    bad = {str(tmp_path / "missing.mp4"): "missing", str(tmp_path / "empty.mp4"): "empty",
+           str(tmp_path / "garbage.mp4"): "corrupt", str(tmp_path / "truncated.mp4"): "corrupt"}
+    records = read_video_list(dataset.train_list) + [VideoRecord(path, 0) for path in bad]
+    write_video_list(tmp_path / "list.txt", records)
+    return tmp_path / "list.txt", bad
+
+
+def test_bad_videos_are_skipped_and_reported(client, list_with_bad_videos, coordinator):
+    list_path, bad = list_with_bad_videos
+    job = tiny_job(client, list_path, "train.steps=4", "train.checkpoint_every=0", "data.max_bad_fraction=0.2")
+    events = list(client.watch(job.job_id))
+    job = client.get(job.job_id)
+    assert state(job) == "SUCCEEDED", f"{job.message}\n{coordinator.log_tail()}"
+
+    # Every bad video the seeded order reached is reported once, with its reason.
+    records = read_video_list(list_path)
+    plan = GlobalBatchPlan(len(records), 16, seed=0)
+    reached = {records[i].path for s in range(4) for i in plan.step_samples(s)} & bad.keys()
+    assert reached, "the test list must put bad videos in the first steps"
+    reported = {v.path: v.reason for v in job.skipped_videos}
+    assert reached <= reported.keys() <= bad.keys()
+    assert all(reported[p] == bad[p] for p in reported)
+    assert {e.path for e in bodies(events, "skipped_video")} == reported.keys()
+    assert job.result.metrics["skipped_videos"] == len(reported)
+
+    # With no tolerance for bad data the same job fails, naming why; the coordinator keeps serving.
+    strict = tiny_job(client, list_path, "train.steps=4", "data.max_bad_fraction=0")
+    list(client.watch(strict.job_id))
+    strict = client.get(strict.job_id)
+    assert state(strict) == "FAILED"
+    assert "could not be decoded" in strict.message and "max_bad_fraction=0" in strict.message
+    assert strict.skipped_videos
+    assert client.cluster().trainer_slots_total == 4
+
+
+def scrape(endpoint: str) -> dict[str, list]:
+    with urllib.request.urlopen(f"http://{endpoint}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {family.name: family.samples for family in text_string_to_metric_families(text)}
+
+
+def test_running_job_serves_metrics_and_cancel_frees_everything(client, dataset, coordinator):
+    total = client.cluster().trainer_slots_total
+    job = tiny_job(client, dataset.train_list, "train.steps=2000", "train.checkpoint_every=0")
+    try:
+        wait_for(lambda: client.get(job.job_id).progress.step >= 3, 240, "3 steps")
+        (placement,) = [p for p in client.cluster().jobs if p.job_id == job.job_id]
+        assert (placement.trainer_workers, placement.decode_workers) == (2, 2)
+        assert client.cluster().trainer_slots_free == total - 2 - 2  # 2 trainers + 2 decode workers
+        assert len(placement.metrics_endpoints) == 4
+        assert all(e.startswith("127.0.0.1:") for e in placement.metrics_endpoints)
+        scraped = [scrape(e) for e in placement.metrics_endpoints]
+    finally:
+        cancelled = client.cancel(job.job_id)
+    assert state(cancelled) == "CANCELLED", cancelled.message
+
+    trainers = [m for m in scraped if m.get("internvideo_train_steps")]  # every process declares all names
+    decoders = [m for m in scraped if m.get("internvideo_decode_clips")]
+    assert len(trainers) == 2 and len(decoders) == 2
+    for metrics in trainers:
+        for name in ("internvideo_train_samples", "internvideo_train_steps", "internvideo_train_data_wait_seconds",
+                     "internvideo_train_model_flops"):
+            (sample,) = [s for s in metrics[name] if s.name == name + "_total" and s.labels["job"] == job.job_id]
+            assert sample.value > 0 and sample.labels["kind"] == "pretrain-mae"
+        counts = [s for s in metrics["internvideo_train_step_seconds"] if s.name.endswith("_count")]
+        assert counts and counts[0].value >= 3
+    for metrics in decoders:
+        clips = [s.value for s in metrics["internvideo_decode_clips"] if s.name.endswith("_total")]
+        frames = [s.value for s in metrics["internvideo_decode_frames"] if s.name.endswith("_total")]
+        assert clips[0] > 0 and frames[0] == 8 * clips[0]
+    jobs_gauge = {s.labels["state"]: s.value for s in scrape(f"127.0.0.1:{coordinator.metrics_port}")["internvideo_jobs"]}
+    assert jobs_gauge["CANCELLED"] >= 1 and set(jobs_gauge) >= {"QUEUED", "RUNNING", "SUCCEEDED", "FAILED"}
+
+    # Cancelling released the actors: the slots are free and the workers' endpoints are gone.
+    status = client.cluster()
+    assert status.trainer_slots_free == total and not status.jobs
+    with pytest.raises(OSError):
+        scrape(placement.metrics_endpoints[0])
+    assert state(client.get(job.job_id)) == "CANCELLED"
+    assert json.loads(client.get(job.job_id).config_json)["train"]["steps"] == 2000

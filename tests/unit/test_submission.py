@@ -1,0 +1,74 @@
+import pytest
+
+from coordinator.client import read_config
+from coordinator.submission import InvalidSubmission, apply_overrides, validate_submission
+
+
+def submit(*overrides: str, kind: str = "pretrain-mae", min_workers: int = 2, max_workers: int = 2, text=None):
+    return validate_submission(kind=kind, config_text=read_config("tiny-cpu") if text is None else text,
+                               overrides=["data.train_list=/data/train.txt", *overrides],
+                               min_workers=min_workers, max_workers=max_workers)
+
+
+def test_preset_with_overrides_validates():
+    job = submit("train.steps=7", "model.encoder.depth=2")
+    assert job.config["train"]["steps"] == 7 and job.config["model"]["encoder"]["depth"] == 2
+    assert job.config["data"]["train_list"] == "/data/train.txt"
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (["train.lr=-1"], "config.train.lr"),
+    (["train.lr=fast"], "config.train.lr"),
+    (["train.bogus=1"], "config.train.bogus"),
+    (["model.mask_ratio=1.0"], "config.model.mask_ratio"),
+    (["train.micro_batch=5"], "config.train"),
+    (["model.size=colossal"], "config.model"),
+])
+def test_bad_field_is_named(overrides, field):
+    with pytest.raises(InvalidSubmission) as err:
+        submit(*overrides)
+    assert err.value.field == field
+    assert str(err.value).startswith(field + ":")
+
+
+def test_missing_required_field_is_named():
+    with pytest.raises(InvalidSubmission) as err:
+        validate_submission(kind="pretrain-mae", config_text=read_config("tiny-cpu"), overrides=[],
+                            min_workers=1, max_workers=1)
+    assert err.value.field == "config.data.train_list"
+
+
+def test_unknown_kind_and_worker_counts():
+    with pytest.raises(InvalidSubmission, match="unknown job kind 'pretrain-xyz'") as err:
+        submit(kind="pretrain-xyz")
+    assert err.value.field == "kind"
+    with pytest.raises(InvalidSubmission) as err:
+        submit(min_workers=0)
+    assert err.value.field == "min_workers"
+    with pytest.raises(InvalidSubmission) as err:
+        submit(min_workers=3, max_workers=2)
+    assert err.value.field == "max_workers"
+
+
+def test_global_batch_must_split_over_some_world_size():
+    # 16 clips in micro-batches of 4 split over 1, 2 or 4 workers, never over 3.
+    with pytest.raises(InvalidSubmission, match=r"world size in \[3, 3\]") as err:
+        submit(min_workers=3, max_workers=3)
+    assert err.value.field == "config.train.global_batch"
+    assert submit(min_workers=3, max_workers=4).max_workers == 4
+
+
+def test_bad_yaml_and_bad_override_syntax():
+    with pytest.raises(InvalidSubmission) as err:
+        submit(text="model: [unclosed")
+    assert err.value.field == "config_yaml"
+    with pytest.raises(InvalidSubmission) as err:
+        submit("no-equals-sign")
+    assert err.value.field == "overrides"
+
+
+def test_overrides_do_not_touch_the_original():
+    original = {"train": {"steps": 1}}
+    updated = apply_overrides(original, ["train.steps=5", "train.betas=[0.9, 0.99]"])
+    assert original == {"train": {"steps": 1}}
+    assert updated["train"] == {"steps": 5, "betas": [0.9, 0.99]}
