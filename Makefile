@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	# Pin the CPU build first: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# DeepSpeed JIT-compiles its CPU shared-memory all-reduce on first use; do it once here, not in a job.
+	$(BIN)/python -m workers.engine --prebuild-ops
 	touch $(STAMP)
 
 demo: $(STAMP)

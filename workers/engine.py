@@ -63,3 +63,20 @@ def load_checkpoint(engine: deepspeed.DeepSpeedEngine, folder: Path) -> dict[str
 def destroy_process_group() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def prebuild_ops() -> None:
+    """Compile the ops DeepSpeed would otherwise build inside the first job (CPU: shared-memory comm)."""
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is not None and builder.is_compatible():
+        builder.load(verbose=False)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--prebuild-ops"]:
+        sys.exit("usage: python -m workers.engine --prebuild-ops")
+    prebuild_ops()
