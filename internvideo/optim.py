@@ -7,12 +7,14 @@ import torch
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices only: biases, norms and learned tokens are left alone, as in VideoMAE/timm."""
+    """Decay matrices only: biases, norms and the model's ``no_weight_decay()`` names (learned
+    tokens) are left alone, as in VideoMAE/timm."""
+    exempt = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        skip = param.ndim <= 1 or name.endswith(("pos_embed", "mask_token", "cls_token"))
+        skip = param.ndim <= 1 or name in exempt
         (no_decay if skip else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 

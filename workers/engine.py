@@ -18,6 +18,7 @@ def init_process_group(*, master_addr: str, master_port: int, rank: int, world_s
                        timeout_s: float) -> str:
     """Join the job's process group (NCCL on GPUs, gloo on CPUs); returns the backend."""
     backend = "nccl" if torch.cuda.is_available() else "gloo"
+    os.environ["LOCAL_RANK"] = "0"  # each worker process sees exactly one device (Ray sets CUDA_VISIBLE_DEVICES)
     if master_addr.startswith("127."):
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # a one-machine group stays on loopback
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False,

@@ -51,7 +51,6 @@ class EncoderWorker:
         train = self.config.train
         threads = int(float(os.environ.get("OMP_NUM_THREADS", "0") or 0)) or len(os.sched_getaffinity(0))
         torch.set_num_threads(max(1, threads))
-        os.environ.setdefault("LOCAL_RANK", "0")  # Ray exposes exactly one device to this process
         backend = ds.init_process_group(master_addr=master_addr, master_port=master_port, rank=self.rank,
                                         world_size=self.world_size, timeout_s=timeout_s)
         self.device = torch.device("cuda", 0) if backend == "nccl" else torch.device("cpu")

@@ -209,8 +209,11 @@ class VideoMAEPretrain(nn.Module):
 
     def loss(self, video: Tensor, pixels: Tensor, mask: Tensor) -> Tensor:
         """MSE between predictions for ``video`` (normalised) and targets from ``pixels`` ([0, 1])."""
+        return self.reconstruction_loss(self(video, mask), pixels, mask)
+
+    def reconstruction_loss(self, pred: Tensor, pixels: Tensor, mask: Tensor) -> Tensor:
+        """MSE of ``pred`` (the forward's output, possibly from an engine wrapper) against the targets."""
         enc = self.config.encoder
-        pred = self(video, mask)
         target = videomae_targets(pixels, mask, enc.patch_size, enc.tubelet_size, self.config.norm_pix_loss)
         return F.mse_loss(pred.float(), target)
 

@@ -11,12 +11,11 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from internvideo.data.pipeline import PretrainClipSpec
 from internvideo.data.transforms import normalize_clips
-from internvideo.models.videomae import VideoMAEConfig, VideoMAEPretrain, videomae_config, videomae_targets
+from internvideo.models.videomae import VideoMAEConfig, VideoMAEPretrain, videomae_config
 
 KIND = "pretrain-mae"
 
@@ -117,7 +116,5 @@ def batch_to_tensors(batch: dict[str, np.ndarray], device: torch.device,
 def loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """MSE on per-patch-normalised pixels of the masked tubes. ``model`` may be an engine wrapper."""
     predictions = model(batch["video"], batch["mask"])  # (B, N_masked, tubelet·p·p·3)
-    config: VideoMAEConfig = getattr(model, "module", model).config
-    targets = videomae_targets(batch["pixels"], batch["mask"], config.encoder.patch_size,
-                               config.encoder.tubelet_size, normalize=config.norm_pix_loss)
-    return F.mse_loss(predictions.float(), targets)
+    core: VideoMAEPretrain = getattr(model, "module", model)
+    return core.reconstruction_loss(predictions, batch["pixels"], batch["mask"])

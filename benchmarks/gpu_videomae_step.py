@@ -1,0 +1,217 @@
+"""VideoMAE pretraining step on one GPU: our model against `transformers`' VideoMAEForPreTraining
+(same config, input, mask, batch and precision, in one run), and our DeepSpeed engine path with MFU.
+
+    python -m benchmarks.gpu_videomae_step --out results.json            # ViT-B, 16×224², batch 32
+    python -m benchmarks.gpu_videomae_step --size tiny --device cpu ...  # a smoke run anywhere
+
+Clips/s is the median over timed steps after warm-up (CUDA events); peak memory is
+torch.cuda.max_memory_allocated for the training step alone (model, optimizer state,
+activations). MFU = model FLOPs per clip (forward + backward, from the model's own
+dimensions) × clips/s / peak dense bf16 rate of the card.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from typing import Callable
+
+import torch
+
+from internvideo.data.masking import tube_mask
+from internvideo.models.videomae import VideoMAEPretrain, videomae_config
+from internvideo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+def make_batch(cfg, batch: int, device: torch.device, seed: int = 0):
+    """Random clips in [0, 1] and one tube mask per clip (B, N)."""
+    import numpy as np
+
+    enc = cfg.encoder
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.rand(batch, 3, enc.num_frames, enc.img_size, enc.img_size, generator=g)  # (B, 3, T, H, W)
+    t, h, w = enc.grid_size
+    rng = np.random.default_rng(seed)
+    mask = torch.from_numpy(np.stack([tube_mask(t, h, w, cfg.mask_ratio, rng) for _ in range(batch)]))
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1)
+    video = (pixels - mean) / std
+    return video.to(device), pixels.to(device), mask.to(device)
+
+
+def time_steps(step: Callable[[], None], device: torch.device, warmup: int, iters: int) -> float:
+    """Median seconds per call of ``step``."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(iters):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            began = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - began)
+    return statistics.median(times)
+
+
+def measure(name: str, build: Callable[[], Callable[[], None]], device, batch, warmup, iters) -> dict:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    step = build()
+    seconds = time_steps(step, device, warmup, iters)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    result = {"name": name, "step_seconds": seconds, "clips_per_second": batch / seconds, "peak_memory_bytes": peak}
+    del step
+    return result
+
+
+def ours_torch(cfg, video, pixels, mask, dtype, device, compile_model: bool = False):
+    def build():
+        model = VideoMAEPretrain(cfg).to(device)
+        if compile_model:
+            model.compile()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+
+        def step():
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                loss = model.loss(video, pixels, mask)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return step
+    return build
+
+
+def hf_torch(cfg, video, pixels, mask, dtype, device):
+    from transformers import VideoMAEConfig as HFConfig, VideoMAEForPreTraining
+
+    enc = cfg.encoder
+    hf_cfg = HFConfig(image_size=enc.img_size, patch_size=enc.patch_size, num_channels=3, num_frames=enc.num_frames,
+                      tubelet_size=enc.tubelet_size, hidden_size=enc.embed_dim, num_hidden_layers=enc.depth,
+                      num_attention_heads=enc.num_heads, intermediate_size=int(enc.embed_dim * enc.mlp_ratio),
+                      qkv_bias=True, use_mean_pooling=False, layer_norm_eps=1e-6,
+                      decoder_hidden_size=cfg.decoder_embed_dim, decoder_num_hidden_layers=cfg.decoder_depth,
+                      decoder_num_attention_heads=cfg.decoder_num_heads,
+                      decoder_intermediate_size=int(cfg.decoder_embed_dim * enc.mlp_ratio), norm_pix_loss=True)
+    hf_video = video.permute(0, 2, 1, 3, 4).contiguous()  # HF takes (B, T, C, H, W)
+
+    def build():
+        model = VideoMAEForPreTraining._from_config(hf_cfg, attn_implementation="sdpa").to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+
+        def step():
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                loss = model(pixel_values=hf_video, bool_masked_pos=mask).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return step
+    return build
+
+
+def ours_deepspeed(cfg, video, pixels, mask, batch, device, zero_stage: int):
+    import torch.distributed as dist
+
+    from workers import engine as ds
+
+    def build():
+        if not dist.is_initialized():
+            ds.init_process_group(master_addr="127.0.0.1", master_port=29511, rank=0, world_size=1, timeout_s=120)
+        model = VideoMAEPretrain(cfg)
+        engine = ds.build_engine(model, micro_batch=batch, accumulation=1, world_size=1, lr=1e-4, min_lr=0.0,
+                                 warmup_steps=0, total_steps=1000, weight_decay=0.05, betas=(0.9, 0.95),
+                                 grad_clip=0.0, zero_stage=zero_stage)
+        dtype = next(engine.module.parameters()).dtype
+        inputs = video.to(dtype)
+
+        def step():
+            loss = engine.module.reconstruction_loss(engine(inputs, mask), pixels, mask)
+            engine.backward(loss)
+            engine.step()
+        return step
+    return build
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="base")
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--skip", action="append", default=[], help="ours | hf | deepspeed-z2 | ...")
+    parser.add_argument("--zero-stages", default="2", help="DeepSpeed variants to run, e.g. 0,1,2")
+    parser.add_argument("--compile", action="store_true", help="also run our model under torch.compile")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    cfg = videomae_config(args.size, img_size=args.img_size, num_frames=args.frames)
+    video, pixels, mask = make_batch(cfg, args.batch, device)
+    flops = VideoMAEPretrain(cfg).flops_per_clip(training=True) if args.size != "giant" else None
+    peak = peak_flops(device)
+    runs = {"ours": lambda: ours_torch(cfg, video, pixels, mask, dtype, device),
+            "hf": lambda: hf_torch(cfg, video, pixels, mask, dtype, device),
+            **{f"deepspeed-z{z}": (lambda z=z: ours_deepspeed(cfg, video, pixels, mask, args.batch, device, z))
+               for z in map(int, args.zero_stages.split(","))}}
+    if args.compile:
+        runs["ours-compiled"] = lambda: ours_torch(cfg, video, pixels, mask, dtype, device, compile_model=True)
+    results = []
+    for name, make in runs.items():
+        if name in args.skip:
+            continue
+        try:
+            result = measure(name, make(), device, args.batch, args.warmup, args.iters)
+        except Exception as err:  # noqa: BLE001 — report and keep measuring the others
+            result = {"name": name, "error": f"{type(err).__name__}: {err}"}
+        if "clips_per_second" in result and flops:
+            result["model_tflops_per_second"] = flops * result["clips_per_second"] / 1e12
+            if peak:
+                result["mfu"] = flops * result["clips_per_second"] / peak
+        results.append(result)
+        print(json.dumps(result), flush=True)
+
+    by_name = {r["name"]: r for r in results if "clips_per_second" in r}
+    summary = {
+        "config": {"size": args.size, "img_size": args.img_size, "frames": args.frames, "batch": args.batch,
+                   "mask_ratio": cfg.mask_ratio, "dtype": str(dtype), "flops_per_clip_train": flops},
+        "machine": {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+                    "torch": torch.__version__, "python": sys.version.split()[0]},
+        "results": results,
+    }
+    if "ours" in by_name and "hf" in by_name:
+        summary["ours_over_hf_throughput"] = by_name["ours"]["clips_per_second"] / by_name["hf"]["clips_per_second"]
+        if by_name["ours"]["peak_memory_bytes"]:
+            summary["ours_over_hf_peak_memory"] = (by_name["ours"]["peak_memory_bytes"]
+                                                   / by_name["hf"]["peak_memory_bytes"])
+    print(json.dumps({k: v for k, v in summary.items() if k != "results"}, indent=1))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(summary, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
