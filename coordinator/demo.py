@@ -7,6 +7,7 @@ workers, streams its progress, and prints the outcome.
 from __future__ import annotations
 
 import signal
+import statistics
 import socket
 import subprocess
 import sys
@@ -45,15 +46,21 @@ def run_demo(workdir: Path) -> int:
                                 [f"data.train_list={dataset.train_list}"], min_workers=2, max_workers=2,
                                 name="demo-tiny-mae")
             print(f"submitted {job.job_id}: pretrain-mae, tiny-cpu preset, 2 trainers + 2 decode workers", flush=True)
+            losses = []
             for event in client.watch(job.job_id):
                 render_event(event)
+                if event.WhichOneof("body") == "progress":
+                    losses.append(event.progress.loss)
             job = client.get(job.job_id)
         metrics = job.result.metrics
         print(f"\njob {job.job_id}: {_state_name(job.state)} {job.message}")
         if _state_name(job.state) != "SUCCEEDED":
             print(f"see {log_path}")
             return 1
-        print(f"  loss: first {metrics['first_loss']:.4f} → last {metrics['final_loss']:.4f}")
+        window = min(10, len(losses))
+        print(f"  loss: first step {metrics['first_loss']:.4f} → last step {metrics['final_loss']:.4f}; "
+              f"mean of the first {window} steps {statistics.fmean(losses[:window]):.4f} → "
+              f"of the last {window} {statistics.fmean(losses[-window:]):.4f}")
         print(f"  throughput: {metrics['clips_per_second']:.1f} clips/s over {int(metrics['steps'])} steps "
               f"({int(metrics['samples'])} clips, {metrics['train_seconds']:.0f}s training, "
               f"{time.monotonic() - started:.0f}s from submit)")

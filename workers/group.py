@@ -7,6 +7,7 @@ with the ranks that raised it.
 from __future__ import annotations
 
 import collections
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,25 +27,32 @@ class PlacementTimeout(WorkerGroupError):
 
 
 def gather(refs: list[ray.ObjectRef], timeout_s: float, what: str) -> list[Any]:
-    """``ray.get`` over all ranks with one deadline; failures grouped by message."""
-    ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    """Results of one call on every rank, under one deadline.
+
+    Fails fast: once any rank has failed, the others are not waited for — they are likely
+    blocked in a collective with the dead rank, and the caller tears the group down anyway.
+    Errors are grouped by message, so N ranks failing alike read as one line.
+    """
+    deadline = time.monotonic() + timeout_s
+    results: dict[ray.ObjectRef, Any] = {}
     errors: dict[str, list[int]] = collections.defaultdict(list)
-    results: list[Any] = []
-    for rank, ref in enumerate(refs):
-        if ref in pending:
-            errors[f"no answer within {timeout_s:.0f}s"].append(rank)
-            results.append(None)
-            continue
+    pending = list(refs)
+    while pending and not errors:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
         try:
-            results.append(ray.get(ref))
+            results[ready[0]] = ray.get(ready[0])
         except Exception as err:  # noqa: BLE001 — reported below, grouped
             cause = getattr(err, "cause", None) or err
-            errors[f"{type(cause).__name__}: {cause}".strip()[:2000]].append(rank)
-            results.append(None)
+            errors[f"{type(cause).__name__}: {cause}".strip()[:2000]].append(refs.index(ready[0]))
+    if pending:
+        reason = "abandoned after a peer failed" if errors else f"no answer within {timeout_s:.0f}s"
+        errors[reason] = sorted(refs.index(r) for r in pending)
     if errors:
         detail = "; ".join(f"ranks {ranks}: {msg}" for msg, ranks in errors.items())
         raise WorkerGroupError(f"{what} failed — {detail}")
-    return results
+    return [results[r] for r in refs]
 
 
 @dataclass

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import urllib.request
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from tests.integration.conftest import tiny_job, wait_for
 from workers.checkpoint import read_commit
 
 pytestmark = pytest.mark.integration
+TERMINAL = {pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED}
 
 
 def state(job: pb.Job) -> str:
@@ -196,3 +199,46 @@ def test_running_job_serves_metrics_and_cancel_frees_everything(client, dataset,
         scrape(placement.metrics_endpoints[0])
     assert state(client.get(job.job_id)) == "CANCELLED"
     assert json.loads(client.get(job.job_id).config_json)["train"]["steps"] == 2000
+
+
+def test_two_data_parallel_workers_train_like_one(client, dataset):
+    """Same global batch, same samples: gradients all-reduced over 2 ranks match one rank's."""
+    losses = {}
+    for workers in (1, 2):
+        job = tiny_job(client, dataset.train_list, "train.steps=4", "train.checkpoint_every=0", workers=workers)
+        events = list(client.watch(job.job_id))
+        assert state(client.get(job.job_id)) == "SUCCEEDED"
+        losses[workers] = [p.loss for p in bodies(events, "progress")]
+    assert losses[2] == pytest.approx(losses[1], rel=1e-4)
+    assert losses[1][-1] < losses[1][0]
+
+
+def worker_pids(coordinator, actor_class: str) -> list[int]:
+    """Pids of this coordinator's Ray actor processes of ``actor_class`` (found in its session)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            if cmdline.startswith(f"ray::{actor_class}") and os.getsid(int(entry.name)) == coordinator.process.pid:
+                pids.append(int(entry.name))
+        except (OSError, ProcessLookupError):
+            continue
+    return pids
+
+
+@pytest.mark.parametrize("actor_class", ["EncoderWorker", "DecodeWorker"])
+def test_a_killed_worker_fails_the_job_quickly_and_frees_its_resources(client, dataset, coordinator, actor_class):
+    total = client.cluster().trainer_slots_total
+    job = tiny_job(client, dataset.train_list, "train.steps=2000", "train.checkpoint_every=0")
+    wait_for(lambda: client.get(job.job_id).progress.step >= 2, 240, "2 steps")
+    pids = worker_pids(coordinator, actor_class)
+    assert len(pids) == 2, pids
+    os.kill(pids[0], signal.SIGKILL)
+
+    ended = wait_for(lambda: (j := client.get(job.job_id)).state in TERMINAL and j, 90, "the job to end")
+    assert state(ended) == "FAILED", ended.message
+    assert "train_step failed" in ended.message and "ranks [" in ended.message
+    assert client.cluster().trainer_slots_free == total and not client.cluster().jobs
+    assert not worker_pids(coordinator, actor_class)

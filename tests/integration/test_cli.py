@@ -1,0 +1,55 @@
+"""The `internvideo` command line against a real coordinator, as a user types it."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import grpc
+import pytest
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+from tests.integration.conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+
+def cli(coordinator, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "coordinator.cli", *args, "--address", coordinator.address],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def test_submit_watch_status_jobs_cluster(coordinator, dataset, tmp_path):
+    config = tmp_path / "job.yaml"
+    config.write_text((REPO / "internvideo/configs/tiny-cpu.yaml").read_text())
+    run = cli(coordinator, "submit", "pretrain-mae", "--config", str(config), "--set",
+              f"data.train_list={dataset.train_list}", "--set", "train.steps=3", "--set", "train.checkpoint_every=0",
+              "--min-workers", "1", "--name", "from-the-cli", "--watch")
+    assert run.returncode == 0, run.stderr + run.stdout
+    job_id = run.stdout.splitlines()[0]
+    assert "step 3/3" in run.stdout and "state → SUCCEEDED" in run.stdout
+
+    status = json.loads(cli(coordinator, "status", job_id).stdout)
+    assert status["state"] == "SUCCEEDED" and status["name"] == "from-the-cli"
+    assert status["progress"]["step"] == 3 and status["final_checkpoint"].endswith("step-00000003")
+
+    listing = cli(coordinator, "jobs", "--state", "succeeded").stdout
+    assert job_id in listing
+    cluster = json.loads(cli(coordinator, "cluster").stdout)
+    assert cluster["trainerResource"] == "CPU" and cluster["trainerSlotsTotal"] == 4
+
+
+def test_cli_errors_are_one_clear_line(coordinator):
+    run = cli(coordinator, "submit", "pretrain-mae", "--config", "tiny-cpu", "--set", "train.lr=-1")
+    assert run.returncode == 2
+    assert run.stderr.strip().startswith("error: INVALID_ARGUMENT: config.data.train_list")
+    run = cli(coordinator, "submit", "pretrain-mae", "--config", "no-such-preset")
+    assert run.returncode == 2 and "neither a file nor a preset" in run.stderr
+    run = cli(coordinator, "status", "job-unknown")
+    assert run.returncode == 2 and "NOT_FOUND" in run.stderr
+
+
+def test_reflection_lists_the_services(coordinator):
+    with grpc.insecure_channel(coordinator.address) as channel:
+        services = ProtoReflectionDescriptorDatabase(channel).get_services()
+    assert {"internvideo.v1.JobService", "grpc.health.v1.Health"} <= set(services)
