@@ -1,6 +1,10 @@
-"""The coordinator's own metrics: jobs by state, read from the store at scrape time."""
+"""The coordinator's metrics (jobs by state, read from the store at scrape time) and the
+Prometheus file-based service discovery of every worker's /metrics endpoint."""
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Iterator
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -29,3 +33,31 @@ def serve_coordinator_metrics(store: JobStore, host: str, port: int) -> int:
     registry.register(JobsCollector(store))
     server, _ = start_http_server(port, addr=host, registry=registry)
     return server.server_port
+
+
+class ScrapeTargets:
+    """Writes a Prometheus ``file_sd_configs`` file listing every live /metrics endpoint.
+
+    Worker actors listen on ports chosen at start-up, so Prometheus cannot be configured
+    with them in advance: it watches this file instead (deploy/prometheus/prometheus.yml).
+    """
+
+    def __init__(self, path: Path, coordinator_endpoint: str) -> None:
+        self.path = path
+        self.coordinator_endpoint = coordinator_endpoint
+        self._written: list | None = None
+
+    def update(self, jobs: dict[str, dict[str, list[str]]]) -> None:
+        """``jobs``: job id → {"trainer": [host:port, ...], "decode": [...]}; rewrites only on change."""
+        groups = [{"targets": [self.coordinator_endpoint], "labels": {"component": "coordinator"}}]
+        for job_id, components in sorted(jobs.items()):
+            for component, endpoints in sorted(components.items()):
+                if endpoints:
+                    groups.append({"targets": sorted(endpoints), "labels": {"component": component, "job_id": job_id}})
+        if groups == self._written:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(groups, indent=1))
+        os.replace(tmp, self.path)  # Prometheus must never read a half-written file
+        self._written = groups

@@ -58,7 +58,7 @@ class JobRunner(threading.Thread):
         self.store, self.job, self.world_size, self.settings = store, job, world_size, settings
         self.config = PretrainMAEConfig.model_validate(job.config)
         self.demand = resource_demand(self.config, world_size, settings.trainer_bundle)
-        self.metrics_endpoints: list[str] = []
+        self.metrics_endpoints: dict[str, list[str]] = {}  # component → host:port of each /metrics
         self.decode_workers = 0
         self._cancel = threading.Event()
         self._interrupt_reason = ""
@@ -97,7 +97,7 @@ class JobRunner(threading.Thread):
                                        bundle=self.settings.trainer_bundle, num_samples=num_samples,
                                        decode_actors=pool.actors, host=self.settings.worker_host,
                                        timeout_s=self.settings.start_timeout_s)
-            self.metrics_endpoints = group.metrics_endpoints + pool.metrics_endpoints
+            self.metrics_endpoints = {"trainer": group.metrics_endpoints, "decode": pool.metrics_endpoints}
             start_step = self._resume(group)
             self.store.transition(self.job_id, JobState.RUNNING,
                                   f"{self.world_size} workers, {self.decode_workers} decode workers")

@@ -10,6 +10,7 @@ import logging
 import threading
 from typing import Callable
 
+from coordinator.metrics import ScrapeTargets
 from coordinator.runner import JobRunner, RunnerSettings, resource_demand
 from coordinator.state import InvalidTransition, JobState
 from coordinator.store import JobRecord, JobStore
@@ -20,8 +21,12 @@ log = logging.getLogger(__name__)
 
 class Scheduler:
     def __init__(self, store: JobStore, settings: RunnerSettings,
-                 cluster_resources: Callable[[], dict[str, float]], tick_s: float = 1.0) -> None:
+                 cluster_resources: Callable[[], dict[str, float]], tick_s: float = 1.0,
+                 scrape_targets: ScrapeTargets | None = None, runner_factory: Callable[..., JobRunner] = JobRunner
+                 ) -> None:
         self.store, self.settings = store, settings
+        self.runner_factory = runner_factory  # tests drive admission with fake runners
+        self.scrape_targets = scrape_targets
         self.cluster_resources = cluster_resources
         self.tick_s = tick_s
         self.runners: dict[str, JobRunner] = {}
@@ -57,6 +62,8 @@ class Scheduler:
         while not self._stop.is_set():
             try:
                 self.tick()
+                if self.scrape_targets:
+                    self.scrape_targets.update({r.job_id: r.metrics_endpoints for r in self.active_runners()})
             except Exception:  # noqa: BLE001 — the scheduler must outlive any one bad tick
                 log.exception("scheduler tick failed")
             self._wake.wait(self.tick_s)
@@ -92,7 +99,7 @@ class Scheduler:
             if world is None:
                 self._note_waiting(job, free)
                 return  # strict FIFO: nothing jumps the head of the queue
-            runner = JobRunner(self.store, job, world, self.settings, on_exit=self._runner_exited)
+            runner = self.runner_factory(self.store, job, world, self.settings, on_exit=self._runner_exited)
             with self._lock:  # atomic with cancel(): a job is either still QUEUED or has its runner
                 try:
                     self.store.transition(job.job_id, JobState.STARTING, f"starting {world} workers",

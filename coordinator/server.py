@@ -14,7 +14,7 @@ import ray
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from coordinator.metrics import serve_coordinator_metrics
+from coordinator.metrics import ScrapeTargets, serve_coordinator_metrics
 from coordinator.runner import RunnerSettings
 from coordinator.scheduler import Scheduler
 from coordinator.service import JobService
@@ -82,9 +82,10 @@ def serve(options: ServeOptions) -> int:
     settings = RunnerSettings(state_dir=options.state_dir, trainer_bundle=trainer_bundle(),
                               start_timeout_s=options.start_timeout_s,
                               worker_host=None if options.ray_address else options.host)
-    scheduler = Scheduler(store, settings, cluster_resources)
-    scheduler.start()
     metrics_port = serve_coordinator_metrics(store, options.host, options.metrics_port)
+    targets = ScrapeTargets(options.state_dir / "prometheus" / "targets.json", f"{options.host}:{metrics_port}")
+    scheduler = Scheduler(store, settings, cluster_resources, scrape_targets=targets)
+    scheduler.start()
     server, port, health_servicer = build_server(JobService(store, scheduler), options.host, options.port)
     server.start()
     for name in ("", SERVICE_NAME):

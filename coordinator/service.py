@@ -94,7 +94,8 @@ class JobService(pb_grpc.JobServiceServicer):
         resource = "GPU" if bundle.get("GPU") else "CPU"
         total, free = self.scheduler.cluster_resources(), self.scheduler.free_resources()
         jobs = [pb.JobPlacement(job_id=r.job_id, trainer_workers=r.world_size, decode_workers=r.decode_workers,
-                                metrics_endpoints=r.metrics_endpoints) for r in self.scheduler.active_runners()]
+                                metrics_endpoints=[e for es in r.metrics_endpoints.values() for e in es])
+                for r in self.scheduler.active_runners()]
         return pb.ClusterStatus(
             nodes=nodes, trainer_resource=resource, jobs=jobs,
             trainer_slots_total=total.get(resource, 0.0) / bundle[resource],

@@ -8,7 +8,10 @@ import yaml
 from pydantic import ValidationError
 
 from coordinator.store import JobSpec
+from internvideo.data.lists import read_video_list
 from internvideo.tasks import JOB_CONFIGS
+from internvideo.tasks.pretrain_mae import PretrainMAEConfig
+from workers.checkpoint import read_commit
 
 
 class InvalidSubmission(ValueError):
@@ -49,6 +52,19 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
     return config
 
 
+def _check_inputs(config: PretrainMAEConfig) -> None:
+    """The files a job names must be usable now: failing at submit beats failing after start-up."""
+    try:
+        read_video_list(config.data.train_list, config.data.root)
+    except (OSError, ValueError) as err:
+        raise InvalidSubmission("config.data.train_list", str(err)) from None
+    if config.train.resume_from:
+        try:
+            read_commit(config.train.resume_from)
+        except ValueError as err:
+            raise InvalidSubmission("config.train.resume_from", str(err)) from None
+
+
 def validate_submission(*, kind: str, config_text: str, overrides: list[str], min_workers: int,
                         max_workers: int, priority: int = 0, name: str = "", request_id: str = "") -> JobSpec:
     if kind not in JOB_CONFIGS:
@@ -65,6 +81,7 @@ def validate_submission(*, kind: str, config_text: str, overrides: list[str], mi
         first = err.errors()[0]
         field = ".".join(str(p) for p in ("config", *first["loc"]))
         raise InvalidSubmission(field, first["msg"]) from None
+    _check_inputs(config)
     if not config.valid_world_sizes(min_workers, max_workers):
         raise InvalidSubmission(
             "config.train.global_batch",

@@ -4,14 +4,19 @@ from __future__ import annotations
 import datetime
 import functools
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
-import deepspeed
-import torch
-import torch.distributed as dist
+# JIT-built DeepSpeed ops are cached per Python environment (the default, ~/.cache, is shared
+# by every environment and each one's different source paths force a rebuild of the others').
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
 
-from internvideo.optim import param_groups, warmup_cosine
+import deepspeed  # noqa: E402 — after the cache location is set
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+from internvideo.optim import param_groups, warmup_cosine  # noqa: E402
 
 
 def init_process_group(*, master_addr: str, master_port: int, rank: int, world_size: int,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 LAYER_NORM_EPS = 1e-6
 
@@ -175,3 +176,23 @@ def sinusoid_position_table(num_positions: int, dim: int) -> Tensor:
     table[:, 0::2] = torch.sin(angles[:, 0::2])
     table[:, 1::2] = torch.cos(angles[:, 1::2])
     return table.to(torch.float32).unsqueeze(0)  # (1, N, dim)
+
+
+class BlockStack(nn.ModuleList):
+    """``depth`` Blocks with drop path growing linearly to ``drop_path_rate``; optional
+    activation checkpointing per block (recompute in backward, trading FLOPs for memory)."""
+
+    def __init__(self, dim: int, depth: int, num_heads: int, *, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 drop_path_rate: float = 0.0, init_values: float = 0.0, use_checkpoint: bool = False) -> None:
+        rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
+        super().__init__(Block(dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=rate,
+                               init_values=init_values) for rate in rates)
+        self.use_checkpoint = use_checkpoint
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self:
+            if self.use_checkpoint and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x  # (B, N, C)

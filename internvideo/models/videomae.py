@@ -24,9 +24,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
-from internvideo.models.layers import LAYER_NORM_EPS, Block, sinusoid_position_table
+from internvideo.models.layers import LAYER_NORM_EPS, BlockStack, sinusoid_position_table
 from internvideo.models.vit import ViTConfig, VideoViTEncoder, transformer_flops, vit_config
 
 # -----------------------------------------------------------------------------
@@ -137,29 +136,15 @@ class VideoMAEDecoder(nn.Module):
     def __init__(self, config: VideoMAEConfig) -> None:
         super().__init__()
         enc = config.encoder
-        self.use_checkpoint = enc.use_checkpoint
-        dpr = torch.linspace(0, enc.drop_path_rate, config.decoder_depth, device="cpu").tolist()
-        self.blocks = nn.ModuleList(
-            Block(
-                config.decoder_embed_dim,
-                config.decoder_num_heads,
-                mlp_ratio=enc.mlp_ratio,
-                qkv_bias=enc.qkv_bias,
-                drop_path=dpr[i],
-                init_values=enc.init_values,
-            )
-            for i in range(config.decoder_depth)
-        )
+        self.blocks = BlockStack(config.decoder_embed_dim, config.decoder_depth, config.decoder_num_heads,
+                                 mlp_ratio=enc.mlp_ratio, qkv_bias=enc.qkv_bias, drop_path_rate=enc.drop_path_rate,
+                                 init_values=enc.init_values, use_checkpoint=enc.use_checkpoint)
         self.norm = nn.LayerNorm(config.decoder_embed_dim, eps=LAYER_NORM_EPS)
         self.head = nn.Linear(config.decoder_embed_dim, enc.patch_dim)
 
     def forward(self, x: Tensor, num_masked: int) -> Tensor:
         # x: (B, N, D_dec), the mask tokens last.
-        for block in self.blocks:
-            if self.use_checkpoint and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+        x = self.blocks(x)
         return self.head(self.norm(x[:, -num_masked:]))  # (B, N_masked, patch_dim)
 
 

@@ -12,9 +12,8 @@ from typing import Any, Optional
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
-from internvideo.models.layers import LAYER_NORM_EPS, Block, PatchEmbed3D, sinusoid_position_table
+from internvideo.models.layers import LAYER_NORM_EPS, BlockStack, PatchEmbed3D, sinusoid_position_table
 
 
 class ViTConfig(BaseModel):
@@ -127,19 +126,9 @@ class VideoViTEncoder(nn.Module):
         self.register_buffer(
             "pos_embed", sinusoid_position_table(self.num_patches, config.embed_dim), persistent=False
         )  # (1, N, C)
-        # Stochastic depth grows linearly with depth.
-        dpr = torch.linspace(0, config.drop_path_rate, config.depth, device="cpu").tolist()
-        self.blocks = nn.ModuleList(
-            Block(
-                config.embed_dim,
-                config.num_heads,
-                mlp_ratio=config.mlp_ratio,
-                qkv_bias=config.qkv_bias,
-                drop_path=dpr[i],
-                init_values=config.init_values,
-            )
-            for i in range(config.depth)
-        )
+        self.blocks = BlockStack(config.embed_dim, config.depth, config.num_heads, mlp_ratio=config.mlp_ratio,
+                                 qkv_bias=config.qkv_bias, drop_path_rate=config.drop_path_rate,
+                                 init_values=config.init_values, use_checkpoint=config.use_checkpoint)
         self.norm = nn.LayerNorm(config.embed_dim, eps=LAYER_NORM_EPS)
         self.apply(_init_vit_weights)
 
@@ -162,12 +151,7 @@ class VideoViTEncoder(nn.Module):
                     f"mask must be a bool tensor of shape ({b}, {n}), got {mask.dtype} {tuple(mask.shape)}"
                 )
             x = x[~mask].reshape(b, -1, c)  # (B, N_visible, C)
-        for block in self.blocks:
-            if self.config.use_checkpoint and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
-        return self.norm(x)  # (B, N_visible, C)
+        return self.norm(self.blocks(x))  # (B, N_visible, C)
 
 
 def _init_vit_weights(m: nn.Module) -> None:

@@ -84,6 +84,10 @@ def test_bad_requests_get_clear_errors_and_store_nothing(client, dataset):
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("config.train.lr:")
     code, details = code_and_details(lambda: tiny_job(client, dataset.train_list, "train.warmup=3"))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("config.train.warmup:")
+    code, details = code_and_details(lambda: tiny_job(client, "/nonexistent/train.txt"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("config.data.train_list:")
+    code, details = code_and_details(lambda: tiny_job(client, dataset.train_list, "train.resume_from=/nonexistent"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "not a committed checkpoint" in details
     code, details = code_and_details(lambda: client.get("job-doesnotexist"))
     assert code == grpc.StatusCode.NOT_FOUND and "job-doesnotexist" in details
     code, _ = code_and_details(lambda: client.cancel("job-doesnotexist"))

@@ -4,16 +4,26 @@ from coordinator.client import read_config
 from coordinator.submission import InvalidSubmission, apply_overrides, validate_submission
 
 
-def submit(*overrides: str, kind: str = "pretrain-mae", min_workers: int = 2, max_workers: int = 2, text=None):
-    return validate_submission(kind=kind, config_text=read_config("tiny-cpu") if text is None else text,
-                               overrides=["data.train_list=/data/train.txt", *overrides],
-                               min_workers=min_workers, max_workers=max_workers)
+@pytest.fixture
+def train_list(tmp_path):
+    path = tmp_path / "train.txt"
+    path.write_text("videos/a.mp4 0\nvideos/b.mp4 1\n")
+    return path
 
 
-def test_preset_with_overrides_validates():
+@pytest.fixture
+def submit(train_list):
+    def submit(*overrides: str, kind: str = "pretrain-mae", min_workers: int = 2, max_workers: int = 2, text=None):
+        return validate_submission(kind=kind, config_text=read_config("tiny-cpu") if text is None else text,
+                                   overrides=[f"data.train_list={train_list}", *overrides],
+                                   min_workers=min_workers, max_workers=max_workers)
+    return submit
+
+
+def test_preset_with_overrides_validates(submit, train_list):
     job = submit("train.steps=7", "model.encoder.depth=2")
     assert job.config["train"]["steps"] == 7 and job.config["model"]["encoder"]["depth"] == 2
-    assert job.config["data"]["train_list"] == "/data/train.txt"
+    assert job.config["data"]["train_list"] == str(train_list)
 
 
 @pytest.mark.parametrize("overrides, field", [
@@ -24,7 +34,7 @@ def test_preset_with_overrides_validates():
     (["train.micro_batch=5"], "config.train"),
     (["model.size=colossal"], "config.model"),
 ])
-def test_bad_field_is_named(overrides, field):
+def test_bad_field_is_named(submit, overrides, field):
     with pytest.raises(InvalidSubmission) as err:
         submit(*overrides)
     assert err.value.field == field
@@ -38,7 +48,20 @@ def test_missing_required_field_is_named():
     assert err.value.field == "config.data.train_list"
 
 
-def test_unknown_kind_and_worker_counts():
+def test_files_are_checked_at_submit(submit, tmp_path):
+    with pytest.raises(InvalidSubmission) as err:
+        submit(f"data.train_list={tmp_path / 'nope.txt'}")
+    assert err.value.field == "config.data.train_list"
+    (tmp_path / "bad.txt").write_text("a.mp4 0\nb.mp4 not-a-label\n")
+    with pytest.raises(InvalidSubmission, match="bad.txt:2") as err:
+        submit(f"data.train_list={tmp_path / 'bad.txt'}")
+    (tmp_path / "half-written").mkdir()
+    with pytest.raises(InvalidSubmission, match="not a committed checkpoint") as err:
+        submit(f"train.resume_from={tmp_path / 'half-written'}")
+    assert err.value.field == "config.train.resume_from"
+
+
+def test_unknown_kind_and_worker_counts(submit):
     with pytest.raises(InvalidSubmission, match="unknown job kind 'pretrain-xyz'") as err:
         submit(kind="pretrain-xyz")
     assert err.value.field == "kind"
@@ -50,7 +73,7 @@ def test_unknown_kind_and_worker_counts():
     assert err.value.field == "max_workers"
 
 
-def test_global_batch_must_split_over_some_world_size():
+def test_global_batch_must_split_over_some_world_size(submit):
     # 16 clips in micro-batches of 4 split over 1, 2 or 4 workers, never over 3.
     with pytest.raises(InvalidSubmission, match=r"world size in \[3, 3\]") as err:
         submit(min_workers=3, max_workers=3)
@@ -58,7 +81,7 @@ def test_global_batch_must_split_over_some_world_size():
     assert submit(min_workers=3, max_workers=4).max_workers == 4
 
 
-def test_bad_yaml_and_bad_override_syntax():
+def test_bad_yaml_and_bad_override_syntax(submit):
     with pytest.raises(InvalidSubmission) as err:
         submit(text="model: [unclosed")
     assert err.value.field == "config_yaml"

@@ -1,0 +1,115 @@
+"""Admission decisions one tick at a time, with fake runners (no Ray)."""
+from __future__ import annotations
+
+import pytest
+
+from coordinator.client import read_config
+from coordinator.runner import RunnerSettings, resource_demand
+from coordinator.scheduler import Scheduler
+from coordinator.state import InvalidTransition, JobState
+from coordinator.store import JobStore
+from coordinator.submission import validate_submission
+from internvideo.tasks.pretrain_mae import PretrainMAEConfig
+
+
+class FakeRunner:
+    def __init__(self, store, job, world_size, settings, on_exit):
+        self.store, self.job, self.world_size, self.on_exit = store, job, world_size, on_exit
+        self.job_id = job.job_id
+        self.demand = resource_demand(PretrainMAEConfig.model_validate(job.config), world_size,
+                                      settings.trainer_bundle)
+        self.metrics_endpoints, self.decode_workers = {}, 0
+        self.started = self.cancelled = False
+
+    def start(self):
+        self.started = True
+
+    def cancel(self):
+        self.cancelled = True
+
+    def interrupt(self, reason):
+        self.cancelled = True
+
+    def join(self, timeout=None):
+        if self.cancelled:  # what a real runner does once it stopped
+            self.store.transition(self.job_id, JobState.CANCELLED, "cancelled by request", world_size=0)
+            self.on_exit(self)
+
+    def finish(self):
+        self.store.transition(self.job_id, JobState.RUNNING)
+        self.store.transition(self.job_id, JobState.SUCCEEDED, world_size=0)
+        self.on_exit(self)
+
+
+@pytest.fixture
+def cluster():
+    return {"CPU": 8.0}
+
+
+@pytest.fixture
+def scheduler(tmp_path, cluster):
+    store = JobStore(tmp_path / "jobs.sqlite")
+    settings = RunnerSettings(state_dir=tmp_path, trainer_bundle={"CPU": 1.0})
+    return Scheduler(store, settings, lambda: cluster, runner_factory=FakeRunner)
+
+
+def submit(scheduler, min_workers, max_workers, *overrides):
+    train_list = scheduler.settings.state_dir / "train.txt"
+    train_list.write_text("a.mp4 0\n" * 16)
+    spec = validate_submission(kind="pretrain-mae", config_text=read_config("tiny-cpu"),
+                               overrides=[f"data.train_list={train_list}", *overrides],
+                               min_workers=min_workers, max_workers=max_workers)
+    return scheduler.store.create_job(spec)[0].job_id
+
+
+def test_takes_the_largest_world_size_that_fits_and_splits_the_batch(scheduler):
+    job = submit(scheduler, 1, 8)  # 8 CPUs − 2 decode workers = 6 trainers, but 16 / (4·w) needs w ∈ {1, 2, 4}
+    scheduler.tick()
+    runner = scheduler.runners[job]
+    assert runner.started and runner.world_size == 4
+    assert scheduler.store.get_job(job).state is JobState.STARTING
+    assert scheduler.free_resources() == {"CPU": 8.0 - 4 - 2}
+
+
+def test_strict_fifo_the_head_blocks_the_queue_and_says_why(scheduler):
+    big = submit(scheduler, 8, 8, "train.micro_batch=2")
+    small = submit(scheduler, 1, 1)
+    scheduler.tick()
+    assert not scheduler.runners
+    assert scheduler.store.get_job(big).message == "waiting for resources: needs CPU 10 (free 8)"
+    assert scheduler.store.get_job(small).state is JobState.QUEUED
+
+    scheduler.cancel(big)
+    scheduler.tick()
+    assert list(scheduler.runners) == [small]
+
+
+def test_finished_jobs_free_their_resources_for_the_next(scheduler):
+    first, second = submit(scheduler, 4, 4), submit(scheduler, 4, 4)
+    scheduler.tick()
+    assert list(scheduler.runners) == [first]
+    scheduler.runners[first].finish()
+    scheduler.tick()
+    assert list(scheduler.runners) == [second]
+    assert scheduler.store.get_job(first).state is JobState.SUCCEEDED
+
+
+def test_cancel_rules(scheduler):
+    queued = submit(scheduler, 1, 1)
+    assert scheduler.cancel(queued).state is JobState.CANCELLED
+    with pytest.raises(InvalidTransition, match="already ended"):
+        scheduler.cancel(queued)
+    running = submit(scheduler, 1, 1)
+    scheduler.tick()
+    assert scheduler.cancel(running).state is JobState.CANCELLED
+    assert not scheduler.runners
+
+
+def test_jobs_left_active_by_a_dead_coordinator_are_failed_with_their_last_checkpoint(scheduler):
+    job = submit(scheduler, 1, 1)
+    scheduler.store.transition(job, JobState.STARTING)
+    scheduler.store.transition(job, JobState.RUNNING)
+    scheduler.store.record_checkpoint(job, 10, "/ckpt/step-00000010", 1)
+    scheduler._fail_orphans()
+    record = scheduler.store.get_job(job)
+    assert record.state is JobState.FAILED and record.message.endswith("/ckpt/step-00000010")
