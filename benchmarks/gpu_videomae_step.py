@@ -22,8 +22,8 @@ from typing import Callable
 import torch
 
 from internvideo.data.masking import tube_mask
-from internvideo.models.videomae import VideoMAEPretrain, videomae_config
 from internvideo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from internvideo.models.videomae import VideoMAEPretrain, videomae_config
 
 PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
 
@@ -101,7 +101,8 @@ def ours_torch(cfg, video, pixels, mask, dtype, device, compile_model: bool = Fa
 
 
 def hf_torch(cfg, video, pixels, mask, dtype, device):
-    from transformers import VideoMAEConfig as HFConfig, VideoMAEForPreTraining
+    from transformers import VideoMAEConfig as HFConfig
+    from transformers import VideoMAEForPreTraining
 
     enc = cfg.encoder
     hf_cfg = HFConfig(image_size=enc.img_size, patch_size=enc.patch_size, num_channels=3, num_frames=enc.num_frames,

@@ -119,6 +119,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_cluster(args: argparse.Namespace) -> int:
     from google.protobuf.json_format import MessageToDict
+
     from coordinator.client import JobClient
     with JobClient(args.address) as client:
         print(json.dumps(MessageToDict(client.cluster()), indent=2))

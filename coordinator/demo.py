@@ -8,39 +8,27 @@ from __future__ import annotations
 
 import signal
 import statistics
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from coordinator.cli import _state_name, render_event
 from coordinator.client import JobClient, read_config
+from coordinator.launch import launch_coordinator
 from internvideo.data.synthetic import write_synthetic_dataset
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_demo(workdir: Path) -> int:
     workdir = workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    address = f"127.0.0.1:{free_port()}"
     log_path = workdir / "coordinator.log"
-    print(f"starting the coordinator on {address} (log: {log_path})", flush=True)
-    with open(log_path, "ab") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "coordinator.cli", "serve", "--listen", address,
-             "--metrics-port", str(free_port()), "--state-dir", str(workdir / "state")],
-            stdout=log, stderr=subprocess.STDOUT)
+    print(f"starting the coordinator (embedded Ray + SQLite in {workdir / 'state'}; log: {log_path})", flush=True)
+    server, endpoints = launch_coordinator(workdir / "state", log_path)
+    address = endpoints["grpc"]
+    print(f"coordinator serving on {address}, metrics on {endpoints['metrics']}", flush=True)
     try:
         dataset = write_synthetic_dataset(workdir / "data", num_videos=64, num_frames=32, size=64, seed=0)
         print(f"wrote a synthetic dataset of 64 videos to {dataset.root}", flush=True)
         with JobClient(address) as client:
-            client.wait_ready(timeout_s=120)
             started = time.monotonic()
             job = client.submit("pretrain-mae", read_config("tiny-cpu"),
                                 [f"data.train_list={dataset.train_list}"], min_workers=2, max_workers=2,

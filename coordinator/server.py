@@ -1,6 +1,7 @@
 """``internvideo serve``: the coordinator process (gRPC API, scheduler, store, metrics)."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -61,35 +62,46 @@ def trainer_bundle() -> dict[str, float]:
     return {"GPU": 1.0, "CPU": 1.0} if cluster_resources().get("GPU") else {"CPU": 1.0}
 
 
-def build_server(service: JobService, host: str, port: int) -> tuple[grpc.Server, int, health.HealthServicer]:
+def bind_server(host: str, port: int) -> tuple[grpc.Server, int]:
+    """Create the gRPC server and take its port first: a taken port fails before anything starts."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=64))
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as err:
+        raise OSError(f"cannot listen on {host}:{port}: {err}") from None
+    return server, bound
+
+
+def add_services(server: grpc.Server, service: JobService) -> health.HealthServicer:
     pb_grpc.add_JobServiceServicer_to_server(service, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise OSError(f"cannot listen on {host}:{port}")
-    return server, bound, health_servicer
+    return health_servicer
 
 
 def serve(options: ServeOptions) -> int:
     options.state_dir.mkdir(parents=True, exist_ok=True)
+    server, port = bind_server(options.host, options.port)
     store = JobStore(options.state_dir / "jobs.sqlite")
+    metrics_port = serve_coordinator_metrics(store, options.host, options.metrics_port)
     start_ray(options)
     # Embedded, every worker runs on this machine: their servers listen where the coordinator does.
     settings = RunnerSettings(state_dir=options.state_dir, trainer_bundle=trainer_bundle(),
                               start_timeout_s=options.start_timeout_s,
                               worker_host=None if options.ray_address else options.host)
-    metrics_port = serve_coordinator_metrics(store, options.host, options.metrics_port)
     targets = ScrapeTargets(options.state_dir / "prometheus" / "targets.json", f"{options.host}:{metrics_port}")
     scheduler = Scheduler(store, settings, cluster_resources, scrape_targets=targets)
     scheduler.start()
-    server, port, health_servicer = build_server(JobService(store, scheduler), options.host, options.port)
+    health_servicer = add_services(server, JobService(store, scheduler))
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    # Where to find this coordinator (ports may have been picked by the OS with port 0).
+    endpoints = options.state_dir / "coordinator.json"
+    endpoints.write_text(json.dumps({"grpc": f"{options.host}:{port}", "metrics": f"{options.host}:{metrics_port}",
+                                     "pid": os.getpid()}))
     log.info("serving on %s:%d (metrics on :%d, state in %s, trainers use %s)",
              options.host, port, metrics_port, options.state_dir, settings.trainer_bundle)
     print(f"internvideo coordinator listening on {options.host}:{port}; metrics on {options.host}:{metrics_port}",
@@ -100,6 +112,7 @@ def serve(options: ServeOptions) -> int:
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     log.info("shutting down")
+    endpoints.unlink(missing_ok=True)
     health_servicer.enter_graceful_shutdown()
     server.stop(grace=5).wait()
     scheduler.stop()

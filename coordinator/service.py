@@ -8,7 +8,7 @@ import ray
 
 from coordinator import convert
 from coordinator.scheduler import Scheduler
-from coordinator.state import InvalidTransition, JobState
+from coordinator.state import InvalidTransition
 from coordinator.store import JobNotFound, JobStore
 from coordinator.submission import InvalidSubmission, validate_submission
 from protos.internvideo.v1 import jobs_pb2 as pb

@@ -11,9 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from grpc_tools import protoc
-
 import grpc_tools
+from grpc_tools import protoc
 
 REPO = Path(__file__).resolve().parent.parent
 PROTO_DIR = REPO / "protos" / "internvideo" / "v1"

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import ray
 import torch
 
 from internvideo.data.order import GlobalBatchPlan, gradient_accumulation

@@ -25,8 +25,17 @@ from einops import rearrange
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from torch import Tensor, nn
 
-from internvideo.models.layers import LAYER_NORM_EPS, BlockStack, sinusoid_position_table
-from internvideo.models.vit import ViTConfig, VideoViTEncoder, transformer_flops, vit_config
+from internvideo.models.layers import (
+    LAYER_NORM_EPS,
+    BlockStack,
+    sinusoid_position_table,
+)
+from internvideo.models.vit import (
+    VideoViTEncoder,
+    ViTConfig,
+    transformer_flops,
+    vit_config,
+)
 
 # -----------------------------------------------------------------------------
 # Config

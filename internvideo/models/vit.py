@@ -13,7 +13,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from torch import Tensor, nn
 
-from internvideo.models.layers import LAYER_NORM_EPS, BlockStack, PatchEmbed3D, sinusoid_position_table
+from internvideo.models.layers import (
+    LAYER_NORM_EPS,
+    BlockStack,
+    PatchEmbed3D,
+    sinusoid_position_table,
+)
 
 
 class ViTConfig(BaseModel):

@@ -15,7 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from internvideo.data.pipeline import PretrainClipSpec
 from internvideo.data.transforms import normalize_clips
-from internvideo.models.videomae import VideoMAEConfig, VideoMAEPretrain, videomae_config
+from internvideo.models.videomae import (
+    VideoMAEConfig,
+    VideoMAEPretrain,
+    videomae_config,
+)
 
 KIND = "pretrain-mae"
 

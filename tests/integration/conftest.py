@@ -5,7 +5,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.client import JobClient, read_config
+from coordinator.launch import launch_coordinator
 from internvideo.data.synthetic import write_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,24 +26,18 @@ def free_port() -> int:
 
 @dataclass
 class Coordinator:
+    """``internvideo serve`` in its own process session; ports are picked by the OS (port 0) and
+    read back from the coordinator's ``coordinator.json``, so no two tests race for a port."""
+
     state_dir: Path
     log_path: Path
-    port: int
-    metrics_port: int
+    address: str = ""
+    metrics_port: int = 0
     process: subprocess.Popen | None = None
 
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
     def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "coordinator.cli", "serve", "--listen", self.address,
-                 "--metrics-port", str(self.metrics_port), "--state-dir", str(self.state_dir), "--num-cpus", "4"],
-                stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
-        with JobClient(self.address) as client:
-            client.wait_ready(timeout_s=120)
+        self.process, info = launch_coordinator(self.state_dir, self.log_path, "--num-cpus", "4")
+        self.address, self.metrics_port = info["grpc"], int(info["metrics"].rsplit(":", 1)[1])
 
     def kill(self) -> None:
         """SIGKILL the whole process group: the coordinator and the Ray processes it started."""
@@ -75,8 +69,7 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def coordinator(tmp_path_factory):
     root = tmp_path_factory.mktemp("coordinator")
-    coord = Coordinator(state_dir=root / "state", log_path=root / "coordinator.log", port=free_port(),
-                        metrics_port=free_port())
+    coord = Coordinator(state_dir=root / "state", log_path=root / "coordinator.log")
     coord.start()
     yield coord
     coord.stop()

@@ -7,7 +7,9 @@ import sys
 
 import grpc
 import pytest
-from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
 
 from tests.integration.conftest import REPO
 
@@ -53,3 +55,16 @@ def test_reflection_lists_the_services(coordinator):
     with grpc.insecure_channel(coordinator.address) as channel:
         services = ProtoReflectionDescriptorDatabase(channel).get_services()
     assert {"internvideo.v1.JobService", "grpc.health.v1.Health"} <= set(services)
+
+
+def test_data_synth_writes_a_trainable_dataset(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "coordinator.cli", "data", "synth", str(tmp_path / "synth"),
+                          "--num-videos", "16", "--num-frames", "16", "--size", "32", "--seed", "3"],
+                         capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    train = (tmp_path / "synth" / "train.txt").read_text().split("\n")
+    val = (tmp_path / "synth" / "val.txt").read_text().split("\n")
+    entries = [line for line in train + val if line]
+    assert len(entries) == 16
+    assert all((tmp_path / "synth" / line.split()[0]).stat().st_size > 0 for line in entries)
+    assert (tmp_path / "synth" / "captions.csv").read_text().startswith("path,caption")

@@ -21,7 +21,12 @@ from internvideo.data.lists import VideoRecord, read_video_list, write_video_lis
 from internvideo.data.masking import num_masked_tokens, tube_mask
 from internvideo.data.pipeline import PretrainClipSpec, load_pretrain_clip
 from internvideo.data.sampling import ClipTooShort, dense_indices
-from internvideo.data.synthetic import CLASSES, render_video, write_mp4, write_synthetic_dataset
+from internvideo.data.synthetic import (
+    CLASSES,
+    render_video,
+    write_mp4,
+    write_synthetic_dataset,
+)
 from internvideo.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,

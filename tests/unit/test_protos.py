@@ -1,8 +1,7 @@
-from protos.generate import main as generate_main
-from protos.internvideo.v1 import jobs_pb2 as pb
-
 from coordinator.convert import state_from_proto, state_to_proto
 from coordinator.state import JobState
+from protos.generate import main as generate_main
+from protos.internvideo.v1 import jobs_pb2 as pb
 
 
 def test_committed_generated_code_is_fresh():

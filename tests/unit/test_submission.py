@@ -1,7 +1,11 @@
 import pytest
 
 from coordinator.client import read_config
-from coordinator.submission import InvalidSubmission, apply_overrides, validate_submission
+from coordinator.submission import (
+    InvalidSubmission,
+    apply_overrides,
+    validate_submission,
+)
 
 
 @pytest.fixture

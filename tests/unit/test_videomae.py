@@ -9,7 +9,13 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from internvideo.models.layers import Attention, Block, DropPath, PatchEmbed3D, sinusoid_position_table
+from internvideo.models.layers import (
+    Attention,
+    Block,
+    DropPath,
+    PatchEmbed3D,
+    sinusoid_position_table,
+)
 from internvideo.models.videomae import (
     DECODER_SIZES,
     VideoMAEConfig,
@@ -17,7 +23,13 @@ from internvideo.models.videomae import (
     videomae_config,
     videomae_targets,
 )
-from internvideo.models.vit import VIT_SIZES, VideoViTEncoder, ViTConfig, transformer_flops, vit_config
+from internvideo.models.vit import (
+    VIT_SIZES,
+    VideoViTEncoder,
+    ViTConfig,
+    transformer_flops,
+    vit_config,
+)
 
 # Tiny shapes: 4 frames of 32x32, 8x8 patches, tubelet 2 -> grid (2, 4, 4) = 32 tokens,
 # tube masking at 0.75 hides 12 of 16 positions per slice -> 24 hidden, 8 visible.

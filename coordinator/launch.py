@@ -1,0 +1,38 @@
+"""Start ``internvideo serve`` as a child process and wait until it serves (the demo and the tests)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from coordinator.client import JobClient
+
+
+def launch_coordinator(state_dir: Path, log_path: Path, *extra_args: str,
+                       timeout_s: float = 120.0) -> tuple[subprocess.Popen, dict[str, str]]:
+    """Returns the process (leader of its own session) and its endpoints ``{"grpc", "metrics"}``.
+
+    Ports are picked by the OS and read back from ``<state_dir>/coordinator.json``, so
+    concurrent coordinators never race for a port.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    endpoints = state_dir / "coordinator.json"
+    endpoints.unlink(missing_ok=True)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "coordinator.cli", "serve", "--listen", "127.0.0.1:0", "--metrics-port", "0",
+             "--state-dir", str(state_dir), *extra_args],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while not endpoints.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+            raise RuntimeError(f"the coordinator did not start (exit code {process.poll()}); its log:\n{tail}")
+        time.sleep(0.2)
+    info = json.loads(endpoints.read_text())
+    with JobClient(info["grpc"]) as client:
+        client.wait_ready(timeout_s=max(1.0, deadline - time.monotonic()))
+    return process, info
