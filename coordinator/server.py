@@ -24,6 +24,7 @@ from protos.internvideo.v1 import jobs_pb2 as pb
 from protos.internvideo.v1 import jobs_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
+RAY_START_ATTEMPTS = 3
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["JobService"].full_name
 
 
@@ -45,7 +46,16 @@ def start_ray(options: ServeOptions) -> None:
     # Logical CPU slots, not cores: a trainer and a decode worker each hold one, and the
     # demo's 2 + 2 must fit on a 2-core laptop (they time-share the cores).
     num_cpus = options.num_cpus or max(4, os.cpu_count() or 1)
-    ray.init(num_cpus=num_cpus, namespace="internvideo", include_dashboard=False, log_to_driver=False)
+    for attempt in range(1, RAY_START_ATTEMPTS + 1):
+        try:
+            ray.init(num_cpus=num_cpus, namespace="internvideo", include_dashboard=False, log_to_driver=False)
+            return
+        except Exception as err:  # noqa: BLE001 — Ray raises a bare Exception when its raylet starts slowly
+            # A loaded machine can take longer than Ray's fixed 30 s to register the local raylet.
+            if attempt == RAY_START_ATTEMPTS or "timed out during startup" not in str(err):
+                raise
+            log.warning("local Ray did not start (%s); trying again", err)
+            ray.shutdown()
 
 
 def cluster_resources() -> dict[str, float]:
