@@ -18,7 +18,7 @@ from coordinator.state import JobState
 from coordinator.store import JobRecord, JobStore
 from internvideo.data.lists import read_video_list
 from internvideo.tasks.pretrain_mae import PretrainMAEConfig
-from workers.checkpoint import checkpoint_folder, commit, read_commit
+from workers.checkpoint import UNIVERSAL, checkpoint_folder, commit, read_commit, to_universal
 from workers.decode import DataError, DecodePool
 from workers.group import WorkerGroup
 
@@ -92,13 +92,15 @@ class JobRunner(threading.Thread):
                                      root=self.config.data.root, spec=self.config.clip_spec(),
                                      host=self.settings.worker_host, timeout_s=self.settings.start_timeout_s)
             self.decode_workers = len(pool.actors)
+            resume_from = self._checkpoint_to_load()
             self._check_cancel()
             group = WorkerGroup.create(job_id=self.job_id, config=self.job.config, world_size=self.world_size,
                                        bundle=self.settings.trainer_bundle, num_samples=num_samples,
                                        decode_actors=pool.actors, host=self.settings.worker_host,
-                                       timeout_s=self.settings.start_timeout_s)
+                                       timeout_s=self.settings.start_timeout_s,
+                                       load_universal=resume_from is not None and resume_from.name == UNIVERSAL)
             self.metrics_endpoints = {"trainer": group.metrics_endpoints, "decode": pool.metrics_endpoints}
-            start_step = self._resume(group)
+            start_step = self._resume(group, resume_from)
             self.store.transition(self.job_id, JobState.RUNNING,
                                   f"{self.world_size} workers, {self.decode_workers} decode workers")
             self.store.record_result(self.job_id, self._train(group, start_step, num_samples))
@@ -117,12 +119,19 @@ class JobRunner(threading.Thread):
             self._on_exit(self)
             self.store.transition(self.job_id, *outcome, world_size=0)
 
-    def _resume(self, group: WorkerGroup) -> int:
-        folder = self.config.train.resume_from
-        if not folder:
+    def _checkpoint_to_load(self) -> Path | None:
+        """The committed checkpoint to start from, in the universal layout when it was saved at
+        another world size (the global batch, and with it the data cursor, is the same)."""
+        if not self.config.train.resume_from:
+            return None
+        folder = Path(self.config.train.resume_from)
+        saved_world = read_commit(folder)["world_size"]  # refuses a half-written checkpoint
+        return folder if saved_world == self.world_size else to_universal(folder)
+
+    def _resume(self, group: WorkerGroup, folder: Path | None) -> int:
+        if folder is None:
             return 0
-        read_commit(folder)  # refuses a half-written checkpoint
-        steps = set(group.call("load_checkpoint", folder, timeout_s=self.settings.start_timeout_s))
+        steps = set(group.call("load_checkpoint", str(folder), timeout_s=self.settings.start_timeout_s))
         if len(steps) != 1:
             raise RuntimeError(f"ranks restored different steps from {folder}: {sorted(steps)}")
         return steps.pop()

@@ -1,18 +1,26 @@
-"""Checkpoint folders and their commit marker.
+"""Checkpoint folders, their commit marker, and conversion to DeepSpeed's universal layout.
 
 All ranks write their shards into ``<job>/checkpoints/step-00000042``; only after every rank
 returned does the job runner write ``COMMITTED`` (atomically, by rename). A folder without
 the marker is a half-written checkpoint and is never loaded.
+
+ZeRO shards the optimizer state by rank, so a checkpoint loads as saved only at the world
+size that saved it. For another world size it is converted once into the universal layout
+(one file per parameter and state), kept beside the shards in ``<folder>/universal``.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 COMMIT_MARKER = "COMMITTED"
+UNIVERSAL = "universal"
 
 
 def checkpoint_folder(root: str | Path, step: int) -> Path:
@@ -31,3 +39,30 @@ def read_commit(folder: str | Path) -> dict[str, Any]:
     if not marker.is_file():
         raise ValueError(f"{folder} is not a committed checkpoint (no {COMMIT_MARKER} marker)")
     return json.loads(marker.read_text())
+
+
+def to_universal(folder: str | Path, timeout_s: float = 3600.0) -> Path:
+    """The universal form of a committed checkpoint, converting it on first use.
+
+    Runs DeepSpeed's ``ds_to_universal`` in a child process (it is memory-hungry and uses
+    process pools) into a temporary folder that is committed and renamed only when complete.
+    """
+    folder = Path(folder)
+    meta = read_commit(folder)
+    out = folder / UNIVERSAL
+    if (out / COMMIT_MARKER).is_file():
+        return out
+    tmp = folder / f".{UNIVERSAL}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(folder),
+         "--output_folder", str(tmp), "--num_extract_workers", "1", "--num_merge_workers", "1",
+         "--inject_missing_state"],
+        capture_output=True, text=True, timeout=timeout_s)
+    if done.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RuntimeError(f"converting {folder} to a universal checkpoint failed: {done.stderr[-2000:]}")
+    commit(tmp, {**meta, "universal": True})
+    shutil.rmtree(out, ignore_errors=True)  # a half-renamed earlier attempt
+    os.replace(tmp, out)
+    return out

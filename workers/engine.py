@@ -34,7 +34,9 @@ def init_process_group(*, master_addr: str, master_port: int, rank: int, world_s
 
 def build_engine(model: torch.nn.Module, *, micro_batch: int, accumulation: int, world_size: int,
                  lr: float, min_lr: float, warmup_steps: int, total_steps: int, weight_decay: float,
-                 betas: tuple[float, float], grad_clip: float, zero_stage: int) -> deepspeed.DeepSpeedEngine:
+                 betas: tuple[float, float], grad_clip: float, zero_stage: int,
+                 load_universal: bool = False) -> deepspeed.DeepSpeedEngine:
+    """``load_universal``: the engine will be restored from a universal checkpoint (another world size)."""
     optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas)
     # LambdaLR multiplies the base lr; the schedule is written in absolute terms, hence the division.
     schedule = functools.partial(warmup_cosine, warmup_steps=warmup_steps, total_steps=total_steps,
@@ -49,6 +51,7 @@ def build_engine(model: torch.nn.Module, *, micro_batch: int, accumulation: int,
         "gradient_clipping": grad_clip,
         "bf16": {"enabled": torch.cuda.is_available() and torch.cuda.is_bf16_supported()},
         "steps_per_print": 2**31 - 1,
+        "checkpoint": {"load_universal": load_universal},
     }
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
     return engine

@@ -75,7 +75,8 @@ class WorkerGroup:
 
     @classmethod
     def create(cls, *, job_id: str, config: dict[str, Any], world_size: int, bundle: dict[str, float],
-               num_samples: int, decode_actors: list, host: str | None, timeout_s: float) -> "WorkerGroup":
+               num_samples: int, decode_actors: list, host: str | None, timeout_s: float,
+               load_universal: bool = False) -> "WorkerGroup":
         pg = placement_group([dict(bundle) for _ in range(world_size)], strategy="PACK",
                              name=f"{job_id}-trainers")
         workers: list[ray.actor.ActorHandle] = []
@@ -90,7 +91,8 @@ class WorkerGroup:
                 ).remote(job_id, config, rank, world_size, True, host))
             (addr, port), = gather([workers[0].rendezvous_address.remote()], timeout_s, "rendezvous")
             infos = gather([w.setup.remote(master_addr=addr, master_port=port, num_samples=num_samples,
-                                           decode_actors=decode_actors, timeout_s=timeout_s)
+                                           decode_actors=decode_actors, timeout_s=timeout_s,
+                                           load_universal=load_universal)
                             for w in workers], timeout_s, "worker set-up")
         except BaseException:
             _teardown(workers, pg)

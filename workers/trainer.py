@@ -45,8 +45,9 @@ class EncoderWorker:
             return self.host, sock.getsockname()[1]
 
     def setup(self, *, master_addr: str, master_port: int, num_samples: int, decode_actors: list,
-              timeout_s: float) -> dict[str, Any]:
-        """Join the process group, build the engine and the clip stream."""
+              timeout_s: float, load_universal: bool = False) -> dict[str, Any]:
+        """Join the process group, build the engine and the clip stream. ``load_universal``: the
+        engine will be restored from a universal checkpoint (saved at another world size)."""
         train = self.config.train
         threads = int(float(os.environ.get("OMP_NUM_THREADS", "0") or 0)) or len(os.sched_getaffinity(0))
         torch.set_num_threads(max(1, threads))
@@ -61,7 +62,7 @@ class EncoderWorker:
             model, micro_batch=train.micro_batch, accumulation=self.accumulation, world_size=self.world_size,
             lr=train.lr, min_lr=train.min_lr, warmup_steps=train.warmup_steps, total_steps=train.steps,
             weight_decay=train.weight_decay, betas=train.betas, grad_clip=train.grad_clip,
-            zero_stage=train.zero_stage)
+            zero_stage=train.zero_stage, load_universal=load_universal)
         self.plan = GlobalBatchPlan(num_samples, train.global_batch, train.seed)
         self.stream = ClipStream(decode_actors, self.plan, rank=self.rank, world_size=self.world_size,
                                  micro_batch=train.micro_batch, end_step=train.steps,

@@ -66,6 +66,19 @@ def test_job_runs_to_success_streams_events_and_resumes_exactly(client, dataset,
     assert [p.loss for p in resumed_progress] == pytest.approx([p.loss for p in progress[3:]], rel=1e-5)
     assert resumed.result.metrics["start_step"] == 3
 
+    # At another world size the checkpoint is converted to DeepSpeed's universal layout (optimizer
+    # state included): one worker continues the two-worker run with the same global batch.
+    rescaled = tiny_job(client, dataset.train_list, "train.steps=6", "train.checkpoint_every=3",
+                        f"train.resume_from={job.checkpoints[0].path}", workers=1)
+    rescaled_events = list(client.watch(rescaled.job_id))
+    rescaled = client.get(rescaled.job_id)
+    assert state(rescaled) == "SUCCEEDED", f"{rescaled.message}\n{coordinator.log_tail()}"
+    assert rescaled.checkpoints[-1].world_size == 1
+    assert [p.step for p in bodies(rescaled_events, "progress")] == [4, 5, 6]
+    assert [p.loss for p in bodies(rescaled_events, "progress")] == pytest.approx(
+        [p.loss for p in progress[3:]], rel=1e-4)
+    assert read_commit(Path(job.checkpoints[0].path) / "universal")["universal"]
+
     listed = client.list(states=[pb.JOB_STATE_SUCCEEDED], kinds=["pretrain-mae"]).jobs
     assert {job.job_id, resumed.job_id} <= {j.job_id for j in listed}
 
