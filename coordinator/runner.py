@@ -10,14 +10,16 @@ import logging
 import statistics
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from coordinator.recovery import Decision, FailurePolicy
 from coordinator.state import JobState
 from coordinator.store import JobRecord, JobStore
 from internvideo.data.lists import read_video_list
 from internvideo.tasks.pretrain_mae import PretrainMAEConfig
+from workers.calls import WorkerGroupError
 from workers.checkpoint import UNIVERSAL, checkpoint_folder, commit, read_commit, to_universal
 from workers.decode import DataError, DecodePool
 from workers.group import WorkerGroup
@@ -51,15 +53,43 @@ def resource_demand(config: PretrainMAEConfig, world_size: int, bundle: dict[str
     return demand
 
 
+@dataclass
+class RunStats:
+    """What a job did, summed over all its attempts (steps redone after a failure count again)."""
+
+    losses: list[float] = field(default_factory=list)
+    samples: int = 0
+    train_seconds: float = 0.0
+    failures: int = 0
+    steps_redone: int = 0
+    start_step: int | None = None
+    bad_paths: set[str] = field(default_factory=set)
+    last_checkpoint: str = ""
+
+    def result(self) -> dict[str, Any]:
+        return {"first_loss": self.losses[0], "final_loss": self.losses[-1], "start_step": self.start_step,
+                "steps": len(self.losses), "samples": self.samples, "train_seconds": self.train_seconds,
+                "clips_per_second": self.samples / self.train_seconds, "final_checkpoint": self.last_checkpoint,
+                "skipped_videos": len(self.bad_paths), "failures": self.failures, "steps_redone": self.steps_redone}
+
+
 class JobRunner(threading.Thread):
     def __init__(self, store: JobStore, job: JobRecord, world_size: int, settings: RunnerSettings,
-                 on_exit: Callable[["JobRunner"], None]) -> None:
+                 on_exit: Callable[["JobRunner"], None],
+                 fit_world_size: Callable[["JobRunner"], int | None] | None = None) -> None:
+        """``fit_world_size``: the largest world size this job could have now (None: not even the
+        minimum); asked after a failure. Without it a job restarts at the size it had."""
         super().__init__(name=f"runner-{job.job_id}", daemon=True)
-        self.store, self.job, self.world_size, self.settings = store, job, world_size, settings
+        self.store, self.job, self.settings = store, job, settings
         self.config = PretrainMAEConfig.model_validate(job.config)
-        self.demand = resource_demand(self.config, world_size, settings.trainer_bundle)
+        self.world_size = world_size
         self.metrics_endpoints: dict[str, list[str]] = {}  # component → host:port of each /metrics
         self.decode_workers = 0
+        self.policy = FailurePolicy(self.config.train.max_failures)
+        self.stats = RunStats()
+        self._fit_world_size = fit_world_size
+        self._pool: DecodePool | None = None
+        self._group: WorkerGroup | None = None
         self._cancel = threading.Event()
         self._interrupt_reason = ""
         self._on_exit = on_exit
@@ -67,6 +97,10 @@ class JobRunner(threading.Thread):
     @property
     def job_id(self) -> str:
         return self.job.job_id
+
+    @property
+    def demand(self) -> dict[str, float]:
+        return resource_demand(self.config, self.world_size, self.settings.trainer_bundle)
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -82,28 +116,17 @@ class JobRunner(threading.Thread):
             raise JobCancelled()
 
     def run(self) -> None:
-        pool: DecodePool | None = None
-        group: WorkerGroup | None = None
         outcome = (JobState.SUCCEEDED, "")
         try:
             num_samples = len(read_video_list(self.config.data.train_list, self.config.data.root))
-            pool = DecodePool.create(job_id=self.job_id, size=self.config.data.decode_workers,
-                                     cpus=self.config.data.decode_cpus, list_path=self.config.data.train_list,
-                                     root=self.config.data.root, spec=self.config.clip_spec(),
-                                     host=self.settings.worker_host, timeout_s=self.settings.start_timeout_s)
-            self.decode_workers = len(pool.actors)
-            resume_from = self._checkpoint_to_load()
-            self._check_cancel()
-            group = WorkerGroup.create(job_id=self.job_id, config=self.job.config, world_size=self.world_size,
-                                       bundle=self.settings.trainer_bundle, num_samples=num_samples,
-                                       decode_actors=pool.actors, host=self.settings.worker_host,
-                                       timeout_s=self.settings.start_timeout_s,
-                                       load_universal=resume_from is not None and resume_from.name == UNIVERSAL)
-            self.metrics_endpoints = {"trainer": group.metrics_endpoints, "decode": pool.metrics_endpoints}
-            start_step = self._resume(group, resume_from)
-            self.store.transition(self.job_id, JobState.RUNNING,
-                                  f"{self.world_size} workers, {self.decode_workers} decode workers")
-            self.store.record_result(self.job_id, self._train(group, start_step, num_samples))
+            resume = Path(self.config.train.resume_from) if self.config.train.resume_from else None
+            while True:
+                try:
+                    self._attempt(num_samples, resume)
+                    break
+                except WorkerGroupError as err:
+                    resume = self._recover(err, resume)
+            self.store.record_result(self.job_id, self.stats.result())
         except JobCancelled:
             outcome = (JobState.CANCELLED, "cancelled by request")
         except JobInterrupted as err:
@@ -113,61 +136,114 @@ class JobRunner(threading.Thread):
             outcome = (JobState.FAILED, f"{type(err).__name__}: {err}")
         finally:
             # Release everything before the job is seen to end, so that its end means "resources free".
-            for part in (group, pool):
-                if part is not None:
-                    part.shutdown()
+            self._release()
             self._on_exit(self)
             self.store.transition(self.job_id, *outcome, world_size=0)
 
-    def _checkpoint_to_load(self) -> Path | None:
-        """The committed checkpoint to start from, in the universal layout when it was saved at
-        another world size (the global batch, and with it the data cursor, is the same)."""
-        if not self.config.train.resume_from:
+    def _attempt(self, num_samples: int, resume: Path | None) -> None:
+        """Start the decode pool and the worker group, restore ``resume``, train to the end."""
+        self._pool = DecodePool.create(job_id=self.job_id, size=self.config.data.decode_workers,
+                                       cpus=self.config.data.decode_cpus, list_path=self.config.data.train_list,
+                                       root=self.config.data.root, spec=self.config.clip_spec(),
+                                       host=self.settings.worker_host, timeout_s=self.settings.start_timeout_s)
+        self.decode_workers = len(self._pool.actors)
+        folder = self._loadable(resume)
+        self._check_cancel()
+        self._group = WorkerGroup.create(
+            job_id=self.job_id, config=self.job.config, world_size=self.world_size,
+            bundle=self.settings.trainer_bundle, num_samples=num_samples, decode_actors=self._pool.actors,
+            host=self.settings.worker_host, timeout_s=self.settings.start_timeout_s,
+            load_universal=folder is not None and folder.name == UNIVERSAL)
+        self.metrics_endpoints = {"trainer": self._group.metrics_endpoints, "decode": self._pool.metrics_endpoints}
+        start_step = self._restore(folder)
+        self.store.transition(self.job_id, JobState.RUNNING,
+                              f"{self.world_size} workers, {self.decode_workers} decode workers",
+                              world_size=self.world_size)
+        self._train(start_step, num_samples)
+
+    def _recover(self, error: WorkerGroupError, resume: Path | None) -> Path | None:
+        """Tear down, decide, and wait for room; returns the checkpoint the next attempt starts from."""
+        self._release()
+        self.stats.failures += 1
+        if self.policy.decide(error, self.stats.failures) is Decision.FAIL:
+            raise RuntimeError(f"giving up after failure {self.stats.failures} "
+                               f"(train.max_failures={self.policy.max_failures}): {error}") from error
+        checkpoints = self.store.checkpoints(self.job_id)
+        resume = Path(checkpoints[-1].path) if checkpoints else resume
+        redo_from = checkpoints[-1].step if checkpoints else (self.stats.start_step or 0)
+        progress = self.store.get_job(self.job_id).progress.get("step", redo_from)
+        self.stats.steps_redone += max(0, progress - redo_from)
+        message = (f"failure {self.stats.failures} of at most {self.policy.max_failures}: {error}; "
+                   f"restarting from {resume or 'the start'}")
+        if self.store.get_job(self.job_id).state is JobState.RECOVERING:
+            self.store.update_job(self.job_id, message=message, world_size=0)
+        else:
+            self.store.transition(self.job_id, JobState.RECOVERING, message, world_size=0)
+        self._wait_for_room()
+        return resume
+
+    def _wait_for_room(self) -> None:
+        while True:
+            self._check_cancel()
+            world = self._fit_world_size(self) if self._fit_world_size else self.world_size
+            if world:
+                self.world_size = world
+                return
+            self.store.update_job(self.job_id, message=f"waiting for at least {self.job.min_workers} workers")
+            self._cancel.wait(2.0)
+
+    def _release(self) -> None:
+        for part in (self._group, self._pool):
+            if part is not None:
+                part.shutdown()
+        self._group = self._pool = None
+        self.metrics_endpoints = {}
+
+    def _loadable(self, folder: Path | None) -> Path | None:
+        """``folder`` as this world size can load it: converted to the universal layout when it was
+        saved at another world size (the global batch, and with it the data cursor, is the same)."""
+        if folder is None:
             return None
-        folder = Path(self.config.train.resume_from)
         saved_world = read_commit(folder)["world_size"]  # refuses a half-written checkpoint
         return folder if saved_world == self.world_size else to_universal(folder)
 
-    def _resume(self, group: WorkerGroup, folder: Path | None) -> int:
+    def _restore(self, folder: Path | None) -> int:
         if folder is None:
-            return 0
-        steps = set(group.call("load_checkpoint", str(folder), timeout_s=self.settings.start_timeout_s))
-        if len(steps) != 1:
-            raise RuntimeError(f"ranks restored different steps from {folder}: {sorted(steps)}")
-        return steps.pop()
+            step = 0
+        else:
+            steps = set(self._group.call("load_checkpoint", str(folder), timeout_s=self.settings.start_timeout_s))
+            if len(steps) != 1:
+                raise RuntimeError(f"ranks restored different steps from {folder}: {sorted(steps)}")
+            step = steps.pop()
+        if self.stats.start_step is None:
+            self.stats.start_step = step
+        return step
 
-    def _train(self, group: WorkerGroup, start_step: int, num_samples: int) -> dict[str, Any]:
-        train = self.config.train
-        losses: list[float] = []
-        samples, wall = 0, 0.0
-        bad_paths: set[str] = set()
-        last_checkpoint = ""
+    def _train(self, start_step: int, num_samples: int) -> None:
+        train, stats = self.config.train, self.stats
         for step in range(start_step, train.steps):
             self._check_cancel()
             began = time.perf_counter()
-            reports = group.call("train_step", step, timeout_s=train.step_timeout_s)
+            reports = self._group.call("train_step", step, timeout_s=train.step_timeout_s)
             seconds = time.perf_counter() - began
-            wall += seconds
             step_samples = sum(r["samples"] for r in reports)
-            samples += step_samples
-            losses.append(statistics.fmean(r["loss"] for r in reports))
-            self._record_skips(reports, bad_paths, num_samples)
+            stats.train_seconds += seconds
+            stats.samples += step_samples
+            stats.losses.append(statistics.fmean(r["loss"] for r in reports))
+            self._record_skips(reports, num_samples)
             self.store.record_progress(self.job_id, {
                 "step": step + 1, "total_steps": train.steps, "samples": (step + 1) * train.global_batch,
-                "epoch": step * train.global_batch // num_samples, "loss": losses[-1],
+                "epoch": step * train.global_batch // num_samples, "loss": stats.losses[-1],
                 "clips_per_second": step_samples / seconds, "step_seconds": seconds,
                 "data_wait_fraction": statistics.fmean(r["data_wait_seconds"] / r["seconds"] for r in reports),
-                "lr": reports[0]["lr"],
+                "lr": reports[0]["lr"], "world_size": self.world_size,
             })
             completed = step + 1
             if completed == train.steps or (train.checkpoint_every and completed % train.checkpoint_every == 0):
-                last_checkpoint = self._checkpoint(group, completed)
-        return {"first_loss": losses[0], "final_loss": losses[-1], "start_step": start_step,
-                "steps": len(losses), "samples": samples, "train_seconds": wall,
-                "clips_per_second": samples / wall, "final_checkpoint": last_checkpoint,
-                "skipped_videos": len(bad_paths)}
+                stats.last_checkpoint = self._checkpoint(completed)
 
-    def _record_skips(self, reports: list[dict[str, Any]], bad_paths: set[str], num_samples: int) -> None:
+    def _record_skips(self, reports: list[dict[str, Any]], num_samples: int) -> None:
+        bad_paths = self.stats.bad_paths
         for report in reports:
             for skip in report["skipped"]:
                 self.store.record_skipped(self.job_id, skip["path"], skip["reason"], skip["detail"])
@@ -177,11 +253,11 @@ class JobRunner(threading.Thread):
             raise DataError(f"{len(bad_paths)} of {num_samples} videos could not be decoded, more than "
                             f"data.max_bad_fraction={limit}; see the job's skipped videos")
 
-    def _checkpoint(self, group: WorkerGroup, step: int) -> str:
+    def _checkpoint(self, step: int) -> str:
         root = self.settings.job_dir(self.job_id) / "checkpoints"
-        folders = set(group.call("save_checkpoint", str(root), step, timeout_s=self.config.train.step_timeout_s))
+        saved = self._group.call("save_checkpoint", str(root), step, timeout_s=self.config.train.step_timeout_s)
         folder = checkpoint_folder(root, step)
-        assert folders == {str(folder)}, f"ranks saved into {folders}"
-        commit(folder, {"job_id": self.job_id, "step": step, "world_size": group.world_size})
-        self.store.record_checkpoint(self.job_id, step, str(folder), group.world_size)
+        assert set(saved) == {str(folder)}, f"ranks saved into {saved}"
+        commit(folder, {"job_id": self.job_id, "step": step, "world_size": self.world_size})
+        self.store.record_checkpoint(self.job_id, step, str(folder), self.world_size)
         return str(folder)

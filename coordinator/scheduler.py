@@ -99,7 +99,8 @@ class Scheduler:
             if world is None:
                 self._note_waiting(job, free)
                 return  # strict FIFO: nothing jumps the head of the queue
-            runner = self.runner_factory(self.store, job, world, self.settings, on_exit=self._runner_exited)
+            runner = self.runner_factory(self.store, job, world, self.settings, on_exit=self._runner_exited,
+                                         fit_world_size=self.fit_world_size)
             with self._lock:  # atomic with cancel(): a job is either still QUEUED or has its runner
                 try:
                     self.store.transition(job.job_id, JobState.STARTING, f"starting {world} workers",
@@ -110,6 +111,13 @@ class Scheduler:
             for key, amount in runner.demand.items():
                 free[key] = free.get(key, 0.0) - amount
             runner.start()
+
+    def fit_world_size(self, runner: JobRunner) -> int | None:
+        """The largest world size ``runner``'s job could have now, counting what it holds itself."""
+        free = self.free_resources()
+        for key, amount in runner.demand.items():
+            free[key] = free.get(key, 0.0) + amount
+        return self._fitting_world_size(runner.job, free)
 
     def _fitting_world_size(self, job: JobRecord, free: dict[str, float]) -> int | None:
         config = PretrainMAEConfig.model_validate(job.config)

@@ -30,7 +30,8 @@ _ACTIVE = frozenset({JobState.STARTING, JobState.RUNNING, JobState.RESCALING, Jo
 
 _ALLOWED: dict[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.STARTING, JobState.CANCELLED, JobState.FAILED}),
-    JobState.STARTING: frozenset({JobState.RUNNING, JobState.FAILED, JobState.CANCELLED, JobState.QUEUED}),
+    JobState.STARTING: frozenset({JobState.RUNNING, JobState.RECOVERING, JobState.FAILED, JobState.CANCELLED,
+                                  JobState.QUEUED}),
     JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED,
                                  JobState.RESCALING, JobState.RECOVERING, JobState.PREEMPTED}),
     JobState.RESCALING: frozenset({JobState.RUNNING, JobState.FAILED, JobState.CANCELLED}),

@@ -21,6 +21,7 @@ from internvideo.data.lists import VideoRecord, read_video_list
 from internvideo.data.order import GlobalBatchPlan
 from internvideo.data.pipeline import PretrainClipSpec, load_pretrain_clip
 from workers import telemetry
+from workers.calls import gather
 
 MAX_REPLACEMENTS = 16
 
@@ -110,7 +111,7 @@ class DecodePool:
         actors = [actor_cls.options(num_cpus=cpus, max_concurrency=1).remote(
                       job_id, f"{job_id}-decode", list_path, root, spec, True, host) for _ in range(size)]
         try:
-            infos = ray.get([a.info.remote() for a in actors], timeout=timeout_s)
+            infos = gather([a.info.remote() for a in actors], timeout_s, "decode pool start-up")
         except BaseException:
             for actor in actors:
                 ray.kill(actor)

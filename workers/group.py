@@ -1,62 +1,20 @@
 """A job's group of EncoderWorker actors: gang placement, rendezvous, lock-step calls, teardown.
 
 ``create`` builds the whole group or nothing (a half-built group is torn down before the
-error propagates); every wait has a timeout; an error raised by many ranks is reported once
-with the ranks that raised it.
+error propagates); every call goes through ``calls.gather`` (one deadline, fail-fast,
+grouped errors).
 """
 from __future__ import annotations
 
-import collections
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import ray
-from ray.util.placement_group import (
-    PlacementGroup,
-    placement_group,
-    remove_placement_group,
-)
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from workers.calls import PlacementTimeout, gather
 from workers.trainer import EncoderWorker
-
-
-class WorkerGroupError(RuntimeError):
-    """One or more ranks failed; the message groups identical errors."""
-
-
-class PlacementTimeout(WorkerGroupError):
-    """The cluster could not give the group its resources in time."""
-
-
-def gather(refs: list[ray.ObjectRef], timeout_s: float, what: str) -> list[Any]:
-    """Results of one call on every rank, under one deadline.
-
-    Fails fast: once any rank has failed, the others are not waited for — they are likely
-    blocked in a collective with the dead rank, and the caller tears the group down anyway.
-    Errors are grouped by message, so N ranks failing alike read as one line.
-    """
-    deadline = time.monotonic() + timeout_s
-    results: dict[ray.ObjectRef, Any] = {}
-    errors: dict[str, list[int]] = collections.defaultdict(list)
-    pending = list(refs)
-    while pending and not errors:
-        ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
-        if not ready:
-            break
-        try:
-            results[ready[0]] = ray.get(ready[0])
-        except Exception as err:  # noqa: BLE001 — reported below, grouped
-            cause = getattr(err, "cause", None) or err
-            errors[f"{type(cause).__name__}: {cause}".strip()[:2000]].append(refs.index(ready[0]))
-    if pending:
-        reason = "abandoned after a peer failed" if errors else f"no answer within {timeout_s:.0f}s"
-        errors[reason] = sorted(refs.index(r) for r in pending)
-    if errors:
-        detail = "; ".join(f"ranks {ranks}: {msg}" for msg, ranks in errors.items())
-        raise WorkerGroupError(f"{what} failed — {detail}")
-    return [results[r] for r in refs]
 
 
 @dataclass

@@ -73,6 +73,7 @@ class TrainSection(_Strict):
     checkpoint_every: int = Field(0, ge=0)  # 0: only at the end
     zero_stage: Literal[0, 1, 2] = 2
     step_timeout_s: float = Field(600.0, gt=0)
+    max_failures: int = Field(3, ge=0)  # worker losses survived by restarting from the last checkpoint
     resume_from: str | None = None  # a committed checkpoint folder
 
     @model_validator(mode="after")

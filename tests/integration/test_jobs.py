@@ -11,7 +11,7 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from coordinator.client import read_config
+from coordinator.client import JobClient, read_config
 from internvideo.data.lists import VideoRecord, read_video_list, write_video_list
 from internvideo.data.order import GlobalBatchPlan
 from protos.internvideo.v1 import jobs_pb2 as pb
@@ -245,17 +245,50 @@ def worker_pids(coordinator, actor_class: str) -> list[int]:
     return pids
 
 
+RECOVERY_JOB = ("train.steps=30", "train.checkpoint_every=4")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_losses(coordinator, dataset):
+    with JobClient(coordinator.address) as client:
+        job = tiny_job(client, dataset.train_list, *RECOVERY_JOB)
+        events = list(client.watch(job.job_id))
+        assert state(client.get(job.job_id)) == "SUCCEEDED"
+    return [p.loss for p in bodies(events, "progress")]
+
+
 @pytest.mark.parametrize("actor_class", ["EncoderWorker", "DecodeWorker"])
-def test_a_killed_worker_fails_the_job_quickly_and_frees_its_resources(client, dataset, coordinator, actor_class):
+def test_a_killed_worker_is_replaced_and_training_continues_exactly(client, dataset, coordinator, actor_class,
+                                                                    uninterrupted_losses):
     total = client.cluster().trainer_slots_total
-    job = tiny_job(client, dataset.train_list, "train.steps=2000", "train.checkpoint_every=0")
-    wait_for(lambda: client.get(job.job_id).progress.step >= 2, 240, "2 steps")
+    job = tiny_job(client, dataset.train_list, *RECOVERY_JOB)
+    wait_for(lambda: client.get(job.job_id).progress.step >= 6, 240, "6 steps")
     pids = worker_pids(coordinator, actor_class)
     assert len(pids) == 2, pids
     os.kill(pids[0], signal.SIGKILL)
 
-    ended = wait_for(lambda: (j := client.get(job.job_id)).state in TERMINAL and j, 90, "the job to end")
-    assert state(ended) == "FAILED", ended.message
-    assert "train_step failed" in ended.message and "ranks [" in ended.message
+    events = list(client.watch(job.job_id))
+    job = client.get(job.job_id)
+    assert state(job) == "SUCCEEDED", f"{job.message}\n{coordinator.log_tail()}"
+    transitions = [pb.JobState.Name(s.to_state).removeprefix("JOB_STATE_") for s in bodies(events, "state_changed")]
+    assert transitions == ["QUEUED", "STARTING", "RUNNING", "RECOVERING", "RUNNING", "SUCCEEDED"]
+    (recovering,) = [s for s in bodies(events, "state_changed") if s.to_state == pb.JOB_STATE_RECOVERING]
+    assert "train_step failed" in recovering.message and "step-000000" in recovering.message
+    progress = bodies(events, "progress")
+    assert job.result.metrics["failures"] == 1
+    assert job.result.metrics["steps_redone"] == len(progress) - 30  # every progress event past 30 is a redo
+
+    # Steps after the last checkpoint were redone from it: the final value of every step is the
+    # uninterrupted run's, to the bit (same world size, same samples, same masks).
+    final_loss_of_step = {p.step: p.loss for p in progress}
+    assert [final_loss_of_step[s] for s in range(1, 31)] == uninterrupted_losses
     assert client.cluster().trainer_slots_free == total and not client.cluster().jobs
     assert not worker_pids(coordinator, actor_class)
+
+
+def test_a_job_whose_workers_keep_dying_fails_after_max_failures(client, dataset, coordinator):
+    job = tiny_job(client, dataset.train_list, "train.steps=2000", "train.max_failures=0")
+    wait_for(lambda: client.get(job.job_id).progress.step >= 2, 240, "2 steps")
+    os.kill(worker_pids(coordinator, "EncoderWorker")[0], signal.SIGKILL)
+    ended = wait_for(lambda: (j := client.get(job.job_id)).state in TERMINAL and j, 90, "the job to end")
+    assert state(ended) == "FAILED" and "train.max_failures=0" in ended.message

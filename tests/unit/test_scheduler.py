@@ -13,7 +13,7 @@ from internvideo.tasks.pretrain_mae import PretrainMAEConfig
 
 
 class FakeRunner:
-    def __init__(self, store, job, world_size, settings, on_exit):
+    def __init__(self, store, job, world_size, settings, on_exit, fit_world_size):
         self.store, self.job, self.world_size, self.on_exit = store, job, world_size, on_exit
         self.job_id = job.job_id
         self.demand = resource_demand(PretrainMAEConfig.model_validate(job.config), world_size,
@@ -113,3 +113,14 @@ def test_jobs_left_active_by_a_dead_coordinator_are_failed_with_their_last_check
     scheduler._fail_orphans()
     record = scheduler.store.get_job(job)
     assert record.state is JobState.FAILED and record.message.endswith("/ckpt/step-00000010")
+
+
+def test_after_a_failure_a_job_refits_to_what_the_cluster_has_left(scheduler, cluster):
+    job = submit(scheduler, 1, 4)
+    scheduler.tick()
+    runner = scheduler.runners[job]
+    assert runner.world_size == 4 and scheduler.fit_world_size(runner) == 4
+    cluster["CPU"] = 5.0  # a node with 3 CPUs left: 5 − 2 decode workers = 3 trainers → 2 (16 / (4·w))
+    assert scheduler.fit_world_size(runner) == 2
+    cluster["CPU"] = 2.0
+    assert scheduler.fit_world_size(runner) is None

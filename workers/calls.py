@@ -1,0 +1,54 @@
+"""Calling a set of actors as one: a single deadline, fail-fast, errors grouped by message."""
+from __future__ import annotations
+
+import collections
+import time
+from typing import Any
+
+import ray
+
+
+class WorkerGroupError(RuntimeError):
+    """One or more actors failed; the message groups identical errors.
+
+    ``causes`` holds the original exceptions (unwrapped from Ray's task errors; a timeout has
+    none), so a failure policy can tell a lost worker from an error that would only repeat.
+    """
+
+    def __init__(self, message: str, causes: list[BaseException] = ()) -> None:
+        super().__init__(message)
+        self.causes = list(causes)
+
+
+class PlacementTimeout(WorkerGroupError):
+    """The cluster could not give the group its resources in time."""
+
+
+def gather(refs: list[ray.ObjectRef], timeout_s: float, what: str) -> list[Any]:
+    """Results of one call on every actor (``refs[i]`` from rank ``i``), under one deadline.
+
+    Fails fast: once any rank has failed, the others are not waited for — they are likely
+    blocked in a collective with the dead rank, and the caller tears the group down anyway.
+    """
+    deadline = time.monotonic() + timeout_s
+    results: dict[ray.ObjectRef, Any] = {}
+    errors: dict[str, list[int]] = collections.defaultdict(list)
+    causes: list[BaseException] = []
+    pending = list(refs)
+    while pending and not errors:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        try:
+            results[ready[0]] = ray.get(ready[0])
+        except Exception as err:  # noqa: BLE001 — reported below, grouped
+            cause = getattr(err, "cause", None) or err
+            causes.append(cause)
+            errors[f"{type(cause).__name__}: {cause}".strip()[:2000]].append(refs.index(ready[0]))
+    if pending:
+        reason = "abandoned after a peer failed" if errors else f"no answer within {timeout_s:.0f}s"
+        errors[reason] = sorted(refs.index(r) for r in pending)
+    if errors:
+        detail = "; ".join(f"ranks {ranks}: {msg}" for msg, ranks in errors.items())
+        raise WorkerGroupError(f"{what} failed — {detail}", causes)
+    return [results[r] for r in refs]
