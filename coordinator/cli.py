@@ -61,7 +61,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host, _, port = args.listen.rpartition(":")
     return serve(ServeOptions(host=host, port=int(port), metrics_port=args.metrics_port,
                               state_dir=Path(args.state_dir).expanduser(), ray_address=args.ray_address,
-                              num_cpus=args.num_cpus))
+                              num_cpus=args.num_cpus, worker_host=args.worker_host,
+                              placement_timeout_s=args.placement_timeout))
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -156,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default="~/.internvideo", help="SQLite job store and checkpoints")
     p.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting one")
     p.add_argument("--num-cpus", type=int, default=None, help="logical CPU slots of the embedded Ray")
+    p.add_argument("--worker-host", default=None,
+                   help="address workers' metrics and rendezvous listen on (default: their node's address)")
+    p.add_argument("--placement-timeout", type=float, default=60.0,
+                   help="seconds a job's gang waits for room before re-fitting its size to the cluster")
     p.set_defaults(fn=cmd_serve)
 
     p = client_command("submit", cmd_submit, "submit a job")

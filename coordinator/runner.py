@@ -6,6 +6,7 @@ step at a time, commits checkpoints, and tears every actor down on the way out.
 """
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 import threading
@@ -19,7 +20,7 @@ from coordinator.state import JobState
 from coordinator.store import JobRecord, JobStore
 from internvideo.data.lists import read_video_list
 from internvideo.tasks.pretrain_mae import PretrainMAEConfig
-from workers.calls import WorkerGroupError
+from workers.calls import PlacementTimeout, WorkerGroupError
 from workers.checkpoint import UNIVERSAL, checkpoint_folder, commit, read_commit, to_universal
 from workers.decode import DataError, DecodePool
 from workers.group import WorkerGroup
@@ -32,6 +33,9 @@ class RunnerSettings:
     state_dir: Path
     trainer_bundle: dict[str, float]  # resources of one trainer: {"GPU": 1, "CPU": 1} or {"CPU": 1}
     start_timeout_s: float = 300.0
+    # How long a gang waits for its placement group before the job re-fits its size to the cluster
+    # (a dead node's resources can look alive until Ray's health checks notice).
+    placement_timeout_s: float = 60.0
     worker_host: str | None = None  # where workers listen; None: each one's Ray node address
 
     def job_dir(self, job_id: str) -> Path:
@@ -124,6 +128,8 @@ class JobRunner(threading.Thread):
                 try:
                     self._attempt(num_samples, resume)
                     break
+                except PlacementTimeout as err:  # no room at this size (yet): re-fit, not a failure
+                    resume = self._recover(err, resume, count_failure=False)
                 except WorkerGroupError as err:
                     resume = self._recover(err, resume)
             self.store.record_result(self.job_id, self.stats.result())
@@ -153,6 +159,7 @@ class JobRunner(threading.Thread):
             job_id=self.job_id, config=self.job.config, world_size=self.world_size,
             bundle=self.settings.trainer_bundle, num_samples=num_samples, decode_actors=self._pool.actors,
             host=self.settings.worker_host, timeout_s=self.settings.start_timeout_s,
+            placement_timeout_s=self.settings.placement_timeout_s,
             load_universal=folder is not None and folder.name == UNIVERSAL)
         self.metrics_endpoints = {"trainer": self._group.metrics_endpoints, "decode": self._pool.metrics_endpoints}
         start_step = self._restore(folder)
@@ -161,11 +168,11 @@ class JobRunner(threading.Thread):
                               world_size=self.world_size)
         self._train(start_step, num_samples)
 
-    def _recover(self, error: WorkerGroupError, resume: Path | None) -> Path | None:
+    def _recover(self, error: WorkerGroupError, resume: Path | None, count_failure: bool = True) -> Path | None:
         """Tear down, decide, and wait for room; returns the checkpoint the next attempt starts from."""
         self._release()
-        self.stats.failures += 1
-        if self.policy.decide(error, self.stats.failures) is Decision.FAIL:
+        self.stats.failures += count_failure
+        if count_failure and self.policy.decide(error, self.stats.failures) is Decision.FAIL:
             raise RuntimeError(f"giving up after failure {self.stats.failures} "
                                f"(train.max_failures={self.policy.max_failures}): {error}") from error
         checkpoints = self.store.checkpoints(self.job_id)
@@ -173,8 +180,9 @@ class JobRunner(threading.Thread):
         redo_from = checkpoints[-1].step if checkpoints else (self.stats.start_step or 0)
         progress = self.store.get_job(self.job_id).progress.get("step", redo_from)
         self.stats.steps_redone += max(0, progress - redo_from)
-        message = (f"failure {self.stats.failures} of at most {self.policy.max_failures}: {error}; "
-                   f"restarting from {resume or 'the start'}")
+        what = (f"failure {self.stats.failures} of at most {self.policy.max_failures}" if count_failure
+                else "no room for the workers yet")
+        message = f"{what}: {error}; restarting from {resume or 'the start'}"
         if self.store.get_job(self.job_id).state is JobState.RECOVERING:
             self.store.update_job(self.job_id, message=message, world_size=0)
         else:
@@ -231,6 +239,8 @@ class JobRunner(threading.Thread):
             stats.samples += step_samples
             stats.losses.append(statistics.fmean(r["loss"] for r in reports))
             self._record_skips(reports, num_samples)
+            if train.record_samples:
+                self._log_samples(step, reports)
             self.store.record_progress(self.job_id, {
                 "step": step + 1, "total_steps": train.steps, "samples": (step + 1) * train.global_batch,
                 "epoch": step * train.global_batch // num_samples, "loss": stats.losses[-1],
@@ -241,6 +251,14 @@ class JobRunner(threading.Thread):
             completed = step + 1
             if completed == train.steps or (train.checkpoint_every and completed % train.checkpoint_every == 0):
                 stats.last_checkpoint = self._checkpoint(completed)
+
+    def _log_samples(self, step: int, reports: list[dict[str, Any]]) -> None:
+        """One line per executed step (a redone step appears again; its last line counts)."""
+        line = {"step": step, "world_size": self.world_size, "samples": [i for r in reports for i in r["sample_ids"]]}
+        path = self.settings.job_dir(self.job_id) / "samples.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as log_file:
+            log_file.write(json.dumps(line) + "\n")
 
     def _record_skips(self, reports: list[dict[str, Any]], num_samples: int) -> None:
         bad_paths = self.stats.bad_paths

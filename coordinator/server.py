@@ -37,6 +37,8 @@ class ServeOptions:
     ray_address: str | None = None  # None: start Ray in this process (the embedded default)
     num_cpus: int | None = None     # embedded Ray's logical CPUs (default: max(4, cores))
     start_timeout_s: float = 300.0
+    worker_host: str | None = None  # where workers listen; default: the listen host embedded, each node's address on a cluster
+    placement_timeout_s: float = 60.0
 
 
 def start_ray(options: ServeOptions) -> None:
@@ -99,8 +101,8 @@ def serve(options: ServeOptions) -> int:
     start_ray(options)
     # Embedded, every worker runs on this machine: their servers listen where the coordinator does.
     settings = RunnerSettings(state_dir=options.state_dir, trainer_bundle=trainer_bundle(),
-                              start_timeout_s=options.start_timeout_s,
-                              worker_host=None if options.ray_address else options.host)
+                              start_timeout_s=options.start_timeout_s, placement_timeout_s=options.placement_timeout_s,
+                              worker_host=options.worker_host or (None if options.ray_address else options.host))
     targets = ScrapeTargets(options.state_dir / "prometheus" / "targets.json", f"{options.host}:{metrics_port}")
     scheduler = Scheduler(store, settings, cluster_resources, scrape_targets=targets)
     scheduler.start()

@@ -67,6 +67,7 @@ class DecodeWorker:
             "video": np.stack([c.video for c in clips]),
             "mask": np.stack([c.mask for c in clips]),
             "label": np.array([c.label for c in clips], dtype=np.int64),
+            "sample_ids": [int(sid) for sid in sample_ids],  # as asked for, before any replacement
             "skipped": [asdict(s) for s in skipped],
         }
 

@@ -34,13 +34,14 @@ class WorkerGroup:
     @classmethod
     def create(cls, *, job_id: str, config: dict[str, Any], world_size: int, bundle: dict[str, float],
                num_samples: int, decode_actors: list, host: str | None, timeout_s: float,
-               load_universal: bool = False) -> "WorkerGroup":
+               placement_timeout_s: float | None = None, load_universal: bool = False) -> "WorkerGroup":
         pg = placement_group([dict(bundle) for _ in range(world_size)], strategy="PACK",
                              name=f"{job_id}-trainers")
         workers: list[ray.actor.ActorHandle] = []
         try:
-            if not pg.wait(timeout_seconds=timeout_s):
-                raise PlacementTimeout(f"no room for {world_size} × {bundle} within {timeout_s:.0f}s")
+            placement_timeout_s = placement_timeout_s or timeout_s
+            if not pg.wait(timeout_seconds=placement_timeout_s):
+                raise PlacementTimeout(f"no room for {world_size} × {bundle} within {placement_timeout_s:.0f}s")
             actor_cls = ray.remote(EncoderWorker)
             for rank in range(world_size):
                 workers.append(actor_cls.options(

@@ -75,12 +75,13 @@ class EncoderWorker:
     def train_step(self, step: int) -> dict[str, Any]:
         """Run optimizer step ``step`` (0-based) over this rank's share of the global batch."""
         start = time.perf_counter()
-        waited, losses, skipped, samples = 0.0, [], [], 0
+        waited, losses, skipped, samples, sample_ids = 0.0, [], [], 0, []
         for micro in range(self.accumulation):
             before = time.perf_counter()
             batch = self.stream.get(step, micro)
             waited += time.perf_counter() - before
             skipped += batch["skipped"]
+            sample_ids += batch["sample_ids"]
             tensors = pretrain_mae.batch_to_tensors(batch, self.device, self.dtype)
             loss = pretrain_mae.loss(self.engine, tensors)
             self.engine.backward(loss)
@@ -94,7 +95,7 @@ class EncoderWorker:
         self._data_wait.inc(waited)
         self._flops.inc(samples * self.flops_per_clip)
         return {"step": step, "loss": torch.stack(losses).mean().item(), "samples": samples,
-                "seconds": seconds, "data_wait_seconds": waited, "skipped": skipped,
+                "seconds": seconds, "data_wait_seconds": waited, "skipped": skipped, "sample_ids": sample_ids,
                 "lr": self.engine.get_lr()[0]}
 
     def save_checkpoint(self, root: str, step: int) -> str:

@@ -74,6 +74,7 @@ class TrainSection(_Strict):
     zero_stage: Literal[0, 1, 2] = 2
     step_timeout_s: float = Field(600.0, gt=0)
     max_failures: int = Field(3, ge=0)  # worker losses survived by restarting from the last checkpoint
+    record_samples: bool = False  # debug: log the sample ids of every step to <job>/samples.jsonl
     resume_from: str | None = None  # a committed checkpoint folder
 
     @model_validator(mode="after")
