@@ -22,20 +22,11 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from internvideo.models.layers import (
-    LAYER_NORM_EPS,
-    BlockStack,
-    sinusoid_position_table,
-)
-from internvideo.models.vit import (
-    VideoViTEncoder,
-    ViTConfig,
-    transformer_flops,
-    vit_config,
-)
+from internvideo.models.layers import LAYER_NORM_EPS, BlockStack, sinusoid_position_table
+from internvideo.models.vit import VideoViTEncoder, ViTConfig, divisible, transformer_flops, vit_config
 
 # -----------------------------------------------------------------------------
 # Config
@@ -57,13 +48,7 @@ class VideoMAEConfig(BaseModel):
     mask_ratio: float = Field(default=0.9, gt=0.0, lt=1.0)
     norm_pix_loss: bool = True
 
-    @field_validator("decoder_num_heads")
-    @classmethod
-    def _heads_divide_decoder_dim(cls, v: int, info: ValidationInfo) -> int:
-        dim = info.data.get("decoder_embed_dim")
-        if dim is not None and dim % v != 0:
-            raise ValueError(f"decoder_embed_dim ({dim}) must be divisible by decoder_num_heads ({v})")
-        return v
+    _heads_divide_dim = divisible("decoder_embed_dim", "decoder_num_heads", on="decoder_num_heads")
 
     @property
     def num_masked(self) -> int:

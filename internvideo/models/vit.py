@@ -21,6 +21,23 @@ from internvideo.models.layers import (
 )
 
 
+def divisible(numerator: str, denominator: str, *, on: str) -> Any:
+    """A pydantic validator on field ``on`` checking ``numerator % denominator == 0``.
+
+    It hangs on the later-declared field of the pair, so that the other one is already
+    validated and in ``info.data``; an error then names the field a user should change.
+    """
+
+    def check(cls: type, value: int, info: ValidationInfo) -> int:
+        values = {**info.data, on: value}
+        n, d = values.get(numerator), values.get(denominator)
+        if n is not None and d is not None and n % d:
+            raise ValueError(f"{numerator} ({n}) must be divisible by {denominator} ({d})")
+        return value
+
+    return field_validator(on)(check)
+
+
 class ViTConfig(BaseModel):
     """Shape and regularisation of a video ViT."""
 
@@ -40,31 +57,9 @@ class ViTConfig(BaseModel):
     init_values: float = Field(default=0.0, ge=0.0)
     use_checkpoint: bool = False
 
-    # The divisibility checks hang on the later field of each pair, so that the
-    # earlier one is already validated and available in ``info.data``.
-    @field_validator("num_heads")
-    @classmethod
-    def _heads_divide_embed_dim(cls, v: int, info: ValidationInfo) -> int:
-        embed_dim = info.data.get("embed_dim")
-        if embed_dim is not None and embed_dim % v != 0:
-            raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({v})")
-        return v
-
-    @field_validator("img_size")
-    @classmethod
-    def _patch_divides_img_size(cls, v: int, info: ValidationInfo) -> int:
-        patch_size = info.data.get("patch_size")
-        if patch_size is not None and v % patch_size != 0:
-            raise ValueError(f"img_size ({v}) must be divisible by patch_size ({patch_size})")
-        return v
-
-    @field_validator("num_frames")
-    @classmethod
-    def _tubelet_divides_num_frames(cls, v: int, info: ValidationInfo) -> int:
-        tubelet_size = info.data.get("tubelet_size")
-        if tubelet_size is not None and v % tubelet_size != 0:
-            raise ValueError(f"num_frames ({v}) must be divisible by tubelet_size ({tubelet_size})")
-        return v
+    _heads_divide_dim = divisible("embed_dim", "num_heads", on="num_heads")
+    _patch_divides_image = divisible("img_size", "patch_size", on="img_size")
+    _tubelet_divides_frames = divisible("num_frames", "tubelet_size", on="num_frames")
 
     @property
     def grid_size(self) -> tuple[int, int, int]:
