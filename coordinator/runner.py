@@ -50,6 +50,14 @@ class JobInterrupted(Exception):
     """The coordinator is going away; the job fails with the reason."""
 
 
+class GrowAt(Exception):
+    """More workers fit: stop at this committed checkpoint and restart larger."""
+
+    def __init__(self, checkpoint: Path, world_size: int) -> None:
+        super().__init__(f"growing to {world_size} workers at {checkpoint}")
+        self.checkpoint, self.world_size = checkpoint, world_size
+
+
 def resource_demand(config: PretrainMAEConfig, world_size: int, bundle: dict[str, float]) -> dict[str, float]:
     """Everything a job holds while it runs: the trainer gang and its decode pool."""
     demand = {k: v * world_size for k, v in bundle.items()}
@@ -80,9 +88,11 @@ class RunStats:
 class JobRunner(threading.Thread):
     def __init__(self, store: JobStore, job: JobRecord, world_size: int, settings: RunnerSettings,
                  on_exit: Callable[["JobRunner"], None],
-                 fit_world_size: Callable[["JobRunner"], int | None] | None = None) -> None:
+                 fit_world_size: Callable[["JobRunner"], int | None] | None = None,
+                 grow_target: Callable[["JobRunner"], int] | None = None) -> None:
         """``fit_world_size``: the largest world size this job could have now (None: not even the
-        minimum); asked after a failure. Without it a job restarts at the size it had."""
+        minimum); asked after a failure. Without it a job restarts at the size it had.
+        ``grow_target``: the world size the job may grow to now; asked at each checkpoint."""
         super().__init__(name=f"runner-{job.job_id}", daemon=True)
         self.store, self.job, self.settings = store, job, settings
         self.config = PretrainMAEConfig.model_validate(job.config)
@@ -92,6 +102,7 @@ class JobRunner(threading.Thread):
         self.policy = FailurePolicy(self.config.train.max_failures)
         self.stats = RunStats()
         self._fit_world_size = fit_world_size
+        self._grow_target = grow_target
         self._pool: DecodePool | None = None
         self._group: WorkerGroup | None = None
         self._cancel = threading.Event()
@@ -128,6 +139,8 @@ class JobRunner(threading.Thread):
                 try:
                     self._attempt(num_samples, resume)
                     break
+                except GrowAt as grow:
+                    resume = self._grow(grow)
                 except PlacementTimeout as err:  # no room at this size (yet): re-fit, not a failure
                     resume = self._recover(err, resume, count_failure=False)
                 except WorkerGroupError as err:
@@ -190,6 +203,13 @@ class JobRunner(threading.Thread):
         self._wait_for_room()
         return resume
 
+    def _grow(self, grow: GrowAt) -> Path:
+        self._release()
+        self.store.transition(self.job_id, JobState.RESCALING,
+                              f"{self.world_size} → {grow.world_size} workers from {grow.checkpoint}", world_size=0)
+        self.world_size = grow.world_size
+        return grow.checkpoint
+
     def _wait_for_room(self) -> None:
         while True:
             self._check_cancel()
@@ -251,6 +271,9 @@ class JobRunner(threading.Thread):
             completed = step + 1
             if completed == train.steps or (train.checkpoint_every and completed % train.checkpoint_every == 0):
                 stats.last_checkpoint = self._checkpoint(completed)
+                target = self._grow_target(self) if self._grow_target and completed < train.steps else 0
+                if target > self.world_size:
+                    raise GrowAt(Path(stats.last_checkpoint), target)
 
     def _log_samples(self, step: int, reports: list[dict[str, Any]]) -> None:
         """One line per executed step (a redone step appears again; its last line counts)."""

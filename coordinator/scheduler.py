@@ -100,7 +100,7 @@ class Scheduler:
                 self._note_waiting(job, free)
                 return  # strict FIFO: nothing jumps the head of the queue
             runner = self.runner_factory(self.store, job, world, self.settings, on_exit=self._runner_exited,
-                                         fit_world_size=self.fit_world_size)
+                                         fit_world_size=self.fit_world_size, grow_target=self.grow_target)
             with self._lock:  # atomic with cancel(): a job is either still QUEUED or has its runner
                 try:
                     self.store.transition(job.job_id, JobState.STARTING, f"starting {world} workers",
@@ -118,6 +118,13 @@ class Scheduler:
         for key, amount in runner.demand.items():
             free[key] = free.get(key, 0.0) + amount
         return self._fitting_world_size(runner.job, free)
+
+    def grow_target(self, runner: JobRunner) -> int:
+        """The size a running job may grow to: what fits, but only while nobody waits in the queue
+        (queued jobs come before growth)."""
+        if self.store.list_jobs(states=[JobState.QUEUED], limit=1)[0]:
+            return runner.world_size
+        return self.fit_world_size(runner) or runner.world_size
 
     def _fitting_world_size(self, job: JobRecord, free: dict[str, float]) -> int | None:
         config = PretrainMAEConfig.model_validate(job.config)

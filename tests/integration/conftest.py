@@ -96,3 +96,20 @@ def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.5):
             return value
         time.sleep(interval_s)
     raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def node_of_a_trainer(gpu_nodes) -> object:
+    """The simulated node whose raylet runs an EncoderWorker actor (workers are the raylet's children)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if not (entry / "cmdline").read_bytes().startswith(b"ray::EncoderWorker"):
+                continue
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        for node in gpu_nodes:
+            if any(p.process.pid == parent for p in node.all_processes.get("raylet", [])):
+                return node
+    raise AssertionError("no EncoderWorker found on the simulated nodes")

@@ -64,9 +64,9 @@ def test_prometheus_scrapes_every_worker_of_a_running_job(prometheus, client, da
                          120, "both trainers' step counters in prometheus")
         assert sorted(s["metric"]["rank"] for s in steps) == ["0", "1"]
         assert all(s["metric"]["component"] == "trainer" for s in steps)
-        clips = wait_for(lambda: query(prometheus, f'internvideo_decode_clips_total{{job="{job.job_id}"}}'), 30,
-                         "decode counters")
-        assert len(clips) == 2 and all(float(s["value"][1]) > 0 for s in clips)
+        clips = wait_for(lambda: (r := query(prometheus, f'internvideo_decode_clips_total{{job="{job.job_id}"}}'))
+                         and len(r) == 2 and r, 30, "both decode workers' counters (scraped one by one)")
+        assert all(float(s["value"][1]) > 0 for s in clips)
         rate = wait_for(lambda: query(prometheus, f'sum(rate(internvideo_train_samples_total{{job="{job.job_id}"}}[5s]))'),
                         30, "a clips/s rate")
         assert float(rate[0]["value"][1]) > 0

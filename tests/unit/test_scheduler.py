@@ -13,7 +13,7 @@ from internvideo.tasks.pretrain_mae import PretrainMAEConfig
 
 
 class FakeRunner:
-    def __init__(self, store, job, world_size, settings, on_exit, fit_world_size):
+    def __init__(self, store, job, world_size, settings, on_exit, fit_world_size, grow_target):
         self.store, self.job, self.world_size, self.on_exit = store, job, world_size, on_exit
         self.job_id = job.job_id
         self.demand = resource_demand(PretrainMAEConfig.model_validate(job.config), world_size,
@@ -124,3 +124,17 @@ def test_after_a_failure_a_job_refits_to_what_the_cluster_has_left(scheduler, cl
     assert scheduler.fit_world_size(runner) == 2
     cluster["CPU"] = 2.0
     assert scheduler.fit_world_size(runner) is None
+
+
+def test_a_job_grows_into_free_room_only_while_nobody_queues(scheduler, cluster):
+    job = submit(scheduler, 1, 4)
+    cluster["CPU"] = 4.0  # 4 − 2 decode workers: room for 2 trainers
+    scheduler.tick()
+    runner = scheduler.runners[job]
+    assert runner.world_size == 2 and scheduler.grow_target(runner) == 2
+    cluster["CPU"] = 8.0  # a node joined
+    assert scheduler.grow_target(runner) == 4
+    waiting = submit(scheduler, 8, 8, "train.micro_batch=2")  # cannot start, but it is first in line
+    scheduler.tick()
+    assert scheduler.store.get_job(waiting).state is JobState.QUEUED
+    assert scheduler.grow_target(runner) == 2
