@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import statistics
 import threading
 import time
@@ -275,6 +276,16 @@ class JobRunner(threading.Thread):
                 if target > self.world_size:
                     raise GrowAt(Path(stats.last_checkpoint), target)
 
+    def _prune_checkpoints(self) -> None:
+        """Keep the newest ``train.keep_checkpoints`` committed checkpoints (a new one is committed
+        before an old one goes, so a committed checkpoint to restart from always exists)."""
+        keep = self.config.train.keep_checkpoints
+        if not keep:
+            return
+        for old in self.store.checkpoints(self.job_id)[:-keep]:
+            self.store.delete_checkpoint(self.job_id, old.step)  # forget it first: never offer a half-deleted one
+            shutil.rmtree(old.path, ignore_errors=True)
+
     def _log_samples(self, step: int, reports: list[dict[str, Any]]) -> None:
         """One line per executed step (a redone step appears again; its last line counts)."""
         line = {"step": step, "world_size": self.world_size, "samples": [i for r in reports for i in r["sample_ids"]]}
@@ -301,4 +312,5 @@ class JobRunner(threading.Thread):
         assert set(saved) == {str(folder)}, f"ranks saved into {saved}"
         commit(folder, {"job_id": self.job_id, "step": step, "world_size": self.world_size})
         self.store.record_checkpoint(self.job_id, step, str(folder), self.world_size)
+        self._prune_checkpoints()
         return str(folder)

@@ -222,6 +222,9 @@ class JobStore:
 
         self._write(write)
 
+    def delete_checkpoint(self, job_id: str, step: int) -> None:
+        self._write(lambda db: db.execute("DELETE FROM checkpoints WHERE job_id = ? AND step = ?", (job_id, step)))
+
     def record_skipped(self, job_id: str, path: str, reason: str, detail: str) -> None:
         """Count a skipped video; the first skip of a path is also an event."""
         def write(db: sqlite3.Connection) -> None:

@@ -71,6 +71,7 @@ class TrainSection(_Strict):
     grad_clip: float = Field(0.0, ge=0)  # 0: off
     seed: int = 0
     checkpoint_every: int = Field(0, ge=0)  # 0: only at the end
+    keep_checkpoints: int = Field(0, ge=0)  # keep the newest K committed checkpoints; 0: keep all
     zero_stage: Literal[0, 1, 2] = 2
     step_timeout_s: float = Field(600.0, gt=0)
     max_failures: int = Field(3, ge=0)  # worker losses survived by restarting from the last checkpoint

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import grpc
 import pytest
@@ -25,7 +26,8 @@ def test_submit_watch_status_jobs_cluster(coordinator, dataset, tmp_path):
     config = tmp_path / "job.yaml"
     config.write_text((REPO / "internvideo/configs/tiny-cpu.yaml").read_text())
     run = cli(coordinator, "submit", "pretrain-mae", "--config", str(config), "--set",
-              f"data.train_list={dataset.train_list}", "--set", "train.steps=3", "--set", "train.checkpoint_every=0",
+              f"data.train_list={dataset.train_list}", "--set", "train.steps=3", "--set", "train.checkpoint_every=1",
+              "--set", "train.keep_checkpoints=2",
               "--min-workers", "1", "--name", "from-the-cli", "--watch")
     assert run.returncode == 0, run.stderr + run.stdout
     job_id = run.stdout.splitlines()[0]
@@ -34,6 +36,10 @@ def test_submit_watch_status_jobs_cluster(coordinator, dataset, tmp_path):
     status = json.loads(cli(coordinator, "status", job_id).stdout)
     assert status["state"] == "SUCCEEDED" and status["name"] == "from-the-cli"
     assert status["progress"]["step"] == 3 and status["final_checkpoint"].endswith("step-00000003")
+    # Only the newest two checkpoints are kept, on disk and in the record.
+    assert [Path(c).name for c in status["checkpoints"]] == ["step-00000002", "step-00000003"]
+    on_disk = Path(status["final_checkpoint"]).parent.glob("step-*")  # DeepSpeed adds its helper scripts there
+    assert sorted(p.name for p in on_disk) == ["step-00000002", "step-00000003"]
 
     listing = cli(coordinator, "jobs", "--state", "succeeded").stdout
     assert job_id in listing

@@ -94,3 +94,12 @@ def test_newer_schema_is_refused(tmp_path):
     db.close()
     with pytest.raises(RuntimeError, match="newer than this code"):
         JobStore(path)
+
+
+def test_deleted_checkpoints_are_forgotten(tmp_path):
+    store = JobStore(tmp_path / "jobs.sqlite")
+    job, _ = store.create_job(spec())
+    for step in (1, 2, 3):
+        store.record_checkpoint(job.job_id, step, f"/ckpt/step-{step}", 1)
+    store.delete_checkpoint(job.job_id, 1)
+    assert [c.step for c in store.checkpoints(job.job_id)] == [2, 3]
