@@ -74,16 +74,17 @@ class RunStats:
     samples: int = 0
     train_seconds: float = 0.0
     failures: int = 0
-    steps_redone: int = 0
     start_step: int | None = None
     bad_paths: set[str] = field(default_factory=set)
     last_checkpoint: str = ""
 
-    def result(self) -> dict[str, Any]:
+    def result(self, total_steps: int) -> dict[str, Any]:
+        # Every step from start_step on ran at least once; any execution beyond that was a redo.
+        steps_redone = len(self.losses) - (total_steps - self.start_step)
         return {"first_loss": self.losses[0], "final_loss": self.losses[-1], "start_step": self.start_step,
                 "steps": len(self.losses), "samples": self.samples, "train_seconds": self.train_seconds,
                 "clips_per_second": self.samples / self.train_seconds, "final_checkpoint": self.last_checkpoint,
-                "skipped_videos": len(self.bad_paths), "failures": self.failures, "steps_redone": self.steps_redone}
+                "skipped_videos": len(self.bad_paths), "failures": self.failures, "steps_redone": steps_redone}
 
 
 class JobRunner(threading.Thread):
@@ -146,7 +147,7 @@ class JobRunner(threading.Thread):
                     resume = self._recover(err, resume, count_failure=False)
                 except WorkerGroupError as err:
                     resume = self._recover(err, resume)
-            self.store.record_result(self.job_id, self.stats.result())
+            self.store.record_result(self.job_id, self.stats.result(self.config.train.steps))
         except JobCancelled:
             outcome = (JobState.CANCELLED, "cancelled by request")
         except JobInterrupted as err:
@@ -191,9 +192,6 @@ class JobRunner(threading.Thread):
                                f"(train.max_failures={self.policy.max_failures}): {error}") from error
         checkpoints = self.store.checkpoints(self.job_id)
         resume = Path(checkpoints[-1].path) if checkpoints else resume
-        redo_from = checkpoints[-1].step if checkpoints else (self.stats.start_step or 0)
-        progress = self.store.get_job(self.job_id).progress.get("step", redo_from)
-        self.stats.steps_redone += max(0, progress - redo_from)
         what = (f"failure {self.stats.failures} of at most {self.policy.max_failures}" if count_failure
                 else "no room for the workers yet")
         message = f"{what}: {error}; restarting from {resume or 'the start'}"

@@ -18,7 +18,7 @@ import torch
 
 from internvideo.data.decode import DecodeError
 from internvideo.data.lists import VideoRecord, read_video_list
-from internvideo.data.order import GlobalBatchPlan
+from internvideo.data.order import GlobalBatchPlan, gradient_accumulation
 from internvideo.data.pipeline import PretrainClipSpec, load_pretrain_clip
 from workers import telemetry
 from workers.calls import gather
@@ -134,6 +134,7 @@ class ClipStream:
         self.actors, self.plan = actors, plan
         self.rank, self.world_size, self.micro_batch = rank, world_size, micro_batch
         self.end_step, self.max_in_flight, self.timeout_s = end_step, max_in_flight, timeout_s
+        self.accumulation = gradient_accumulation(plan.global_batch, micro_batch, world_size)
         self._in_flight: collections.deque[tuple[int, int, ray.ObjectRef]] = collections.deque()
         self._schedule: Iterator[tuple[int, int, int, np.ndarray]] = iter(())
         self._requests = 0
@@ -167,6 +168,5 @@ class ClipStream:
         assert (got_step, got_micro) == (step, micro), "decode stream out of order"
         batch = ray.get(ref, timeout=self.timeout_s)
         self._refill()
-        accumulation = len(self.plan.micro_batches(step, self.rank, self.world_size, self.micro_batch))
-        self._next = (step, micro + 1) if micro + 1 < accumulation else (step + 1, 0)
+        self._next = (step, micro + 1) if micro + 1 < self.accumulation else (step + 1, 0)
         return batch
