@@ -166,7 +166,8 @@ class JobRunner(threading.Thread):
         self._pool = DecodePool.create(job_id=self.job_id, size=self.config.data.decode_workers,
                                        cpus=self.config.data.decode_cpus, list_path=self.config.data.train_list,
                                        root=self.config.data.root, spec=self.config.clip_spec(),
-                                       host=self.settings.worker_host, timeout_s=self.settings.start_timeout_s)
+                                       host=self.settings.worker_host, timeout_s=self.settings.start_timeout_s,
+                                       restarts=self.config.data.decode_restarts)
         self.decode_workers = len(self._pool.actors)
         folder = self._loadable(resume)
         self._check_cancel()
@@ -311,4 +312,5 @@ class JobRunner(threading.Thread):
         commit(folder, {"job_id": self.job_id, "step": step, "world_size": self.world_size})
         self.store.record_checkpoint(self.job_id, step, str(folder), self.world_size)
         self._prune_checkpoints()
+        self.metrics_endpoints["decode"] = self._pool.refresh_endpoints(self.config.train.step_timeout_s)
         return str(folder)

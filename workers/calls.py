@@ -1,4 +1,5 @@
-"""Calling a set of actors as one: a single deadline, fail-fast, errors grouped by message."""
+"""Calling a set of actors as one: a single deadline, fail-fast, errors grouped by message; and
+killing a set of actors so that their resources are free when the call returns."""
 from __future__ import annotations
 
 import collections
@@ -52,3 +53,24 @@ def gather(refs: list[ray.ObjectRef], timeout_s: float, what: str) -> list[Any]:
         detail = "; ".join(f"ranks {ranks}: {msg}" for msg, ranks in errors.items())
         raise WorkerGroupError(f"{what} failed — {detail}", causes)
     return [results[r] for r in refs]
+
+
+def kill_actors(actors: list[ray.actor.ActorHandle], timeout_s: float = 30.0) -> None:
+    """Kill ``actors`` (no restart) and wait until Ray reports each one dead, so that the caller
+    can treat their resources as released. Killing needs no answer: a rank stuck in a collective
+    would never answer a polite shutdown."""
+    for actor in actors:
+        ray.kill(actor, no_restart=True)
+    deadline = time.monotonic() + timeout_s
+    alive = list(actors)
+    while alive and time.monotonic() < deadline:
+        probes = {actor: actor.__ray_ready__.remote() for actor in alive}
+        alive = []
+        for actor, probe in probes.items():
+            try:
+                ray.get(probe, timeout=max(0.1, deadline - time.monotonic()))
+                alive.append(actor)  # the kill has not landed yet
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                pass
+        if alive:
+            time.sleep(0.1)

@@ -1,13 +1,16 @@
 """Decode pools: CPU actors that turn sample ids into ready clips, and the trainer-side stream
 that pulls from them with a bounded number of requests in flight (backpressure).
 
-A bad video never crashes or stalls a job: the sample is replaced by a deterministic other
+A decode worker is stateless (every clip is a function of seed, epoch and sample), so Ray restarts
+a dead one in place and retries the requests it had in flight: the trainers never notice but for
+the wait. A bad video never crashes or stalls a job: the sample is replaced by a deterministic other
 one (a function of seed, epoch, sample and attempt, so every process picks the same), and
 the skip is reported with its path and reason.
 """
 from __future__ import annotations
 
 import collections
+import logging
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator
@@ -21,9 +24,13 @@ from internvideo.data.lists import VideoRecord, read_video_list
 from internvideo.data.order import GlobalBatchPlan, gradient_accumulation
 from internvideo.data.pipeline import PretrainClipSpec, load_pretrain_clip
 from workers import telemetry
-from workers.calls import gather
+from workers.calls import gather, kill_actors
 
 MAX_REPLACEMENTS = 16
+# A request retried this often has killed its worker every time: it is poison, not bad luck.
+MAX_REQUEST_RETRIES = 2
+
+log = logging.getLogger(__name__)
 
 
 class DataError(RuntimeError):
@@ -53,6 +60,8 @@ class DecodeWorker:
         self._seconds = telemetry.DECODE_SECONDS.labels(**labels)
         self._errors = lambda reason: telemetry.DECODE_ERRORS.labels(**labels, reason=reason)
         self.metrics_endpoint = telemetry.serve_metrics(host or telemetry.node_address()) if serve_metrics else ""
+        if ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed:
+            log.warning("decode worker of job %s restarted; retrying its requests", job_id)
 
     def info(self) -> dict[str, Any]:
         return {"num_samples": len(self.records), "metrics_endpoint": self.metrics_endpoint}
@@ -107,21 +116,28 @@ class DecodePool:
 
     @classmethod
     def create(cls, *, job_id: str, size: int, cpus: float, list_path: str, root: str | None,
-               spec: PretrainClipSpec, host: str | None, timeout_s: float) -> "DecodePool":
+               spec: PretrainClipSpec, host: str | None, timeout_s: float, restarts: int = 0) -> "DecodePool":
+        """``restarts``: how often Ray restarts each actor after it dies, retrying its requests."""
         actor_cls = ray.remote(DecodeWorker)
-        actors = [actor_cls.options(num_cpus=cpus, max_concurrency=1).remote(
-                      job_id, f"{job_id}-decode", list_path, root, spec, True, host) for _ in range(size)]
+        options = {"num_cpus": cpus, "max_concurrency": 1, "max_restarts": restarts,
+                   "max_task_retries": MAX_REQUEST_RETRIES if restarts else 0}
+        actors = [actor_cls.options(**options).remote(job_id, f"{job_id}-decode", list_path, root, spec, True, host)
+                  for _ in range(size)]
         try:
             infos = gather([a.info.remote() for a in actors], timeout_s, "decode pool start-up")
         except BaseException:
-            for actor in actors:
-                ray.kill(actor)
+            kill_actors(actors)
             raise
         return cls(actors, [i["metrics_endpoint"] for i in infos])
 
+    def refresh_endpoints(self, timeout_s: float) -> list[str]:
+        """The /metrics endpoints now (a restarted worker serves on a new port)."""
+        infos = gather([a.info.remote() for a in self.actors], timeout_s, "decode pool info")
+        self.metrics_endpoints = [i["metrics_endpoint"] for i in infos]
+        return self.metrics_endpoints
+
     def shutdown(self) -> None:
-        for actor in self.actors:
-            ray.kill(actor)
+        kill_actors(self.actors)
         self.actors = []
 
 

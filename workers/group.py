@@ -13,7 +13,7 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from workers.calls import PlacementTimeout, gather
+from workers.calls import PlacementTimeout, gather, kill_actors
 from workers.trainer import EncoderWorker
 
 
@@ -67,7 +67,5 @@ class WorkerGroup:
 
 
 def _teardown(workers: list[ray.actor.ActorHandle], pg: PlacementGroup) -> None:
-    # Killing is enough: a rank stuck in a collective would never answer a polite shutdown.
-    for worker in workers:
-        ray.kill(worker, no_restart=True)
+    kill_actors(workers)
     remove_placement_group(pg)

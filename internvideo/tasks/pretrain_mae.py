@@ -57,6 +57,9 @@ class DataSection(_Strict):
     max_in_flight: int = Field(4, ge=1)  # decode requests outstanding per trainer (backpressure)
     max_bad_fraction: float = Field(0.1, ge=0.0, le=1.0)
     decode_timeout_s: float = Field(120.0, gt=0)
+    # A decode worker that dies is restarted by Ray and its in-flight requests retried, up to
+    # this many times per worker; past that, its loss is a failure the job recovers from.
+    decode_restarts: int = Field(8, ge=0)
 
 
 class TrainSection(_Strict):

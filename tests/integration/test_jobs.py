@@ -257,13 +257,12 @@ def uninterrupted_losses(coordinator, dataset):
     return [p.loss for p in bodies(events, "progress")]
 
 
-@pytest.mark.parametrize("actor_class", ["EncoderWorker", "DecodeWorker"])
-def test_a_killed_worker_is_replaced_and_training_continues_exactly(client, dataset, coordinator, actor_class,
-                                                                    uninterrupted_losses):
+def test_a_killed_trainer_is_replaced_and_training_continues_exactly(client, dataset, coordinator,
+                                                                     uninterrupted_losses):
     total = client.cluster().trainer_slots_total
     job = tiny_job(client, dataset.train_list, *RECOVERY_JOB)
     wait_for(lambda: client.get(job.job_id).progress.step >= 6, 240, "6 steps")
-    pids = worker_pids(coordinator, actor_class)
+    pids = worker_pids(coordinator, "EncoderWorker")
     assert len(pids) == 2, pids
     os.kill(pids[0], signal.SIGKILL)
 
@@ -283,7 +282,27 @@ def test_a_killed_worker_is_replaced_and_training_continues_exactly(client, data
     final_loss_of_step = {p.step: p.loss for p in progress}
     assert [final_loss_of_step[s] for s in range(1, 31)] == uninterrupted_losses
     assert client.cluster().trainer_slots_free == total and not client.cluster().jobs
-    assert not worker_pids(coordinator, actor_class)
+    assert wait_for(lambda: not worker_pids(coordinator, "EncoderWorker"), 10, "the trainers to be gone")
+
+
+def test_a_killed_decode_worker_is_restarted_in_place_and_no_step_is_redone(client, dataset, coordinator,
+                                                                            uninterrupted_losses):
+    job = tiny_job(client, dataset.train_list, *RECOVERY_JOB)
+    wait_for(lambda: client.get(job.job_id).progress.step >= 6, 240, "6 steps")
+    (victim, survivor) = worker_pids(coordinator, "DecodeWorker")
+    os.kill(victim, signal.SIGKILL)
+    restarted = wait_for(lambda: set(worker_pids(coordinator, "DecodeWorker")) - {victim, survivor}, 60,
+                         "Ray to restart the decode worker")
+
+    events = list(client.watch(job.job_id))
+    job = client.get(job.job_id)
+    assert state(job) == "SUCCEEDED", f"{job.message}\n{coordinator.log_tail()}"
+    transitions = [pb.JobState.Name(s.to_state).removeprefix("JOB_STATE_") for s in bodies(events, "state_changed")]
+    assert transitions == ["QUEUED", "STARTING", "RUNNING", "SUCCEEDED"]  # the trainers never stopped
+    assert job.result.metrics["failures"] == 0 and job.result.metrics["steps_redone"] == 0
+    # The requests the dead worker had in flight were retried on its replacement: same clips, same losses.
+    assert [p.loss for p in bodies(events, "progress")] == uninterrupted_losses
+    assert restarted and wait_for(lambda: not worker_pids(coordinator, "DecodeWorker"), 10, "the pool to be gone")
 
 
 def test_a_job_whose_workers_keep_dying_fails_after_max_failures(client, dataset, coordinator):
