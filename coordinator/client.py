@@ -68,8 +68,9 @@ class JobClient:
     def cancel(self, job_id: str) -> pb.Job:
         return self.stub.CancelJob(pb.CancelJobRequest(job_id=job_id), timeout=self.timeout_s * 2)
 
-    def watch(self, job_id: str, after_seq: int = 0) -> Iterator[pb.JobEvent]:
-        return self.stub.WatchJob(pb.WatchJobRequest(job_id=job_id, after_seq=after_seq))
+    def watch(self, job_id: str, after_seq: int = 0, follow: bool = True) -> Iterator[pb.JobEvent]:
+        """The job's events after ``after_seq``; with ``follow``, live ones too until the job ends."""
+        return self.stub.WatchJob(pb.WatchJobRequest(job_id=job_id, after_seq=after_seq, history_only=not follow))
 
     def cluster(self) -> pb.ClusterStatus:
         return self.stub.GetClusterStatus(pb.GetClusterStatusRequest(), timeout=self.timeout_s)

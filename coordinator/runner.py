@@ -1,8 +1,13 @@
-"""JobRunner: owns one job's actors for the job's whole run, and writes what happens to the store.
+"""JobRunner: owns one job's actors while the job holds resources, and writes what happens to the store.
 
 The runner is the only writer of a running job's record: it takes the job the scheduler
-moved to STARTING through RUNNING → SUCCEEDED | FAILED | CANCELLED, drives the worker group one optimizer
-step at a time, commits checkpoints, and tears every actor down on the way out.
+moved to STARTING through RUNNING → SUCCEEDED | FAILED | CANCELLED, or back to QUEUED when
+it is preempted or fewer than its minimum of workers are left. It drives the worker group one
+optimizer step at a time, commits checkpoints, and tears every actor down on the way out.
+
+A job may be run by several runners in turn (requeued, or after a coordinator restart): each
+starts from the job's last committed checkpoint, and the job's result is summed from its
+event history, so it covers every attempt.
 """
 from __future__ import annotations
 
@@ -12,13 +17,13 @@ import shutil
 import statistics
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from coordinator.recovery import Decision, FailurePolicy
-from coordinator.state import JobState
-from coordinator.store import JobRecord, JobStore
+from coordinator.state import InvalidTransition, JobState
+from coordinator.store import JobEvent, JobRecord, JobStore
 from internvideo.data.lists import read_video_list
 from internvideo.tasks.pretrain_mae import PretrainMAEConfig
 from workers.calls import PlacementTimeout, WorkerGroupError
@@ -47,8 +52,13 @@ class JobCancelled(Exception):
     """The user cancelled the job."""
 
 
-class JobInterrupted(Exception):
-    """The coordinator is going away; the job fails with the reason."""
+class Requeue(Exception):
+    """The job gives its resources back and waits in the queue; it resumes from its last
+    committed checkpoint. ``preempted``: it was asked to make room (state PREEMPTED first)."""
+
+    def __init__(self, reason: str, preempted: bool = False) -> None:
+        super().__init__(reason)
+        self.preempted = preempted
 
 
 class GrowAt(Exception):
@@ -66,25 +76,22 @@ def resource_demand(config: PretrainMAEConfig, world_size: int, bundle: dict[str
     return demand
 
 
-@dataclass
-class RunStats:
-    """What a job did, summed over all its attempts (steps redone after a failure count again)."""
-
-    losses: list[float] = field(default_factory=list)
-    samples: int = 0
-    train_seconds: float = 0.0
-    failures: int = 0
-    start_step: int | None = None
-    bad_paths: set[str] = field(default_factory=set)
-    last_checkpoint: str = ""
-
-    def result(self, total_steps: int) -> dict[str, Any]:
-        # Every step from start_step on ran at least once; any execution beyond that was a redo.
-        steps_redone = len(self.losses) - (total_steps - self.start_step)
-        return {"first_loss": self.losses[0], "final_loss": self.losses[-1], "start_step": self.start_step,
-                "steps": len(self.losses), "samples": self.samples, "train_seconds": self.train_seconds,
-                "clips_per_second": self.samples / self.train_seconds, "final_checkpoint": self.last_checkpoint,
-                "skipped_videos": len(self.bad_paths), "failures": self.failures, "steps_redone": steps_redone}
+def run_result(events: list[JobEvent], total_steps: int, failures: int) -> dict[str, Any]:
+    """What a job did, summed over all its attempts from its event history (a step executed again
+    after a failure or a restart counts again)."""
+    progress = [e.payload for e in events if e.type == "progress"]
+    losses = [p["loss"] for p in progress]
+    samples = sum(p["step_samples"] for p in progress)
+    seconds = sum(p["step_seconds"] for p in progress)
+    start_step = progress[0]["step"] - 1 if progress else total_steps
+    checkpoints = [e.payload["path"] for e in events if e.type == "checkpoint"]
+    return {"first_loss": losses[0] if losses else float("nan"), "final_loss": losses[-1] if losses else float("nan"),
+            "start_step": start_step, "steps": len(losses), "samples": samples, "train_seconds": seconds,
+            "clips_per_second": samples / seconds if seconds else 0.0,
+            "final_checkpoint": checkpoints[-1] if checkpoints else "",
+            "skipped_videos": sum(e.type == "skipped_video" for e in events), "failures": failures,
+            # Every step from start_step on ran at least once; any execution beyond that was a redo.
+            "steps_redone": len(losses) - (total_steps - start_step)}
 
 
 class JobRunner(threading.Thread):
@@ -102,13 +109,14 @@ class JobRunner(threading.Thread):
         self.metrics_endpoints: dict[str, list[str]] = {}  # component → host:port of each /metrics
         self.decode_workers = 0
         self.policy = FailurePolicy(self.config.train.max_failures)
-        self.stats = RunStats()
+        self.failures = job.failures
         self._fit_world_size = fit_world_size
         self._grow_target = grow_target
         self._pool: DecodePool | None = None
         self._group: WorkerGroup | None = None
+        self._checkpointed_step = -1
         self._cancel = threading.Event()
-        self._interrupt_reason = ""
+        self._preempt_reason = ""
         self._on_exit = on_exit
 
     @property
@@ -119,24 +127,30 @@ class JobRunner(threading.Thread):
     def demand(self) -> dict[str, float]:
         return resource_demand(self.config, self.world_size, self.settings.trainer_bundle)
 
+    @property
+    def preempting(self) -> bool:
+        return bool(self._preempt_reason)
+
     def cancel(self) -> None:
         self._cancel.set()
 
-    def interrupt(self, reason: str) -> None:
-        self._interrupt_reason = reason
+    def preempt(self, reason: str) -> None:
+        """Checkpoint at the next step boundary, release everything, go back to the queue."""
+        self._preempt_reason = reason
         self._cancel.set()
 
     def _check_cancel(self) -> None:
-        if self._interrupt_reason:
-            raise JobInterrupted(self._interrupt_reason)
-        if self._cancel.is_set():
-            raise JobCancelled()
+        if not self._cancel.is_set():
+            return
+        if self._preempt_reason:
+            raise Requeue(self._preempt_reason, preempted=True)
+        raise JobCancelled()
 
     def run(self) -> None:
         outcome = (JobState.SUCCEEDED, "")
         try:
             num_samples = len(read_video_list(self.config.data.train_list, self.config.data.root))
-            resume = Path(self.config.train.resume_from) if self.config.train.resume_from else None
+            resume = self._resume_point()
             while True:
                 try:
                     self._attempt(num_samples, resume)
@@ -144,14 +158,15 @@ class JobRunner(threading.Thread):
                 except GrowAt as grow:
                     resume = self._grow(grow)
                 except PlacementTimeout as err:  # no room at this size (yet): re-fit, not a failure
-                    resume = self._recover(err, resume, count_failure=False)
+                    resume = self._recover(err, count_failure=False)
                 except WorkerGroupError as err:
-                    resume = self._recover(err, resume)
-            self.store.record_result(self.job_id, self.stats.result(self.config.train.steps))
+                    resume = self._recover(err)
+            self.store.record_result(self.job_id, run_result(self.store.events_after(self.job_id, 0),
+                                                             self.config.train.steps, self.failures))
         except JobCancelled:
             outcome = (JobState.CANCELLED, "cancelled by request")
-        except JobInterrupted as err:
-            outcome = (JobState.FAILED, str(err))
+        except Requeue as requeue:
+            outcome = (JobState.QUEUED, self._requeued(requeue))
         except Exception as err:  # noqa: BLE001 — any failure ends the job, with its reason
             log.exception("job %s failed", self.job_id)
             outcome = (JobState.FAILED, f"{type(err).__name__}: {err}")
@@ -159,7 +174,24 @@ class JobRunner(threading.Thread):
             # Release everything before the job is seen to end, so that its end means "resources free".
             self._release()
             self._on_exit(self)
-            self.store.transition(self.job_id, *outcome, world_size=0)
+            try:
+                self.store.transition(self.job_id, *outcome, world_size=0)
+            except InvalidTransition as err:  # cancelled while it was releasing: the cancel stands
+                log.info("job %s: %s", self.job_id, err)
+
+    def _resume_point(self) -> Path | None:
+        """The job's newest committed checkpoint (it ran before: requeued or restarted), else the
+        checkpoint its config starts from, else None."""
+        checkpoints = self.store.checkpoints(self.job_id)
+        if checkpoints:
+            return Path(checkpoints[-1].path)
+        return Path(self.config.train.resume_from) if self.config.train.resume_from else None
+
+    def _requeued(self, requeue: Requeue) -> str:
+        if requeue.preempted:
+            self.store.transition(self.job_id, JobState.PREEMPTED, str(requeue), world_size=0)
+        resume = self._resume_point()
+        return f"{requeue}; resumes from {resume or 'the start'}"
 
     def _attempt(self, num_samples: int, resume: Path | None) -> None:
         """Start the decode pool and the worker group, restore ``resume``, train to the end."""
@@ -179,28 +211,35 @@ class JobRunner(threading.Thread):
             load_universal=folder is not None and folder.name == UNIVERSAL)
         self.metrics_endpoints = {"trainer": self._group.metrics_endpoints, "decode": self._pool.metrics_endpoints}
         start_step = self._restore(folder)
+        self._check_cancel()
         self.store.transition(self.job_id, JobState.RUNNING,
                               f"{self.world_size} workers, {self.decode_workers} decode workers",
                               world_size=self.world_size)
         self._train(start_step, num_samples)
 
-    def _recover(self, error: WorkerGroupError, resume: Path | None, count_failure: bool = True) -> Path | None:
-        """Tear down, decide, and wait for room; returns the checkpoint the next attempt starts from."""
+    def _recover(self, error: WorkerGroupError, count_failure: bool = True) -> Path | None:
+        """Tear down, decide, and re-fit; returns the checkpoint the next attempt starts from.
+        Below ``min_workers`` the job goes back to the queue instead of holding on."""
         self._release()
-        self.stats.failures += count_failure
-        if count_failure and self.policy.decide(error, self.stats.failures) is Decision.FAIL:
-            raise RuntimeError(f"giving up after failure {self.stats.failures} "
-                               f"(train.max_failures={self.policy.max_failures}): {error}") from error
-        checkpoints = self.store.checkpoints(self.job_id)
-        resume = Path(checkpoints[-1].path) if checkpoints else resume
-        what = (f"failure {self.stats.failures} of at most {self.policy.max_failures}" if count_failure
+        if count_failure:
+            self.failures += 1
+            self.store.update_job(self.job_id, failures=self.failures)
+            if self.policy.decide(error, self.failures) is Decision.FAIL:
+                raise RuntimeError(f"giving up after failure {self.failures} "
+                                   f"(train.max_failures={self.policy.max_failures}): {error}") from error
+        resume = self._resume_point()
+        what = (f"failure {self.failures} of at most {self.policy.max_failures}" if count_failure
                 else "no room for the workers yet")
         message = f"{what}: {error}; restarting from {resume or 'the start'}"
         if self.store.get_job(self.job_id).state is JobState.RECOVERING:
             self.store.update_job(self.job_id, message=message, world_size=0)
         else:
             self.store.transition(self.job_id, JobState.RECOVERING, message, world_size=0)
-        self._wait_for_room()
+        self._check_cancel()
+        world = self._fit_world_size(self) if self._fit_world_size else self.world_size
+        if not world:
+            raise Requeue(f"fewer than min_workers={self.job.min_workers} workers fit after: {what}")
+        self.world_size = world
         return resume
 
     def _grow(self, grow: GrowAt) -> Path:
@@ -209,16 +248,6 @@ class JobRunner(threading.Thread):
                               f"{self.world_size} → {grow.world_size} workers from {grow.checkpoint}", world_size=0)
         self.world_size = grow.world_size
         return grow.checkpoint
-
-    def _wait_for_room(self) -> None:
-        while True:
-            self._check_cancel()
-            world = self._fit_world_size(self) if self._fit_world_size else self.world_size
-            if world:
-                self.world_size = world
-                return
-            self.store.update_job(self.job_id, message=f"waiting for at least {self.job.min_workers} workers")
-            self._cancel.wait(2.0)
 
     def _release(self) -> None:
         for part in (self._group, self._pool):
@@ -243,37 +272,35 @@ class JobRunner(threading.Thread):
             if len(steps) != 1:
                 raise RuntimeError(f"ranks restored different steps from {folder}: {sorted(steps)}")
             step = steps.pop()
-        if self.stats.start_step is None:
-            self.stats.start_step = step
+        self._checkpointed_step = step
         return step
 
     def _train(self, start_step: int, num_samples: int) -> None:
-        train, stats = self.config.train, self.stats
+        train = self.config.train
         for step in range(start_step, train.steps):
+            if self._preempt_reason and self._checkpointed_step < step:
+                self._checkpoint(step)  # a preempted job loses no step
             self._check_cancel()
             began = time.perf_counter()
             reports = self._group.call("train_step", step, timeout_s=train.step_timeout_s)
             seconds = time.perf_counter() - began
             step_samples = sum(r["samples"] for r in reports)
-            stats.train_seconds += seconds
-            stats.samples += step_samples
-            stats.losses.append(statistics.fmean(r["loss"] for r in reports))
             self._record_skips(reports, num_samples)
             if train.record_samples:
                 self._log_samples(step, reports)
             self.store.record_progress(self.job_id, {
                 "step": step + 1, "total_steps": train.steps, "samples": (step + 1) * train.global_batch,
-                "epoch": step * train.global_batch // num_samples, "loss": stats.losses[-1],
-                "clips_per_second": step_samples / seconds, "step_seconds": seconds,
+                "epoch": step * train.global_batch // num_samples, "loss": statistics.fmean(r["loss"] for r in reports),
+                "clips_per_second": step_samples / seconds, "step_seconds": seconds, "step_samples": step_samples,
                 "data_wait_fraction": statistics.fmean(r["data_wait_seconds"] / r["seconds"] for r in reports),
                 "lr": reports[0]["lr"], "world_size": self.world_size,
             })
             completed = step + 1
             if completed == train.steps or (train.checkpoint_every and completed % train.checkpoint_every == 0):
-                stats.last_checkpoint = self._checkpoint(completed)
+                checkpoint = self._checkpoint(completed)
                 target = self._grow_target(self) if self._grow_target and completed < train.steps else 0
                 if target > self.world_size:
-                    raise GrowAt(Path(stats.last_checkpoint), target)
+                    raise GrowAt(Path(checkpoint), target)
 
     def _prune_checkpoints(self) -> None:
         """Keep the newest ``train.keep_checkpoints`` committed checkpoints (a new one is committed
@@ -294,14 +321,13 @@ class JobRunner(threading.Thread):
             log_file.write(json.dumps(line) + "\n")
 
     def _record_skips(self, reports: list[dict[str, Any]], num_samples: int) -> None:
-        bad_paths = self.stats.bad_paths
-        for report in reports:
-            for skip in report["skipped"]:
-                self.store.record_skipped(self.job_id, skip["path"], skip["reason"], skip["detail"])
-                bad_paths.add(skip["path"])
+        skips = [skip for report in reports for skip in report["skipped"]]
+        for skip in skips:
+            self.store.record_skipped(self.job_id, skip["path"], skip["reason"], skip["detail"])
+        bad = len(self.store.skipped_videos(self.job_id)) if skips else 0
         limit = self.config.data.max_bad_fraction
-        if len(bad_paths) > limit * num_samples:
-            raise DataError(f"{len(bad_paths)} of {num_samples} videos could not be decoded, more than "
+        if bad > limit * num_samples:
+            raise DataError(f"{bad} of {num_samples} videos could not be decoded, more than "
                             f"data.max_bad_fraction={limit}; see the job's skipped videos")
 
     def _checkpoint(self, step: int) -> str:
@@ -311,6 +337,7 @@ class JobRunner(threading.Thread):
         assert set(saved) == {str(folder)}, f"ranks saved into {saved}"
         commit(folder, {"job_id": self.job_id, "step": step, "world_size": self.world_size})
         self.store.record_checkpoint(self.job_id, step, str(folder), self.world_size)
+        self._checkpointed_step = step
         self._prune_checkpoints()
         self.metrics_endpoints["decode"] = self._pool.refresh_endpoints(self.config.train.step_timeout_s)
         return str(folder)

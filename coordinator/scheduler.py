@@ -1,8 +1,10 @@
-"""Admits queued jobs first-in first-out, each as a gang that fits the free capacity.
+"""Admits queued jobs by priority, then first-in first-out, each as a gang that fits the free capacity.
 
 Capacity is the cluster's Ray resources minus what running jobs reserved; a job's
 reservation is its trainer gang plus its decode pool. The head of the queue blocks the
-jobs behind it (strict FIFO), so a large job is not starved by small ones.
+jobs behind it (strict order), so a large job is not starved by small ones. A head that does
+not fit preempts running jobs of lower priority when that makes room: they checkpoint, give
+their resources back and wait in the queue, from which they later resume exactly.
 """
 from __future__ import annotations
 
@@ -37,17 +39,19 @@ class Scheduler:
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
-        self._fail_orphans()
+        self._requeue_orphans()
         self._thread.start()
 
-    def stop(self, timeout_s: float = 30.0) -> None:
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Stop admitting; running jobs checkpoint and go back to the queue, to resume when a
+        coordinator runs again."""
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout_s)
         with self._lock:
             runners = list(self.runners.values())
         for runner in runners:
-            runner.interrupt("the coordinator shut down while the job was running")
+            runner.preempt("the coordinator shut down")
         for runner in runners:
             runner.join(timeout_s)
 
@@ -69,16 +73,17 @@ class Scheduler:
             self._wake.wait(self.tick_s)
             self._wake.clear()
 
-    def _fail_orphans(self) -> None:
-        """Jobs that were active when a previous coordinator died have no actors any more."""
-        active = [s for s in JobState if s.active]
-        jobs, _ = self.store.list_jobs(states=active, limit=1_000_000)
+    def _requeue_orphans(self) -> None:
+        """Jobs that held resources when a previous coordinator died lost their actors with it
+        (Ray kills an owner's actors): they go back to the queue and resume from their last
+        committed checkpoint, each exactly once."""
+        jobs, _ = self.store.list_jobs(states=[s for s in JobState if s.active] + [JobState.PREEMPTED],
+                                       limit=1_000_000)
         for job in jobs:
             checkpoints = self.store.checkpoints(job.job_id)
-            hint = f"; last committed checkpoint: {checkpoints[-1].path}" if checkpoints else ""
-            self.store.transition(job.job_id, JobState.FAILED,
-                                  f"the coordinator restarted while the job was {job.state.value}{hint}",
-                                  world_size=0)
+            resume = checkpoints[-1].path if checkpoints else "the start"
+            self.store.transition(job.job_id, JobState.QUEUED, f"the coordinator restarted while the job was "
+                                  f"{job.state.value}; resumes from {resume}", world_size=0)
 
     # -- admission ------------------------------------------------------------------------
     def free_resources(self) -> dict[str, float]:
@@ -90,15 +95,15 @@ class Scheduler:
         return free
 
     def tick(self) -> None:
-        queued, _ = self.store.list_jobs(states=[JobState.QUEUED], limit=1_000)
         free = self.free_resources()
-        for job in queued:
+        for job in self.store.queue():
             if self._stop.is_set():
                 return
             world = self._fitting_world_size(job, free)
             if world is None:
                 self._note_waiting(job, free)
-                return  # strict FIFO: nothing jumps the head of the queue
+                self._preempt_for(job, free)
+                return  # strict order: nothing jumps the head of the queue
             runner = self.runner_factory(self.store, job, world, self.settings, on_exit=self._runner_exited,
                                          fit_world_size=self.fit_world_size, grow_target=self.grow_target)
             with self._lock:  # atomic with cancel(): a job is either still QUEUED or has its runner
@@ -112,6 +117,31 @@ class Scheduler:
                 free[key] = free.get(key, 0.0) - amount
             runner.start()
 
+    def _preempt_for(self, job: JobRecord, free: dict[str, float]) -> None:
+        """Preempt the fewest lowest-priority (then most recently started) running jobs whose
+        resources, with what is free, let ``job`` start; none if even all of them would not."""
+        with self._lock:
+            runners = list(self.runners.values())  # in admission order
+        freeing = [r for r in runners if r.preempting]
+        # Lowest priority first; within a priority the last admitted first (a stable sort of the reversed order).
+        candidates = sorted((r for r in reversed(runners) if not r.preempting and r.job.priority < job.priority),
+                            key=lambda r: r.job.priority)
+        room = dict(free)
+        victims: list[JobRunner] = []
+        for runner in freeing + candidates:
+            if self._fitting_world_size(job, room) is not None:
+                break
+            for key, amount in runner.demand.items():
+                room[key] = room.get(key, 0.0) + amount
+            if runner in candidates:
+                victims.append(runner)
+        if self._fitting_world_size(job, room) is None:
+            return
+        for victim in victims:
+            log.info("preempting %s (priority %d) for %s (priority %d)", victim.job_id, victim.job.priority,
+                     job.job_id, job.priority)
+            victim.preempt(f"preempted by {job.job_id} (priority {job.priority} > {victim.job.priority})")
+
     def fit_world_size(self, runner: JobRunner) -> int | None:
         """The largest world size ``runner``'s job could have now, counting what it holds itself."""
         free = self.free_resources()
@@ -122,7 +152,7 @@ class Scheduler:
     def grow_target(self, runner: JobRunner) -> int:
         """The size a running job may grow to: what fits, but only while nobody waits in the queue
         (queued jobs come before growth)."""
-        if self.store.list_jobs(states=[JobState.QUEUED], limit=1)[0]:
+        if self.store.queue():
             return runner.world_size
         return self.fit_world_size(runner) or runner.world_size
 

@@ -78,7 +78,7 @@ class JobService(pb_grpc.JobServiceServicer):
             for event in events:
                 yield convert.event_to_proto(event)
                 seq = event.seq
-            if not events and self.store.get_job(request.job_id).state.terminal:
+            if request.history_only or (not events and self.store.get_job(request.job_id).state.terminal):
                 return
             if not events:
                 with self.store.changed:

@@ -28,15 +28,20 @@ class JobState(str, enum.Enum):
 _TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 _ACTIVE = frozenset({JobState.STARTING, JobState.RUNNING, JobState.RESCALING, JobState.RECOVERING})
 
+# A job goes back to QUEUED from any active state: preempted (through PREEMPTED, once its
+# checkpoint is written), fewer than min_workers left after a failure, or a coordinator restart.
+# Requeued, it resumes from its last committed checkpoint.
 _ALLOWED: dict[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.STARTING, JobState.CANCELLED, JobState.FAILED}),
-    JobState.STARTING: frozenset({JobState.RUNNING, JobState.RECOVERING, JobState.FAILED, JobState.CANCELLED,
-                                  JobState.QUEUED}),
-    JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED,
-                                 JobState.RESCALING, JobState.RECOVERING, JobState.PREEMPTED}),
-    JobState.RESCALING: frozenset({JobState.RUNNING, JobState.RECOVERING, JobState.FAILED, JobState.CANCELLED}),
-    JobState.RECOVERING: frozenset({JobState.RUNNING, JobState.FAILED, JobState.CANCELLED, JobState.QUEUED}),
-    JobState.PREEMPTED: frozenset({JobState.QUEUED, JobState.CANCELLED}),
+    JobState.STARTING: frozenset({JobState.RUNNING, JobState.RECOVERING, JobState.PREEMPTED, JobState.FAILED,
+                                  JobState.CANCELLED, JobState.QUEUED}),
+    JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.RESCALING,
+                                 JobState.RECOVERING, JobState.PREEMPTED, JobState.QUEUED}),
+    JobState.RESCALING: frozenset({JobState.RUNNING, JobState.RECOVERING, JobState.PREEMPTED, JobState.FAILED,
+                                   JobState.CANCELLED, JobState.QUEUED}),
+    JobState.RECOVERING: frozenset({JobState.RUNNING, JobState.PREEMPTED, JobState.FAILED, JobState.CANCELLED,
+                                    JobState.QUEUED}),
+    JobState.PREEMPTED: frozenset({JobState.QUEUED, JobState.CANCELLED, JobState.FAILED}),
     JobState.SUCCEEDED: frozenset(),
     JobState.FAILED: frozenset(),
     JobState.CANCELLED: frozenset(),

@@ -63,6 +63,8 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (job_id, path)
     );
     """,
+    # Failures survived so far: bounds train.max_failures across requeues and coordinator restarts.
+    "ALTER TABLE jobs ADD COLUMN failures INTEGER NOT NULL DEFAULT 0",
 )
 
 
@@ -100,6 +102,7 @@ class JobRecord:
     result: dict[str, Any]
     created_at: float
     updated_at: float
+    failures: int = 0
 
 
 @dataclass(frozen=True)
@@ -273,7 +276,8 @@ class JobStore:
             state=JobState(row["state"]), message=row["message"], config=json.loads(row["config_json"]),
             min_workers=row["min_workers"], max_workers=row["max_workers"], world_size=row["world_size"],
             priority=row["priority"], progress=json.loads(row["progress_json"]),
-            result=json.loads(row["result_json"]), created_at=row["created_at"], updated_at=row["updated_at"])
+            result=json.loads(row["result_json"]), created_at=row["created_at"], updated_at=row["updated_at"],
+            failures=row["failures"])
 
     def get_job(self, job_id: str) -> JobRecord:
         with self._lock:
@@ -295,6 +299,14 @@ class JobStore:
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
         return [self._to_record(r) for r in rows], (rows[-1]["rowid"] if rows else after_rowid)
+
+    def queue(self) -> list[JobRecord]:
+        """QUEUED jobs in admission order: higher priority first, then first submitted first (a
+        requeued job keeps its place)."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM jobs WHERE state = ? ORDER BY priority DESC, rowid",
+                                    (JobState.QUEUED.value,)).fetchall()
+        return [self._to_record(r) for r in rows]
 
     def events_after(self, job_id: str, seq: int) -> list[JobEvent]:
         with self._lock:

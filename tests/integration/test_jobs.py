@@ -305,6 +305,36 @@ def test_a_killed_decode_worker_is_restarted_in_place_and_no_step_is_redone(clie
     assert restarted and wait_for(lambda: not worker_pids(coordinator, "DecodeWorker"), 10, "the pool to be gone")
 
 
+def test_a_high_priority_job_preempts_a_low_one_which_resumes_exactly(client, dataset, coordinator,
+                                                                     uninterrupted_losses):
+    # 2 trainers + 2 decode workers: the whole cluster. No periodic checkpoints: preemption writes its own.
+    low = tiny_job(client, dataset.train_list, *RECOVERY_JOB, "train.checkpoint_every=0")
+    wait_for(lambda: client.get(low.job_id).progress.step >= 6, 240, "6 steps")
+    high = tiny_job(client, dataset.train_list, "train.steps=3", priority=5)
+    high_events = list(client.watch(high.job_id))
+    assert state(client.get(high.job_id)) == "SUCCEEDED"
+
+    events = list(client.watch(low.job_id))
+    low = client.get(low.job_id)
+    assert state(low) == "SUCCEEDED", f"{low.message}\n{coordinator.log_tail()}"
+    changes = bodies(events, "state_changed")
+    assert [pb.JobState.Name(c.to_state).removeprefix("JOB_STATE_") for c in changes] == [
+        "QUEUED", "STARTING", "RUNNING", "PREEMPTED", "QUEUED", "STARTING", "RUNNING", "SUCCEEDED"]
+    preempted, requeued = changes[3], changes[4]
+    assert f"preempted by {high.job_id}" in preempted.message
+    # The victim checkpointed where it stopped and lost no step.
+    preempted_seq = [e.seq for e in events if e.WhichOneof("body") == "state_changed"][3]
+    stop_step = [e.progress.step for e in events if e.WhichOneof("body") == "progress" and e.seq < preempted_seq][-1]
+    assert [c.step for c in low.checkpoints] == [stop_step, 30]
+    assert requeued.message.endswith(f"step-{stop_step:08d}")
+    assert low.result.metrics["steps_redone"] == 0 and low.result.metrics["failures"] == 0
+    assert [p.loss for p in bodies(events, "progress")] == uninterrupted_losses
+    # The high-priority job ran in between: it started after the victim let go, ended before it resumed.
+    event_time = {e.seq: e.time.ToNanoseconds() for e in events}
+    resumed_at = event_time[[e.seq for e in events if e.WhichOneof("body") == "state_changed"][5]]
+    assert high_events[-1].time.ToNanoseconds() <= resumed_at
+
+
 def test_a_job_whose_workers_keep_dying_fails_after_max_failures(client, dataset, coordinator):
     job = tiny_job(client, dataset.train_list, "train.steps=2000", "train.max_failures=0")
     wait_for(lambda: client.get(job.job_id).progress.step >= 2, 240, "2 steps")

@@ -1,28 +1,39 @@
-"""A coordinator killed with SIGKILL and started again keeps every job record and its history."""
+"""A coordinator killed with SIGKILL and started again keeps every job record and its history,
+and the job that was running resumes from its last checkpoint and completes as if never stopped."""
 from __future__ import annotations
+
+import json
 
 import pytest
 
 from coordinator.client import JobClient
+from internvideo.data.lists import read_video_list
+from internvideo.data.order import GlobalBatchPlan
 from protos.internvideo.v1 import jobs_pb2 as pb
 from tests.integration.conftest import tiny_job, wait_for
 
 pytestmark = pytest.mark.integration
+JOB = ("train.steps=12", "train.checkpoint_every=4")
 
 
 def state(job: pb.Job) -> str:
     return pb.JobState.Name(job.state).removeprefix("JOB_STATE_")
 
 
-def test_killed_coordinator_restarts_with_every_record(coordinator, client, dataset):
+def progress(events) -> list[pb.Progress]:
+    return [e.progress for e in events if e.WhichOneof("body") == "progress"]
+
+
+def test_killed_coordinator_restarts_with_every_record_and_resumes_the_running_job(coordinator, client, dataset):
     finished = tiny_job(client, dataset.train_list, "train.steps=2", "train.checkpoint_every=1")
     finished_events = list(client.watch(finished.job_id))
     finished = client.get(finished.job_id)
     assert state(finished) == "SUCCEEDED", finished.message
-    running = tiny_job(client, dataset.train_list, "train.steps=2000", "train.checkpoint_every=2")
-    wait_for(lambda: len(client.get(running.job_id).checkpoints) >= 1, 240, "a committed checkpoint")
+    running = tiny_job(client, dataset.train_list, *JOB, "train.record_samples=true")
+    wait_for(lambda: client.get(running.job_id).progress.step >= 6, 240, "6 steps, one checkpoint")
     queued = tiny_job(client, dataset.train_list, "train.micro_batch=1", workers=16)  # never fits: stays queued
     before = {j.job_id: j for j in client.list(page_size=1000).jobs}
+    events_before = list(client.watch(running.job_id, follow=False))
 
     coordinator.kill()
     coordinator.start()
@@ -37,16 +48,33 @@ def test_killed_coordinator_restarts_with_every_record(coordinator, client, data
         assert state(after[queued.job_id]) == "QUEUED"
         assert state(fresh.cancel(queued.job_id)) == "CANCELLED"
 
-        # The running job's actors died with the coordinator: it is failed, pointing at its last checkpoint.
-        lost = after[running.job_id]
-        assert state(lost) == "FAILED" and "coordinator restarted" in lost.message
-        assert lost.checkpoints and lost.checkpoints[-1].path in lost.message
-        assert len(lost.checkpoints) >= len(before[running.job_id].checkpoints)
+        # The running job's actors died with the coordinator; it went back to the queue and resumes
+        # from its last committed checkpoint.
+        events = list(fresh.watch(running.job_id))
+        resumed = fresh.get(running.job_id)
+        assert state(resumed) == "SUCCEEDED", resumed.message
+        uninterrupted = tiny_job(fresh, dataset.train_list, *JOB)
+        uninterrupted_events = list(fresh.watch(uninterrupted.job_id))
 
-        # And the restarted coordinator runs new work.
-        again = tiny_job(fresh, dataset.train_list, "train.steps=2", f"train.resume_from={lost.checkpoints[0].path}",
-                         "train.steps=4")
-        list(fresh.watch(again.job_id))
-        again = fresh.get(again.job_id)
-        assert state(again) == "SUCCEEDED", again.message
-        assert again.result.metrics["start_step"] == 2 and again.progress.step == 4
+    # The record is whole: the history before the crash is a prefix of the history now, and goes on.
+    assert events[:len(events_before)] == events_before
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    transitions = [(pb.JobState.Name(e.state_changed.to_state).removeprefix("JOB_STATE_"), e.state_changed.message)
+                   for e in events if e.WhichOneof("body") == "state_changed"]
+    assert [t for t, _ in transitions] == ["QUEUED", "STARTING", "RUNNING", "QUEUED", "STARTING", "RUNNING",
+                                           "SUCCEEDED"]
+    requeue_message = transitions[3][1]
+    assert "coordinator restarted" in requeue_message and requeue_message.endswith("step-00000004")
+    assert [c.step for c in resumed.checkpoints] == [4, 8, 12]
+
+    # Nothing lost, nothing run twice: the steps after the checkpoint ran again, and the last run of
+    # every step is the uninterrupted run's, to the bit, on exactly the plan's samples.
+    executed = progress(events)
+    assert resumed.result.metrics["steps_redone"] == len(executed) - 12 >= 2
+    last = {p.step: p.loss for p in executed}
+    assert [last[s] for s in range(1, 13)] == [p.loss for p in progress(uninterrupted_events)]
+    plan = GlobalBatchPlan(len(read_video_list(dataset.train_list)), 16, seed=0)
+    log = [json.loads(line) for line in
+           (coordinator.state_dir / "jobs" / running.job_id / "samples.jsonl").read_text().splitlines()]
+    last_run = {record["step"]: record["samples"] for record in log}
+    assert all(sorted(last_run[s]) == sorted(plan.step_samples(s).tolist()) for s in range(12))

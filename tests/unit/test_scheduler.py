@@ -20,6 +20,11 @@ class FakeRunner:
                                       settings.trainer_bundle)
         self.metrics_endpoints, self.decode_workers = {}, 0
         self.started = self.cancelled = False
+        self.preempt_reason = ""
+
+    @property
+    def preempting(self):
+        return bool(self.preempt_reason)
 
     def start(self):
         self.started = True
@@ -27,13 +32,19 @@ class FakeRunner:
     def cancel(self):
         self.cancelled = True
 
-    def interrupt(self, reason):
-        self.cancelled = True
+    def preempt(self, reason):
+        self.preempt_reason = reason
 
     def join(self, timeout=None):
         if self.cancelled:  # what a real runner does once it stopped
             self.store.transition(self.job_id, JobState.CANCELLED, "cancelled by request", world_size=0)
             self.on_exit(self)
+
+    def release_preempted(self):
+        """What a real runner does once preempted: checkpoint, release, requeue."""
+        self.store.transition(self.job_id, JobState.PREEMPTED, self.preempt_reason, world_size=0)
+        self.on_exit(self)
+        self.store.transition(self.job_id, JobState.QUEUED, "requeued", world_size=0)
 
     def finish(self):
         self.store.transition(self.job_id, JobState.RUNNING)
@@ -53,12 +64,12 @@ def scheduler(tmp_path, cluster):
     return Scheduler(store, settings, lambda: cluster, runner_factory=FakeRunner)
 
 
-def submit(scheduler, min_workers, max_workers, *overrides):
+def submit(scheduler, min_workers, max_workers, *overrides, priority=0):
     train_list = scheduler.settings.state_dir / "train.txt"
     train_list.write_text("a.mp4 0\n" * 16)
     spec = validate_submission(kind="pretrain-mae", config_text=read_config("tiny-cpu"),
                                overrides=[f"data.train_list={train_list}", *overrides],
-                               min_workers=min_workers, max_workers=max_workers)
+                               min_workers=min_workers, max_workers=max_workers, priority=priority)
     return scheduler.store.create_job(spec)[0].job_id
 
 
@@ -105,14 +116,62 @@ def test_cancel_rules(scheduler):
     assert not scheduler.runners
 
 
-def test_jobs_left_active_by_a_dead_coordinator_are_failed_with_their_last_checkpoint(scheduler):
-    job = submit(scheduler, 1, 1)
-    scheduler.store.transition(job, JobState.STARTING)
-    scheduler.store.transition(job, JobState.RUNNING)
-    scheduler.store.record_checkpoint(job, 10, "/ckpt/step-00000010", 1)
-    scheduler._fail_orphans()
-    record = scheduler.store.get_job(job)
-    assert record.state is JobState.FAILED and record.message.endswith("/ckpt/step-00000010")
+def test_jobs_left_active_by_a_dead_coordinator_are_requeued_to_resume_from_their_last_checkpoint(scheduler):
+    running, preempted = submit(scheduler, 1, 1), submit(scheduler, 1, 1)
+    for job in (running, preempted):
+        scheduler.store.transition(job, JobState.STARTING)
+        scheduler.store.transition(job, JobState.RUNNING)
+    scheduler.store.transition(preempted, JobState.PREEMPTED)
+    scheduler.store.record_checkpoint(running, 10, "/ckpt/step-00000010", 1)
+    scheduler._requeue_orphans()
+    record = scheduler.store.get_job(running)
+    assert record.state is JobState.QUEUED and record.message.endswith("resumes from /ckpt/step-00000010")
+    assert scheduler.store.get_job(preempted).message.endswith("resumes from the start")
+    assert [j.job_id for j in scheduler.store.queue()] == [running, preempted]
+
+
+def test_priority_orders_the_queue_and_fifo_holds_within_a_priority(scheduler, cluster):
+    cluster["CPU"] = 0.0
+    low, high, high_later = submit(scheduler, 1, 1), submit(scheduler, 1, 1, priority=5), \
+        submit(scheduler, 1, 1, priority=5)
+    assert [j.job_id for j in scheduler.store.queue()] == [high, high_later, low]
+
+
+def test_a_job_that_cannot_fit_preempts_the_fewest_lowest_priority_jobs(scheduler):
+    low = submit(scheduler, 2, 2, priority=0)  # 2 trainers + 2 decode CPUs each
+    mid = submit(scheduler, 2, 2, priority=1)
+    scheduler.tick()
+    assert set(scheduler.runners) == {low, mid} and scheduler.free_resources() == {"CPU": 0.0}
+
+    same = submit(scheduler, 2, 2, priority=0)  # equal (or lower) priority never preempts
+    scheduler.tick()
+    assert not any(r.preempting for r in scheduler.runners.values())
+    scheduler.cancel(same)
+
+    high = submit(scheduler, 2, 2, priority=9)
+    scheduler.tick()
+    victims = [r.job_id for r in scheduler.runners.values() if r.preempting]
+    assert victims == [low]  # one job's room is enough; the lowest priority goes
+    assert f"preempted by {high}" in scheduler.runners[low].preempt_reason
+    scheduler.tick()  # while the victim releases, nobody else is preempted
+    assert [r.job_id for r in scheduler.runners.values() if r.preempting] == [low]
+
+    scheduler.runners[low].release_preempted()
+    scheduler.tick()
+    assert set(scheduler.runners) == {mid, high}
+    assert scheduler.store.get_job(low).state is JobState.QUEUED  # waits for room, first of its priority
+    scheduler.runners[high].finish()
+    scheduler.tick()
+    assert set(scheduler.runners) == {mid, low}
+
+
+def test_no_preemption_when_even_every_lower_priority_job_would_not_make_room(scheduler):
+    low = submit(scheduler, 2, 2)
+    scheduler.tick()
+    huge = submit(scheduler, 8, 8, "train.micro_batch=2", priority=9)  # needs 10 CPUs of 8
+    scheduler.tick()
+    assert not scheduler.runners[low].preempting
+    assert scheduler.store.get_job(huge).message == "waiting for resources: needs CPU 10 (free 4)"
 
 
 def test_after_a_failure_a_job_refits_to_what_the_cluster_has_left(scheduler, cluster):

@@ -95,7 +95,7 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchJob(self, request, context):
-        """Replays the job's history, then streams new events until the job ends.
+        """Replays the job's history, then (unless history_only) streams new events until the job ends.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
