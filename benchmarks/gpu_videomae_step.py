@@ -108,7 +108,7 @@ def hf_torch(cfg, video, pixels, mask, dtype, device):
     hf_cfg = HFConfig(image_size=enc.img_size, patch_size=enc.patch_size, num_channels=3, num_frames=enc.num_frames,
                       tubelet_size=enc.tubelet_size, hidden_size=enc.embed_dim, num_hidden_layers=enc.depth,
                       num_attention_heads=enc.num_heads, intermediate_size=int(enc.embed_dim * enc.mlp_ratio),
-                      qkv_bias=True, use_mean_pooling=False, layer_norm_eps=1e-6,
+                      use_mean_pooling=False, layer_norm_eps=1e-6,
                       decoder_hidden_size=cfg.decoder_embed_dim, decoder_num_hidden_layers=cfg.decoder_depth,
                       decoder_num_attention_heads=cfg.decoder_num_heads,
                       decoder_intermediate_size=int(cfg.decoder_embed_dim * enc.mlp_ratio), norm_pix_loss=True)

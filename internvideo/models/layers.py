@@ -137,12 +137,13 @@ class Block(nn.Module):
         qkv_bias: bool = True,
         drop_path: float = 0.0,
         init_values: float = 0.0,
+        norm_eps: float = LAYER_NORM_EPS,
     ) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         if init_values > 0:
             self.gamma_1 = nn.Parameter(torch.full((dim,), float(init_values)))
@@ -183,10 +184,11 @@ class BlockStack(nn.ModuleList):
     activation checkpointing per block (recompute in backward, trading FLOPs for memory)."""
 
     def __init__(self, dim: int, depth: int, num_heads: int, *, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 drop_path_rate: float = 0.0, init_values: float = 0.0, use_checkpoint: bool = False) -> None:
+                 drop_path_rate: float = 0.0, init_values: float = 0.0, use_checkpoint: bool = False,
+                 norm_eps: float = LAYER_NORM_EPS) -> None:
         rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
         super().__init__(Block(dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=rate,
-                               init_values=init_values) for rate in rates)
+                               init_values=init_values, norm_eps=norm_eps) for rate in rates)
         self.use_checkpoint = use_checkpoint
 
     def forward(self, x: Tensor) -> Tensor:

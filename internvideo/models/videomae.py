@@ -47,6 +47,7 @@ class VideoMAEConfig(BaseModel):
     decoder_num_heads: int = Field(gt=0)
     mask_ratio: float = Field(default=0.9, gt=0.0, lt=1.0)
     norm_pix_loss: bool = True
+    decoder_norm_eps: float = Field(default=LAYER_NORM_EPS, gt=0.0)  # the decoder's last norm (Hugging Face: 1e-5)
 
     _heads_divide_dim = divisible("decoder_embed_dim", "decoder_num_heads", on="decoder_num_heads")
 
@@ -132,8 +133,9 @@ class VideoMAEDecoder(nn.Module):
         enc = config.encoder
         self.blocks = BlockStack(config.decoder_embed_dim, config.decoder_depth, config.decoder_num_heads,
                                  mlp_ratio=enc.mlp_ratio, qkv_bias=enc.qkv_bias, drop_path_rate=enc.drop_path_rate,
-                                 init_values=enc.init_values, use_checkpoint=enc.use_checkpoint)
-        self.norm = nn.LayerNorm(config.decoder_embed_dim, eps=LAYER_NORM_EPS)
+                                 init_values=enc.init_values, use_checkpoint=enc.use_checkpoint,
+                                 norm_eps=enc.norm_eps)
+        self.norm = nn.LayerNorm(config.decoder_embed_dim, eps=config.decoder_norm_eps)
         self.head = nn.Linear(config.decoder_embed_dim, enc.patch_dim)
 
     def forward(self, x: Tensor, num_masked: int) -> Tensor:

@@ -1,15 +1,18 @@
-"""Video ViT backbone: the encoder of VideoMAE (and of InternVideo's video branch).
+"""Video ViT backbone: the encoder of VideoMAE (and of InternVideo's video branch), and the
+classifier built on it.
 
-Semantics follow the official VideoMAE ``PretrainVisionTransformerEncoder``:
-tubelet patch embedding, a fixed sine-cosine position table, pre-norm blocks
-that see only the visible (unmasked) tokens, and a final LayerNorm.
+Semantics follow the official VideoMAE ``PretrainVisionTransformerEncoder`` and fine-tuning
+``VisionTransformer``: tubelet patch embedding, a fixed sine-cosine or a learnable position
+embedding, pre-norm blocks that see only the visible (unmasked) tokens, and a final LayerNorm
+(replaced, for classification with mean pooling, by a norm after the pooling).
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from torch import Tensor, nn
 
@@ -56,6 +59,9 @@ class ViTConfig(BaseModel):
     drop_path_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
     init_values: float = Field(default=0.0, ge=0.0)
     use_checkpoint: bool = False
+    pos_embed: Literal["sincos", "learnable"] = "sincos"
+    norm_eps: float = Field(default=LAYER_NORM_EPS, gt=0.0)  # Hugging Face's VideoMAE uses 1e-12
+    final_norm: bool = True  # False: no LayerNorm after the blocks (a pooled classifier norms after pooling)
 
     _heads_divide_dim = divisible("embed_dim", "num_heads", on="num_heads")
     _patch_divides_image = divisible("img_size", "patch_size", on="img_size")
@@ -121,16 +127,21 @@ class VideoViTEncoder(nn.Module):
             embed_dim=config.embed_dim,
             num_frames=config.num_frames,
         )
-        # Not persistent: the table is a pure function of the config, and the
-        # official checkpoints do not contain it, so state dicts match 1:1.
-        self.register_buffer(
-            "pos_embed", sinusoid_position_table(self.num_patches, config.embed_dim), persistent=False
-        )  # (1, N, C)
+        table = sinusoid_position_table(self.num_patches, config.embed_dim)  # (1, N, C)
+        if config.pos_embed == "learnable":
+            self.pos_embed = nn.Parameter(table.clone())
+        else:
+            # Not persistent: the table is a pure function of the config, and the
+            # official checkpoints do not contain it, so state dicts match 1:1.
+            self.register_buffer("pos_embed", table, persistent=False)
         self.blocks = BlockStack(config.embed_dim, config.depth, config.num_heads, mlp_ratio=config.mlp_ratio,
                                  qkv_bias=config.qkv_bias, drop_path_rate=config.drop_path_rate,
-                                 init_values=config.init_values, use_checkpoint=config.use_checkpoint)
-        self.norm = nn.LayerNorm(config.embed_dim, eps=LAYER_NORM_EPS)
+                                 init_values=config.init_values, use_checkpoint=config.use_checkpoint,
+                                 norm_eps=config.norm_eps)
+        self.norm = nn.LayerNorm(config.embed_dim, eps=config.norm_eps) if config.final_norm else nn.Identity()
         self.apply(_init_vit_weights)
+        if config.pos_embed == "learnable":
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
     @property
     def num_patches(self) -> int:
@@ -152,6 +163,69 @@ class VideoViTEncoder(nn.Module):
                 )
             x = x[~mask].reshape(b, -1, c)  # (B, N_visible, C)
         return self.norm(self.blocks(x))  # (B, N_visible, C)
+
+
+def interpolate_pos_embed(pos_embed: Tensor, from_grid: tuple[int, int, int], to_grid: tuple[int, int, int]) -> Tensor:
+    """A learnable position embedding (1, T·H·W, C) trained on ``from_grid`` resized to ``to_grid``
+    (other frame counts or resolutions): trilinear over (t, h, w), as the official fine-tuning
+    code does spatially (and InternVideo temporally)."""
+    if from_grid == to_grid:
+        return pos_embed
+    t, h, w = from_grid
+    if pos_embed.shape[1] != t * h * w:
+        raise ValueError(f"position embedding has {pos_embed.shape[1]} positions, grid {from_grid} has {t * h * w}")
+    grid = pos_embed.reshape(1, t, h, w, -1).permute(0, 4, 1, 2, 3)  # (1, C, T, H, W)
+    grid = F.interpolate(grid.float(), size=to_grid, mode="trilinear", align_corners=False)
+    return grid.permute(0, 2, 3, 4, 1).flatten(1, 3).to(pos_embed.dtype)  # (1, T'·H'·W', C)
+
+
+class ClassifierConfig(BaseModel):
+    """A video classifier: the encoder, mean pooling of its tokens, a norm, a linear head."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    encoder: ViTConfig
+    num_classes: int = Field(gt=0)
+    head_norm_eps: float = Field(default=LAYER_NORM_EPS, gt=0.0)  # Hugging Face: 1e-5
+    head_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    head_init_scale: float = Field(default=1.0, gt=0.0)  # VideoMAE fine-tuning scales the head init (0.001)
+
+
+def classifier_config(size: str, num_classes: int, **encoder_overrides: Any) -> ClassifierConfig:
+    """Published encoder of ``size`` for classification (mean pooling: no final encoder norm)."""
+    return ClassifierConfig(encoder=vit_config(size, **{"final_norm": False, **encoder_overrides}),
+                            num_classes=num_classes)
+
+
+class VideoClassifier(nn.Module):
+    """Encoder → mean over tokens → ``fc_norm`` → ``head``, as VideoMAE fine-tuning (``use_mean_pooling``)."""
+
+    def __init__(self, config: ClassifierConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = VideoViTEncoder(config.encoder)
+        self.fc_norm = nn.LayerNorm(config.encoder.embed_dim, eps=config.head_norm_eps)
+        self.head_dropout = nn.Dropout(config.head_dropout)
+        self.head = nn.Linear(config.encoder.embed_dim, config.num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+        with torch.no_grad():
+            self.head.weight.mul_(config.head_init_scale)
+
+    def features(self, video: Tensor) -> Tensor:
+        """Pooled, normed clip features (B, C)."""
+        return self.fc_norm(self.encoder(video).mean(dim=1))
+
+    def forward(self, video: Tensor) -> Tensor:
+        """Logits (B, num_classes) of normalised clips (B, C, T, H, W)."""
+        return self.head(self.head_dropout(self.features(video)))
+
+    def flops_per_clip(self, training: bool = False) -> float:
+        enc = self.config.encoder
+        flops = (2.0 * enc.num_patches * enc.patch_dim * enc.embed_dim
+                 + transformer_flops(enc.embed_dim, enc.depth, enc.num_patches, enc.mlp_ratio)
+                 + 2.0 * enc.embed_dim * self.config.num_classes)
+        return 3.0 * flops if training else flops
 
 
 def _init_vit_weights(m: nn.Module) -> None:
