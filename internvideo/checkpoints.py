@@ -16,6 +16,11 @@ Layouts:
   ``classifier``. Its config (``config.json``) maps to ours with ``videomae_config_from_hf`` /
   ``classifier_config_from_hf``, carrying its layer-norm eps; its input is (B, T, C, H, W),
   ours (B, C, T, H, W).
+- **OpenAI CLIP** (and InternVideo's multimodal checkpoints built on it): ``visual.*`` is our video
+  encoder's layout key for key (UniBlocks absent from a CLIP file are allowed missing by the
+  caller); the text tower, at the top level there, moves under ``text.``.
+- **Hugging Face** ``transformers`` CLIP (``vision_model.*``, ``text_model.*``): split q/k/v
+  projections fused into ``in_proj``, ``layer_norm1/2``, ``fc1/fc2``, the projections transposed.
 """
 from __future__ import annotations
 
@@ -48,7 +53,29 @@ _HF_RENAMES: tuple[tuple[str, str], ...] = (
     (r"\.intermediate\.dense\.", ".mlp.fc1."),
     (r"\.output\.dense\.", ".mlp.fc2."),
 )
-_SPLIT_QKV = re.compile(r"^(.*)\.attn\.(query|key|value)\.weight$")
+_SPLIT_QKV = re.compile(r"^(.*)\.attn\.(query|key|value)\.(weight)$")
+
+_HF_CLIP_RENAMES: tuple[tuple[str, str], ...] = (
+    (r"^vision_model\.embeddings\.patch_embedding\.", "visual.conv1."),
+    (r"^vision_model\.embeddings\.class_embedding$", "visual.class_embedding"),
+    (r"^vision_model\.embeddings\.position_embedding\.weight$", "visual.positional_embedding"),
+    (r"^vision_model\.pre_layrnorm\.", "visual.ln_pre."),  # sic
+    (r"^vision_model\.encoder\.layers\.(\d+)\.", r"visual.transformer.resblocks.\1."),
+    (r"^vision_model\.post_layernorm\.", "visual.ln_post."),
+    (r"^text_model\.embeddings\.token_embedding\.", "text.token_embedding."),
+    (r"^text_model\.embeddings\.position_embedding\.weight$", "text.positional_embedding"),
+    (r"^text_model\.encoder\.layers\.(\d+)\.", r"text.transformer.resblocks.\1."),
+    (r"^text_model\.final_layer_norm\.", "text.ln_final."),
+    (r"\.self_attn\.out_proj\.", ".attn.out_proj."),
+    (r"\.self_attn\.(q|k|v)_proj\.(weight|bias)$", r".attn.\1.\2"),  # fused below
+    (r"\.layer_norm1\.", ".ln_1."),
+    (r"\.layer_norm2\.", ".ln_2."),
+    (r"\.mlp\.fc1\.", ".mlp.c_fc."),
+    (r"\.mlp\.fc2\.", ".mlp.c_proj."),
+)
+_SPLIT_QKV_CLIP = re.compile(r"^(.*)\.attn\.(q|k|v)\.(weight|bias)$")
+# The OpenAI CLIP text tower sits at the top level; ours under ``text.``.
+_OPENAI_TEXT = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
 # Encoder parts that official fine-tuning checkpoints keep at the top level.
 _ENCODER_PARTS = ("patch_embed.", "blocks.", "norm.", "pos_embed")
 
@@ -79,28 +106,63 @@ def is_hf_layout(state: Mapping[str, Tensor]) -> bool:
     return any(k.startswith("videomae.") for k in state)
 
 
-def from_hf(state: Mapping[str, Tensor]) -> StateDict:
-    """A ``transformers`` VideoMAE state dict in our layout (query/key/value fused into qkv)."""
+def _rename(state: Mapping[str, Tensor], rules: tuple[tuple[str, str], ...]) -> StateDict:
     out: StateDict = {}
-    split: dict[str, dict[str, Tensor]] = {}
     for key, value in state.items():
-        for pattern, replacement in _HF_RENAMES:
+        for pattern, replacement in rules:
             key = re.sub(pattern, replacement, key)
-        if match := _SPLIT_QKV.match(key):
-            split.setdefault(match.group(1), {})[match.group(2)] = value
+        out[key] = value
+    return out
+
+
+def _fuse(state: StateDict, split: re.Pattern, parts: tuple[str, ...], fused: str) -> StateDict:
+    """Concatenate separate projections (``split`` matches ``<block>.attn.<part>.<kind>``) into
+    ``fused`` (formatted with ``block`` and ``kind``)."""
+    groups: dict[tuple[str, str], dict[str, Tensor]] = {}
+    out: StateDict = {}
+    for key, value in state.items():
+        if match := split.match(key):
+            block, part, kind = match.groups()
+            groups.setdefault((block, kind), {})[part] = value
         else:
             out[key] = value
-    for block, parts in split.items():
-        if parts.keys() != {"query", "key", "value"}:
-            raise CheckpointMismatch([f"{block}.attn.{p}.weight" for p in ("query", "key", "value") if p not in parts],
-                                     [], [])
-        out[f"{block}.attn.qkv.weight"] = torch.cat([parts["query"], parts["key"], parts["value"]], dim=0)
+    for (block, kind), found in groups.items():
+        if set(found) != set(parts):
+            raise CheckpointMismatch([f"{block}.attn.{p}.{kind}" for p in parts if p not in found], [], [])
+        out[fused.format(block=block, kind=kind)] = torch.cat([found[p] for p in parts], dim=0)
     return out
+
+
+def from_hf(state: Mapping[str, Tensor]) -> StateDict:
+    """A ``transformers`` VideoMAE state dict in our layout (query/key/value fused into qkv)."""
+    return _fuse(_rename(state, _HF_RENAMES), _SPLIT_QKV, ("query", "key", "value"), "{block}.attn.qkv.weight")
+
+
+def from_hf_clip(state: Mapping[str, Tensor]) -> StateDict:
+    """A ``transformers`` CLIPModel state dict in our layout."""
+    out = _rename({k: v for k, v in state.items() if not k.endswith("position_ids")}, _HF_CLIP_RENAMES)
+    out = _fuse(out, _SPLIT_QKV_CLIP, ("q", "k", "v"), "{block}.attn.in_proj_{kind}")
+    for hf_key, ours in (("visual_projection.weight", "visual.proj"), ("text_projection.weight", "text.text_projection")):
+        if hf_key in out:
+            out[ours] = out.pop(hf_key).t().contiguous()  # nn.Linear (out, in) → CLIP's (in, out) matrix
+    return out
+
+
+def from_openai_clip(state: Mapping[str, Tensor]) -> StateDict:
+    return {("text." + k if k.startswith(_OPENAI_TEXT) else k): v for k, v in state.items()
+            if k not in ("input_resolution", "context_length", "vocab_size")}
 
 
 def to_model_layout(state: Mapping[str, Tensor], model: nn.Module) -> StateDict:
     """``state`` (official, Hugging Face or ours) in ``model``'s key layout."""
-    state = from_hf(state) if is_hf_layout(state) else dict(state)
+    if is_hf_layout(state):
+        state = from_hf(state)
+    elif any(k.startswith(("vision_model.", "text_model.")) for k in state):
+        state = from_hf_clip(state)
+    elif "visual.conv1.weight" in state and "token_embedding.weight" in state:
+        state = from_openai_clip(state)
+    else:
+        state = dict(state)
     wants_encoder_prefix = any(k.startswith("encoder.") for k in model.state_dict())
     if not wants_encoder_prefix:
         return state
