@@ -25,10 +25,12 @@ Layouts:
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from typing import Any, Iterable, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from internvideo.models.videomae import VideoMAEConfig
@@ -217,6 +219,10 @@ def _matching(keys: list[str], patterns: Iterable[str]) -> list[str]:
 
 def _resize_pos_embed(state: StateDict, expected: StateDict, model: nn.Module,
                       source_grid: tuple[int, int, int] | None) -> None:
+    """Resize position embeddings trained at another frame count or resolution to the model's."""
+    clip_key = "visual.positional_embedding"
+    if clip_key in state and clip_key in expected and state[clip_key].shape != expected[clip_key].shape:
+        state[clip_key] = _resize_clip_positions(state[clip_key], expected[clip_key].shape[0] - 1)
     key = "encoder.pos_embed" if "encoder.pos_embed" in expected else "pos_embed"
     if key not in state or key not in expected or state[key].shape == expected[key].shape:
         return
@@ -229,6 +235,15 @@ def _resize_pos_embed(state: StateDict, expected: StateDict, model: nn.Module,
                              f"pass source_grid=(T, H, W)")
         source_grid = (target[0], int(side), int(side))
     state[key] = interpolate_pos_embed(state[key], source_grid, target)
+
+
+def _resize_clip_positions(table: Tensor, patches: int) -> Tensor:
+    """CLIP's (1 + g², C) table for another image size: the class position kept, the g×g grid
+    resized bicubically (as CLIP fine-tuning at 336 px does)."""
+    old, new = math.isqrt(table.shape[0] - 1), math.isqrt(patches)
+    grid = table[1:].reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
+    return torch.cat([table[:1], grid.permute(0, 2, 3, 1).reshape(new * new, -1).to(table.dtype)])
 
 
 # -- configs from Hugging Face config.json ---------------------------------------------------

@@ -105,3 +105,17 @@ def test_text_is_causal_and_pooled_at_the_end_of_text_token():
     with torch.no_grad():
         before, after = model.text(tokens), model.text(changed)
     assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
+
+
+def test_clip_positions_are_resized_for_another_image_size():
+    small = VideoCLIP(small_config(global_layers=0))  # 32 px, patch 8: a 4×4 grid
+    with torch.no_grad():
+        ramp = torch.arange(4.0).view(4, 1).expand(4, 4).reshape(16, 1).expand(16, 32)
+        small.visual.positional_embedding[1:] = ramp
+    config = small_config(global_layers=0)
+    larger = VideoCLIP(config.model_copy(update={"visual": config.visual.model_copy(update={"image_size": 64})}))
+    load_pretrained(larger, small.state_dict())  # 8×8 grid
+    table = larger.visual.positional_embedding.detach()
+    assert table.shape == (65, 32) and torch.equal(table[0], small.visual.positional_embedding[0].detach())
+    rows = table[1:, 0].view(8, 8)
+    assert torch.all(rows[1:, 0] >= rows[:-1, 0]) and torch.allclose(rows, rows[:, :1].expand(8, 8))
