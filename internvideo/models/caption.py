@@ -9,27 +9,19 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
 
-from internvideo.models.clip import CLIP_NORM_EPS, CLIPMlp, MultiheadAttention
-from internvideo.models.vit import divisible
+from internvideo.models.clip import CLIP_NORM_EPS, CLIPMlp, MultiheadAttention, TowerConfig
+from internvideo.models.layers import run_block
 
 
-class CaptionDecoderConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    width: int = Field(gt=0)
-    layers: int = Field(gt=0)
-    heads: int = Field(gt=0)
+class CaptionDecoderConfig(TowerConfig):
     visual_dim: int = Field(gt=0)
     vocab_size: int = Field(default=49408, gt=0)
     context_length: int = Field(default=77, gt=0)
     num_queries: int = Field(default=256, gt=0)
-    mlp_ratio: float = Field(default=4.0, gt=0)
     pad_id: int = Field(default=0, ge=0)
-
-    _heads_divide_width = divisible("width", "heads", on="heads")
 
 
 class AttentionPooler(nn.Module):
@@ -85,7 +77,7 @@ class CaptionDecoder(nn.Module):
         pooled = self.pooler(visual)  # (B, Q, D)
         x = self.token_embedding(tokens) + self.positional_embedding[: tokens.shape[1]]
         for block in self.blocks:
-            x = block(x, pooled)
+            x = run_block(block, x, pooled, use_checkpoint=self.config.use_checkpoint)
         return self.lm_head(self.ln_final(x))
 
     def loss(self, visual: Tensor, tokens: Tensor) -> Tensor:

@@ -32,29 +32,36 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
-from internvideo.models.layers import DropPath
+from internvideo.models.layers import DropPath, run_block
 from internvideo.models.vit import divisible
 
 CLIP_NORM_EPS = 1e-5  # torch's LayerNorm default, as OpenAI CLIP
 
 
-class CLIPVisualConfig(BaseModel):
+class TowerConfig(BaseModel):
+    """The shape of a transformer tower (CLIP's image and text towers, the caption decoder)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     width: int = Field(gt=0)
     layers: int = Field(gt=0)
     heads: int = Field(gt=0)
+    mlp_ratio: float = Field(default=4.0, gt=0)
+    use_checkpoint: bool = False  # activation checkpointing per block
+
+    _heads_divide_width = divisible("width", "heads", on="heads")
+
+
+class CLIPVisualConfig(TowerConfig):
     patch_size: int = Field(gt=0)
     image_size: int = Field(default=224, gt=0)
     output_dim: int = Field(gt=0)
-    mlp_ratio: float = Field(default=4.0, gt=0)
     num_frames: int = Field(default=8, gt=0)
     global_layers: int = Field(default=4, ge=0)  # UniBlocks on the last N blocks; 0: plain CLIP
     local_mhra: bool = False  # local temporal MHRA before each block's attention
     dpe_kernel: int = Field(default=3, gt=0)
     drop_path_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
 
-    _heads_divide_width = divisible("width", "heads", on="heads")
     _patch_divides_image = divisible("image_size", "patch_size", on="image_size")
 
     @model_validator(mode="after")
@@ -68,18 +75,10 @@ class CLIPVisualConfig(BaseModel):
         return self.image_size // self.patch_size
 
 
-class CLIPTextConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    width: int = Field(gt=0)
-    layers: int = Field(gt=0)
-    heads: int = Field(gt=0)
+class CLIPTextConfig(TowerConfig):
     output_dim: int = Field(gt=0)
     vocab_size: int = Field(default=49408, gt=0)
     context_length: int = Field(default=77, gt=0)
-    mlp_ratio: float = Field(default=4.0, gt=0)
-
-    _heads_divide_width = divisible("width", "heads", on="heads")
 
 
 class VideoCLIPConfig(BaseModel):
@@ -237,8 +236,10 @@ class Transformer(nn.Module):
     """CLIP's block stack; on the video side also the UniBlocks of the last ``global_layers``."""
 
     def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0, *, global_layers: int = 0,
-                 local_mhra: bool = False, dpe_kernel: int = 3, drop_path_rate: float = 0.0) -> None:
+                 local_mhra: bool = False, dpe_kernel: int = 3, drop_path_rate: float = 0.0,
+                 use_checkpoint: bool = False) -> None:
         super().__init__()
+        self.use_checkpoint = use_checkpoint
         rates = torch.linspace(0, drop_path_rate, layers, device="cpu").tolist()
         self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads, mlp_ratio, rate, local_mhra)
                                        for rate in rates)
@@ -257,7 +258,7 @@ class Transformer(nn.Module):
         first_global = len(self.resblocks) - self.global_layers
         query = self.temporal_cls_token.expand(x.shape[0] // frames, -1, -1) if self.global_layers else None
         for i, block in enumerate(self.resblocks):
-            x = block(x, causal=causal, frames=frames)
+            x = run_block(block, x, causal, frames, use_checkpoint=self.use_checkpoint)
             if i >= first_global:
                 j = i - first_global
                 tokens = x + _over_patches(self.dpe[j], x, frames)  # dynamic position encoding
@@ -288,7 +289,8 @@ class VideoCLIPVisual(nn.Module):
         self.ln_pre = nn.LayerNorm(width, eps=CLIP_NORM_EPS)
         self.transformer = Transformer(width, config.layers, config.heads, config.mlp_ratio,
                                        global_layers=config.global_layers, local_mhra=config.local_mhra,
-                                       dpe_kernel=config.dpe_kernel, drop_path_rate=config.drop_path_rate)
+                                       dpe_kernel=config.dpe_kernel, drop_path_rate=config.drop_path_rate,
+                                       use_checkpoint=config.use_checkpoint)
         self.ln_post = nn.LayerNorm(width, eps=CLIP_NORM_EPS)
         self.proj = nn.Parameter(scale * torch.randn(width, config.output_dim))
 
@@ -313,7 +315,8 @@ class CLIPText(nn.Module):
         self.config = config
         self.token_embedding = nn.Embedding(config.vocab_size, config.width)
         self.positional_embedding = nn.Parameter(torch.empty(config.context_length, config.width))
-        self.transformer = Transformer(config.width, config.layers, config.heads, config.mlp_ratio)
+        self.transformer = Transformer(config.width, config.layers, config.heads, config.mlp_ratio,
+                                       use_checkpoint=config.use_checkpoint)
         self.ln_final = nn.LayerNorm(config.width, eps=CLIP_NORM_EPS)
         self.text_projection = nn.Parameter(torch.empty(config.width, config.output_dim))
         nn.init.normal_(self.token_embedding.weight, std=0.02)

@@ -8,6 +8,8 @@ key-for-key: ``patch_embed.proj``, ``attn.qkv`` / ``attn.q_bias`` /
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -193,8 +195,13 @@ class BlockStack(nn.ModuleList):
 
     def forward(self, x: Tensor) -> Tensor:
         for block in self:
-            if self.use_checkpoint and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+            x = run_block(block, x, use_checkpoint=self.use_checkpoint)
         return x  # (B, N, C)
+
+
+def run_block(block: nn.Module, *args: Any, use_checkpoint: bool) -> Tensor:
+    """``block(*args)``; with ``use_checkpoint`` (and gradients on) its activations are recomputed in
+    the backward pass instead of kept, trading FLOPs for memory."""
+    if use_checkpoint and torch.is_grad_enabled():
+        return checkpoint(block, *args, use_reentrant=False)
+    return block(*args)

@@ -119,3 +119,18 @@ def test_clip_positions_are_resized_for_another_image_size():
     assert table.shape == (65, 32) and torch.equal(table[0], small.visual.positional_embedding[0].detach())
     rows = table[1:, 0].view(8, 8)
     assert torch.all(rows[1:, 0] >= rows[:-1, 0]) and torch.allclose(rows, rows[:, :1].expand(8, 8))
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    config = small_config(local_mhra=True)
+    plain = VideoCLIP(config)
+    checkpointed = VideoCLIP(config.model_copy(update={
+        "visual": config.visual.model_copy(update={"use_checkpoint": True}),
+        "text": config.text.model_copy(update={"use_checkpoint": True})}))
+    checkpointed.load_state_dict(plain.state_dict())
+    video, tokens = inputs()
+    for model in (plain, checkpointed):
+        model.train()
+        (model.visual(video).square().sum() + model.text(tokens).square().sum()).backward()
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6, msg=name)
