@@ -16,9 +16,11 @@ Layouts:
   ``classifier``. Its config (``config.json``) maps to ours with ``videomae_config_from_hf`` /
   ``classifier_config_from_hf``, carrying its layer-norm eps; its input is (B, T, C, H, W),
   ours (B, C, T, H, W).
-- **OpenAI CLIP** (and InternVideo's multimodal checkpoints built on it): ``visual.*`` is our video
+- **OpenAI CLIP** and **InternVideo's multimodal** checkpoints (UniFormerV2 on CLIP:
+  ``visual.transformer.{dpe,dec,temporal_cls_token,balance}``): ``visual.*`` is our video
   encoder's layout key for key (UniBlocks absent from a CLIP file are allowed missing by the
-  caller); the text tower, at the top level there, moves under ``text.``.
+  caller; InternVideo's one-frame Conv3d patch embedding becomes our Conv2d); the text tower, at
+  the top level there, moves under ``text.``.
 - **Hugging Face** ``transformers`` CLIP (``vision_model.*``, ``text_model.*``): split q/k/v
   projections fused into ``in_proj``, ``layer_norm1/2``, ``fc1/fc2``, the projections transposed.
 """
@@ -151,8 +153,14 @@ def from_hf_clip(state: Mapping[str, Tensor]) -> StateDict:
 
 
 def from_openai_clip(state: Mapping[str, Tensor]) -> StateDict:
-    return {("text." + k if k.startswith(_OPENAI_TEXT) else k): v for k, v in state.items()
-            if k not in ("input_resolution", "context_length", "vocab_size")}
+    """OpenAI CLIP, and InternVideo's multimodal (UniFormerV2-on-CLIP) checkpoints: the same names,
+    except that InternVideo's patch embedding is a Conv3d with a one-frame kernel."""
+    out = {("text." + k if k.startswith(_OPENAI_TEXT) else k): v for k, v in state.items()
+           if k not in ("input_resolution", "context_length", "vocab_size")}
+    conv = out.get("visual.conv1.weight")
+    if conv is not None and conv.ndim == 5 and conv.shape[2] == 1:
+        out["visual.conv1.weight"] = conv.squeeze(2)
+    return out
 
 
 def to_model_layout(state: Mapping[str, Tensor], model: nn.Module) -> StateDict:
@@ -161,7 +169,7 @@ def to_model_layout(state: Mapping[str, Tensor], model: nn.Module) -> StateDict:
         state = from_hf(state)
     elif any(k.startswith(("vision_model.", "text_model.")) for k in state):
         state = from_hf_clip(state)
-    elif "visual.conv1.weight" in state and "token_embedding.weight" in state:
+    elif "visual.conv1.weight" in state:
         state = from_openai_clip(state)
     else:
         state = dict(state)

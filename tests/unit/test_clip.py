@@ -134,3 +134,17 @@ def test_activation_checkpointing_gives_the_same_gradients():
         (model.visual(video).square().sum() + model.text(tokens).square().sum()).backward()
     for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_an_internvideo_multimodal_checkpoint_with_a_one_frame_conv3d_patch_embedding_loads():
+    source = VideoCLIP(small_config(global_layers=2)).eval()
+    torch.nn.init.normal_(source.visual.transformer.dec[0].attn.out_proj.weight, std=0.2)
+    internvideo_mm = {k.removeprefix("text."): v for k, v in source.state_dict().items()}
+    internvideo_mm["visual.conv1.weight"] = internvideo_mm["visual.conv1.weight"].unsqueeze(2)  # (C, 3, 1, p, p)
+    assert {"visual.transformer.dec.1.ln_3.weight", "visual.transformer.dpe.0.weight",
+            "visual.transformer.temporal_cls_token", "visual.transformer.balance"} <= internvideo_mm.keys()
+    target = VideoCLIP(small_config(global_layers=2)).eval()
+    load_pretrained(target, internvideo_mm)
+    video, _ = inputs()
+    with torch.no_grad():
+        assert torch.equal(target.visual(video), source.visual(video))
