@@ -1,24 +1,41 @@
-"""Clip decoding with decord, with every failure mapped to one exception type.
+"""Clip decoding with decord (default) or PyAV, with every failure mapped to one exception type.
 
 A decode worker must survive any file a dataset throws at it: each failure
 becomes a :class:`DecodeError` whose ``reason`` comes from a fixed vocabulary,
 so callers can count and skip bad samples without parsing messages.
+
+decord is fast but opens fewer containers than FFmpeg can: GIFs, raw H.264 streams and MPEG-TS
+files fail in it. Such a file is read again with PyAV (``fallback``), which demuxes once to
+count frames and decodes only up to the last frame needed. ``time_limit_s`` bounds one video:
+a decoder stuck on a pathological file is abandoned (its thread finishes in the background)
+and the video counts as ``timeout``.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 from internvideo.data.sampling import ClipTooShort
 
-__all__ = ["DecodeError", "DecodeReason", "DECODE_REASONS", "read_clip"]
+__all__ = ["DecodeError", "DecodeReason", "DECODE_REASONS", "DecodeOptions", "read_clip"]
 
-DecodeReason = Literal["missing", "empty", "corrupt", "too_short"]
-DECODE_REASONS: tuple[str, ...] = ("missing", "empty", "corrupt", "too_short")
+DecodeReason = Literal["missing", "empty", "corrupt", "too_short", "timeout"]
+DECODE_REASONS: tuple[str, ...] = ("missing", "empty", "corrupt", "too_short", "timeout")
+Backend = Literal["decord", "pyav"]
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    backend: Backend = "decord"
+    fallback: bool = True  # decord could not read the file: try PyAV
+    time_limit_s: float | None = None  # per video; None: no limit
+    num_threads: int = 1
 
 
 class DecodeError(Exception):
@@ -52,25 +69,21 @@ def _to_numpy(batch: object) -> np.ndarray:
     return np.asarray(batch)
 
 
-def read_clip(
-    path: str,
-    indices_fn: Callable[[int], np.ndarray],
-    num_threads: int = 1,
-) -> np.ndarray:
+def read_clip(path: str, indices_fn: Callable[[int], np.ndarray], options: DecodeOptions = DecodeOptions()
+              ) -> np.ndarray:
     """Decode the frames ``indices_fn(len(video))`` chooses from ``path``.
 
     Returns:
         uint8 array (T, H, W, 3), RGB, T = ``len(indices_fn(...))``.
 
     Raises:
-        DecodeError: ``missing`` (no such file), ``empty`` (0 bytes, or decord opens it
-            and counts 0 frames), ``corrupt`` (decord cannot open it, which includes
-            truncated files and a container without a video track, or fails reading
-            a frame, or returns frames of the wrong shape), ``too_short``
-            (``indices_fn`` raised :class:`ClipTooShort`).
+        DecodeError: ``missing`` (no such file), ``empty`` (0 bytes, or no frames), ``corrupt``
+            (no backend can open it — truncated, no video track — or reading a frame fails, or
+            frames come back in the wrong shape), ``too_short`` (``indices_fn`` raised
+            :class:`ClipTooShort`), ``timeout`` (over ``options.time_limit_s``).
     """
     path = str(path)
-    # Check before decord: its own message for these cases is a generic
+    # Check before decoding: decord's own message for these cases is a generic
     # "Error reading" that cannot be told apart from a corrupt file.
     try:
         size = os.path.getsize(path)
@@ -83,8 +96,63 @@ def read_clip(
     if size == 0:
         raise DecodeError(path, "empty", "0-byte file")
 
-    # Imported lazily so that importing this module (e.g. on a trainer without
-    # decord) stays cheap.
+    backends = [options.backend] + (["pyav"] if options.fallback and options.backend == "decord" else [])
+    failures = []
+    for backend in backends:
+        reader = _read_decord if backend == "decord" else _read_pyav
+        try:
+            frames = _within(options.time_limit_s, path, lambda: reader(path, indices_fn, options.num_threads))
+        except DecodeError as e:
+            if e.reason != "corrupt":
+                raise
+            failures.append(f"{backend}: {e.detail}")
+            continue
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise DecodeError(path, "corrupt", f"unexpected frame batch shape {frames.shape}")
+        return np.ascontiguousarray(frames, dtype=np.uint8)  # (T, H, W, 3)
+    raise DecodeError(path, "corrupt", "; ".join(failures))
+
+
+def _within(seconds: float | None, path: str, read: Callable[[], np.ndarray]) -> np.ndarray:
+    """``read()``, or DecodeError("timeout") after ``seconds`` (the read is left to finish alone:
+    a decoder inside FFmpeg cannot be interrupted)."""
+    if seconds is None:
+        return read()
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["frames"] = read()
+        except BaseException as e:  # noqa: BLE001 — handed to the caller below
+            outcome["error"] = e
+
+    worker = threading.Thread(target=run, name=f"decode {os.path.basename(path)}", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise DecodeError(path, "timeout", f"not decoded within {seconds:g}s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["frames"]
+
+
+def _indices(path: str, indices_fn: Callable[[int], np.ndarray], n: int) -> np.ndarray:
+    if n <= 0:
+        raise DecodeError(path, "empty", "video has no frames")
+    try:
+        indices = np.asarray(indices_fn(n), dtype=np.int64).reshape(-1)
+    except ClipTooShort as e:
+        raise DecodeError(path, "too_short", str(e)) from e
+    if indices.size == 0:
+        raise ValueError("indices_fn returned no frame indices")
+    if indices.min() < 0 or indices.max() >= n:
+        # A sampler bug, not a bad file: let it surface.
+        raise IndexError(f"frame indices out of range [0, {n}): {indices.tolist()}")
+    return indices
+
+
+def _read_decord(path: str, indices_fn: Callable[[int], np.ndarray], num_threads: int) -> np.ndarray:
+    # Imported lazily so that importing this module (e.g. on a trainer without decord) stays cheap.
     from decord import VideoReader
 
     try:
@@ -99,24 +167,42 @@ def read_clip(
             n = len(vr)
         except Exception as e:
             raise DecodeError(path, "corrupt", f"frame count failed: {type(e).__name__}: {e}") from e
-        if n <= 0:
-            raise DecodeError(path, "empty", "video has no frames")
-        try:
-            indices = np.asarray(indices_fn(n), dtype=np.int64).reshape(-1)
-        except ClipTooShort as e:
-            raise DecodeError(path, "too_short", str(e)) from e
-        if indices.size == 0:
-            raise ValueError("indices_fn returned no frame indices")
-        if indices.min() < 0 or indices.max() >= n:
-            # A sampler bug, not a bad file: let it surface.
-            raise IndexError(f"frame indices out of range [0, {n}): {indices.tolist()}")
+        indices = _indices(path, indices_fn, n)
         try:
             frames = _to_numpy(vr.get_batch(indices.tolist()))
         except Exception as e:
             raise DecodeError(path, "corrupt", f"frame read failed: {type(e).__name__}: {e}") from e
     finally:
         del vr  # release the demuxer/decoder threads now, not at some later GC
-    if frames.ndim != 4 or frames.shape[0] != indices.size or frames.shape[-1] != 3:
-        raise DecodeError(path, "corrupt", f"unexpected frame batch shape {frames.shape}")
-    # (T, H, W, 3) uint8
-    return np.ascontiguousarray(frames, dtype=np.uint8)
+    if frames.shape[0] != indices.size:
+        raise DecodeError(path, "corrupt", f"asked for {indices.size} frames, got {frames.shape[0]}")
+    return frames
+
+
+def _read_pyav(path: str, indices_fn: Callable[[int], np.ndarray], num_threads: int) -> np.ndarray:
+    import av
+
+    failures = (av.error.FFmpegError, av.error.ArgumentError, OSError)
+    try:
+        with av.open(path) as container:  # pass 1: count frames from the packets, decoding nothing
+            if not container.streams.video:
+                raise DecodeError(path, "corrupt", "no video stream")
+            n = sum(1 for packet in container.demux(video=0) if packet.size)
+    except failures as e:
+        raise DecodeError(path, "corrupt", f"open failed: {type(e).__name__}: {e}") from e
+    indices = _indices(path, indices_fn, n)
+    wanted, last = set(indices.tolist()), int(indices.max())
+    got: dict[int, np.ndarray] = {}
+    try:
+        with av.open(path) as container:  # pass 2: decode up to the last frame needed
+            container.streams.video[0].thread_count = num_threads
+            for i, frame in enumerate(container.decode(video=0)):
+                if i in wanted:
+                    got[i] = frame.to_ndarray(format="rgb24")
+                if i >= last:
+                    break
+    except failures as e:
+        raise DecodeError(path, "corrupt", f"frame read failed: {type(e).__name__}: {e}") from e
+    if len(got) != len(wanted):
+        raise DecodeError(path, "corrupt", f"{n} packets but only {len(got)} of the {len(wanted)} frames decoded")
+    return np.stack([got[i] for i in indices.tolist()])

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from internvideo.data.decode import read_clip
+from internvideo.data.decode import DecodeOptions, read_clip
 from internvideo.data.lists import VideoRecord
 from internvideo.data.masking import tube_mask
 from internvideo.data.sampling import dense_indices
@@ -26,6 +26,7 @@ class PretrainClipSpec:
     tubelet_size: int
     mask_ratio: float
     seed: int
+    decode: DecodeOptions = DecodeOptions()  # how the video is read (backend, fallback, time limit)
 
     def __post_init__(self) -> None:
         if min(self.num_frames, self.sampling_rate, self.input_size, self.patch_size, self.tubelet_size) < 1:
@@ -75,7 +76,7 @@ def load_pretrain_clip(
     sample of every run, so keep it.
 
     Raises:
-        DecodeError: the video is missing, empty, corrupt or too short.
+        DecodeError: the video is missing, empty, corrupt, too short or over its time limit.
     """
     if epoch < 0 or sample_id < 0:
         raise ValueError(f"epoch={epoch} and sample_id={sample_id} must be >= 0")
@@ -83,6 +84,7 @@ def load_pretrain_clip(
     clip = read_clip(
         record.path,
         lambda n: dense_indices(n, spec.num_frames, spec.sampling_rate, rng),
+        spec.decode,
     )  # (T, H, W, 3)
     video = multi_scale_crop(clip, spec.input_size, rng=rng)  # (T, S, S, 3)
     mask = tube_mask(*spec.token_grid, spec.mask_ratio, rng)  # (N,)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from internvideo.data.decode import DecodeOptions
 from internvideo.data.pipeline import PretrainClipSpec
 from internvideo.data.transforms import normalize_clips
 from internvideo.models.videomae import (
@@ -60,6 +61,9 @@ class DataSection(_Strict):
     # A decode worker that dies is restarted by Ray and its in-flight requests retried, up to
     # this many times per worker; past that, its loss is a failure the job recovers from.
     decode_restarts: int = Field(8, ge=0)
+    decode_backend: Literal["decord", "pyav"] = "decord"
+    decode_fallback: bool = True  # a file decord cannot read (GIF, raw H.264, MPEG-TS) is read with PyAV
+    video_time_limit_s: float = Field(60.0, gt=0)  # a video taking longer is skipped as "timeout"
 
 
 class TrainSection(_Strict):
@@ -104,7 +108,10 @@ class PretrainMAEConfig(_Strict):
         return PretrainClipSpec(num_frames=self.model.num_frames, sampling_rate=self.data.sampling_rate,
                                 input_size=self.model.img_size, patch_size=enc.patch_size,
                                 tubelet_size=enc.tubelet_size, mask_ratio=self.model.mask_ratio,
-                                seed=self.train.seed)
+                                seed=self.train.seed,
+                                decode=DecodeOptions(backend=self.data.decode_backend,
+                                                     fallback=self.data.decode_fallback,
+                                                     time_limit_s=self.data.video_time_limit_s))
 
 
 def build_model(config: PretrainMAEConfig) -> VideoMAEPretrain:

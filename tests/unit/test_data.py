@@ -364,7 +364,7 @@ def test_load_pretrain_clip_same_in_another_process(dataset):
     code = (
         "import sys, hashlib, numpy as np\n"
         "from internvideo.data.lists import VideoRecord\n"
-        "from internvideo.data.pipeline import PretrainClipSpec, load_pretrain_clip\n"
+        "from internvideo.data.decode import DecodeOptions\nfrom internvideo.data.pipeline import PretrainClipSpec, load_pretrain_clip\n"
         f"spec = PretrainClipSpec(**{SPEC.__dict__!r})\n"
         f"c = load_pretrain_clip(VideoRecord({rec.path!r}, {rec.label}), spec, 1, 9)\n"
         "print(hashlib.sha256(c.video.tobytes() + c.mask.tobytes()).hexdigest())\n"

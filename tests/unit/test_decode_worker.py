@@ -2,9 +2,11 @@
 import numpy as np
 import pytest
 
+from internvideo.data.decode import DecodeOptions
 from internvideo.data.lists import VideoRecord, write_video_list
 from internvideo.data.pipeline import PretrainClipSpec
 from internvideo.data.synthetic import write_synthetic_dataset
+from tests.unit.test_decode_backends import write_video
 from workers.decode import DataError, DecodeWorker
 
 SPEC = PretrainClipSpec(num_frames=4, sampling_rate=2, input_size=32, patch_size=16, tubelet_size=2,
@@ -48,3 +50,17 @@ def test_a_list_of_only_bad_videos_fails_clearly(tmp_path):
     worker = DecodeWorker("job", "pool", str(tmp_path / "list.txt"), None, SPEC)
     with pytest.raises(DataError, match="could not be decoded"):
         worker.decode_batch(epoch=0, sample_ids=[0])
+
+
+def test_a_gif_decord_cannot_open_is_decoded_by_pyav_or_skipped_without_the_fallback(tmp_path):
+    write_video(tmp_path / "moving.gif", "gif", "gif", "rgb8")
+    write_video(tmp_path / "moving.mp4", "mp4", "libx264", "yuv420p")
+    write_video_list(tmp_path / "list.txt", [VideoRecord(str(tmp_path / "moving.gif"), 0),
+                                             VideoRecord(str(tmp_path / "moving.mp4"), 0)])
+    with_fallback = DecodeWorker("job", "pool", str(tmp_path / "list.txt"), None, SPEC).decode_batch(0, [0])
+    assert with_fallback["skipped"] == [] and with_fallback["video"].shape == (1, 4, 32, 32, 3)
+
+    decord_only = PretrainClipSpec(**{**SPEC.__dict__, "decode": DecodeOptions(fallback=False)})
+    skipped = DecodeWorker("job", "pool", str(tmp_path / "list.txt"), None, decord_only).decode_batch(0, [0])
+    assert {(s["path"].rsplit("/", 1)[-1], s["reason"]) for s in skipped["skipped"]} == {("moving.gif", "corrupt")}
+    assert skipped["video"].shape == (1, 4, 32, 32, 3)  # replaced by the mp4
