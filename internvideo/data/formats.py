@@ -1,0 +1,169 @@
+"""Dataset annotation formats beyond ``path label`` lists (``lists.py``), read into plain records.
+
+- **Something-Something v2**: a JSON list of ``{"id", "template", ...}`` and a label file mapping
+  each template (``[something]`` written ``something``) to a class id; videos are ``<id>.webm``.
+- **Video–text** (WebVid style): CSV with a video column and a caption column, or JSON records
+  ``{"video": ..., "caption": "..." | [...]}``; a video may have several captions.
+- **Untrimmed videos** with temporal annotations in the ActivityNet JSON layout
+  (``{"database": {id: {"duration", "subset", "annotations": [{"segment": [s, e], "label"}]}}}``),
+  which THUMOS annotations are commonly converted to as well.
+- **Label-map merge** (Kinetics-710 style): several datasets' class names in one label space,
+  classes with the same normalised name merged.
+
+Every reader fails with the file and the entry that is wrong; relative video paths resolve
+against a root folder (default: the annotation file's folder).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from internvideo.data.lists import VideoRecord
+
+__all__ = ["CaptionedVideo", "Segment", "UntrimmedVideo", "LabelSpace", "read_ssv2", "read_video_text",
+           "read_activitynet", "merge_label_maps"]
+
+
+@dataclass(frozen=True)
+class CaptionedVideo:
+    path: str
+    captions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: float  # seconds
+    end: float
+    label: str
+
+
+@dataclass(frozen=True)
+class UntrimmedVideo:
+    path: str
+    duration: float
+    subset: str
+    segments: tuple[Segment, ...]
+
+
+def _resolve(path: str, root: Path) -> str:
+    return path if os.path.isabs(path) else os.path.normpath(os.path.join(root, path))
+
+
+def _root(annotation: Path, root: str | Path | None) -> Path:
+    return Path(root) if root is not None else annotation.parent
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON: {e}") from None
+
+
+def read_ssv2(annotation: str | Path, labels: str | Path, root: str | Path | None = None,
+              extension: str = "webm") -> list[VideoRecord]:
+    """Something-Something v2 ``train.json``/``validation.json`` with its ``labels.json``."""
+    annotation, labels = Path(annotation), Path(labels)
+    class_ids = {name: int(i) for name, i in _load_json(labels).items()}
+    base = _root(annotation, root)
+    records = []
+    for n, entry in enumerate(_load_json(annotation)):
+        if "id" not in entry or "template" not in entry:
+            raise ValueError(f"{annotation}: entry {n}: needs 'id' and 'template'")
+        template = entry["template"].replace("[", "").replace("]", "")
+        if template not in class_ids:
+            raise ValueError(f"{annotation}: entry {n}: class {template!r} is not in {labels}")
+        records.append(VideoRecord(_resolve(f"{entry['id']}.{extension}", base), class_ids[template]))
+    if not records:
+        raise ValueError(f"{annotation}: no videos")
+    return records
+
+
+def read_video_text(annotation: str | Path, root: str | Path | None = None, video_key: str = "video",
+                    caption_key: str = "caption") -> list[CaptionedVideo]:
+    """CSV (``video_key``/``caption_key`` columns; rows of one video are gathered) or JSON records."""
+    annotation = Path(annotation)
+    base = _root(annotation, root)
+    captions: dict[str, list[str]] = {}
+    if annotation.suffix.lower() == ".csv":
+        with open(annotation, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    else:
+        rows = _load_json(annotation)
+    for n, row in enumerate(rows):
+        video, caption = row.get(video_key), row.get(caption_key)
+        texts = [caption] if isinstance(caption, str) else caption
+        if not video or not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+            raise ValueError(f"{annotation}: entry {n}: needs a {video_key!r} and a non-empty {caption_key!r}")
+        captions.setdefault(_resolve(str(video), base), []).extend(t.strip() for t in texts)
+    if not captions:
+        raise ValueError(f"{annotation}: no videos")
+    return [CaptionedVideo(path, tuple(texts)) for path, texts in captions.items()]
+
+
+def read_activitynet(annotation: str | Path, root: str | Path | None = None, subset: str | None = None,
+                     extension: str = "mp4") -> list[UntrimmedVideo]:
+    """Untrimmed videos and their action segments; ``subset`` (e.g. "training") keeps one split."""
+    annotation = Path(annotation)
+    base = _root(annotation, root)
+    database = _load_json(annotation).get("database")
+    if not isinstance(database, dict):
+        raise ValueError(f"{annotation}: no 'database' object")
+    videos = []
+    for video_id, entry in database.items():
+        if subset is not None and entry.get("subset") != subset:
+            continue
+        try:
+            duration = float(entry["duration"])
+            segments = tuple(Segment(float(a["segment"][0]), float(a["segment"][1]), str(a["label"]))
+                             for a in entry.get("annotations", []))
+        except (KeyError, IndexError, TypeError, ValueError) as e:
+            raise ValueError(f"{annotation}: video {video_id}: malformed entry ({e!r})") from None
+        for s in segments:
+            if not 0 <= s.start < s.end <= duration + 1e-6:
+                raise ValueError(f"{annotation}: video {video_id}: segment [{s.start}, {s.end}] outside "
+                                 f"[0, {duration}] or empty")
+        videos.append(UntrimmedVideo(_resolve(f"{video_id}.{extension}", base), duration,
+                                     str(entry.get("subset", "")), segments))
+    return videos
+
+
+@dataclass(frozen=True)
+class LabelSpace:
+    """One label space for several datasets: ``classes`` names it, ``maps[dataset][old_id]`` → new id."""
+
+    classes: tuple[str, ...]
+    maps: dict[str, tuple[int, ...]]
+
+    def relabel(self, dataset: str, records: list[VideoRecord]) -> list[VideoRecord]:
+        mapping = self.maps[dataset]
+        return [VideoRecord(r.path, mapping[r.label]) for r in records]
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"\s+", " ", name.replace("_", " ").strip().lower())
+
+
+def merge_label_maps(datasets: dict[str, list[str]]) -> LabelSpace:
+    """Merge each dataset's class names (index = class id) into one space: classes whose names
+    match after normalising (case, underscores, spaces) share an id; new ids follow first appearance."""
+    ids: dict[str, int] = {}
+    classes: list[str] = []
+    maps: dict[str, tuple[int, ...]] = {}
+    for dataset, names in datasets.items():
+        mapping = []
+        for name in names:
+            key = _normalise(name)
+            if key not in ids:
+                ids[key] = len(classes)
+                classes.append(key)
+            mapping.append(ids[key])
+        if len(set(mapping)) != len(mapping):
+            raise ValueError(f"dataset {dataset!r} names one class twice (after normalising)")
+        maps[dataset] = tuple(mapping)
+    return LabelSpace(tuple(classes), maps)
