@@ -163,8 +163,8 @@ def from_openai_clip(state: Mapping[str, Tensor]) -> StateDict:
     return out
 
 
-def to_model_layout(state: Mapping[str, Tensor], model: nn.Module) -> StateDict:
-    """``state`` (official, Hugging Face or ours) in ``model``'s key layout."""
+def to_model_layout(state: Mapping[str, Tensor], model_keys: Iterable[str]) -> StateDict:
+    """``state`` (official, Hugging Face, OpenAI or ours) in the layout of a model with ``model_keys``."""
     if is_hf_layout(state):
         state = from_hf(state)
     elif any(k.startswith(("vision_model.", "text_model.")) for k in state):
@@ -173,7 +173,7 @@ def to_model_layout(state: Mapping[str, Tensor], model: nn.Module) -> StateDict:
         state = from_openai_clip(state)
     else:
         state = dict(state)
-    wants_encoder_prefix = any(k.startswith("encoder.") for k in model.state_dict())
+    wants_encoder_prefix = any(k.startswith("encoder.") for k in model_keys)
     if not wants_encoder_prefix:
         return state
     out: StateDict = {}
@@ -204,8 +204,8 @@ def load_pretrained(model: nn.Module, checkpoint: Mapping[str, Any], *, allow_mi
     ``decoder.*``). ``source_grid``: the (T, H, W) token grid a learnable position embedding was
     trained on, when it differs from the model's in more than the spatial size. Returns the
     (missing, unexpected) keys that were allowed."""
-    state = to_model_layout(unwrap(checkpoint), model)
     expected = model.state_dict()
+    state = to_model_layout(unwrap(checkpoint), expected)
     _resize_pos_embed(state, expected, model, source_grid)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -253,8 +253,9 @@ class Transformer(nn.Module):
             self.temporal_cls_token = nn.Parameter(torch.zeros(1, 1, width))
             self.balance = nn.Parameter(torch.zeros(width))
 
-    def forward(self, x: Tensor, causal: bool = False, frames: int = 1) -> Tensor:
-        """Text: (B, N, C) → (B, N, C). Video frames: (B·T, 1 + H·W, C) → the fused video token (B, C)."""
+    def forward(self, x: Tensor, causal: bool = False, frames: int = 1) -> tuple[Tensor, Tensor | None]:
+        """Tokens after the last block ((B·T, 1 + H·W, C) for video frames, (B, N, C) for text) and,
+        with UniBlocks, the video query they refined (B, 1, C)."""
         first_global = len(self.resblocks) - self.global_layers
         query = self.temporal_cls_token.expand(x.shape[0] // frames, -1, -1) if self.global_layers else None
         for i, block in enumerate(self.resblocks):
@@ -263,13 +264,7 @@ class Transformer(nn.Module):
                 j = i - first_global
                 tokens = x + _over_patches(self.dpe[j], x, frames)  # dynamic position encoding
                 query = self.dec[j](query, tokens.reshape(x.shape[0] // frames, -1, x.shape[-1]))
-        if frames == 1 and not self.global_layers:
-            return x
-        frame_cls = x[:, 0].reshape(-1, frames, x.shape[-1]).mean(dim=1)  # (B, C)
-        if not self.global_layers:
-            return frame_cls
-        weight = torch.sigmoid(self.balance)
-        return (1 - weight) * query[:, 0] + weight * frame_cls  # (B, C)
+        return x, query
 
 
 # -----------------------------------------------------------------------------
@@ -301,10 +296,12 @@ class VideoCLIPVisual(nn.Module):
         x = self.conv1(frames).flatten(2).transpose(1, 2)  # (B·T, H'·W', C)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # (B·T, 1 + H'·W', C)
-        x = self.transformer(self.ln_pre(x), frames=t)
-        if x.ndim == 3:  # a plain CLIP on images: the class token
-            x = x[:, 0]
-        return self.ln_post(x) @ self.proj  # (B, output_dim)
+        x, query = self.transformer(self.ln_pre(x), frames=t)
+        video = x[:, 0].reshape(b, t, -1).mean(dim=1)  # the frames' class tokens, averaged (B, C)
+        if query is not None:  # fused with the UniBlocks' video token through the learned balance
+            weight = torch.sigmoid(self.transformer.balance)
+            video = (1 - weight) * query[:, 0] + weight * video
+        return self.ln_post(video) @ self.proj  # (B, output_dim)
 
 
 class CLIPText(nn.Module):
@@ -325,7 +322,7 @@ class CLIPText(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         x = self.token_embedding(tokens) + self.positional_embedding[: tokens.shape[1]]  # (B, N, C)
-        x = self.ln_final(self.transformer(x, causal=True))
+        x = self.ln_final(self.transformer(x, causal=True)[0])
         end_of_text = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]  # (B, C)
         return end_of_text @ self.text_projection  # (B, output_dim)
 

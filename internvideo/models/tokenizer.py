@@ -47,8 +47,9 @@ class CLIPTokenizer:
         path = Path(vocab_path) if vocab_path else default_vocab_path()
         if not path.is_file():
             raise FileNotFoundError(f"CLIP BPE vocabulary not found: {path}")
-        lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")[1:_NUM_MERGES + 1]
-        merges = [tuple(line.split()) for line in lines]
+        with gzip.open(path, "rt", encoding="utf-8") as vocab_file:
+            self.merges = vocab_file.read().split("\n")[1:_NUM_MERGES + 1]  # "a b" lines, by rank
+        merges = [tuple(line.split()) for line in self.merges]
         byte_chars = list(bytes_to_unicode().values())
         vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges] + [START, END]
         self.encoder = {token: i for i, token in enumerate(vocab)}
