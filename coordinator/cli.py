@@ -128,10 +128,14 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
-    from internvideo.data.synthetic import write_synthetic_dataset
+    from internvideo.data.synthetic import write_synthetic_dataset, write_untrimmed_dataset
     ds = write_synthetic_dataset(args.out_dir, num_videos=args.num_videos, num_frames=args.num_frames,
                                  size=args.size, seed=args.seed)
     print(f"wrote {args.num_videos} videos to {ds.root}\n  train list: {ds.train_list}\n  val list:   {ds.val_list}")
+    if args.untrimmed:
+        annotation = write_untrimmed_dataset(Path(args.out_dir) / "untrimmed", num_videos=args.untrimmed,
+                                             size=args.size, seed=args.seed)
+        print(f"wrote {args.untrimmed} untrimmed videos\n  ActivityNet annotations: {annotation}")
     return 0
 
 
@@ -190,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-frames", type=int, default=32)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--untrimmed", type=int, default=0, metavar="N",
+                   help="also N untrimmed videos with action segments, annotated in ActivityNet JSON")
     p.set_defaults(fn=cmd_data_synth)
 
     p = sub.add_parser("demo", help="serve, make data, run a tiny pretraining job end to end")

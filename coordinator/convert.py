@@ -75,6 +75,10 @@ def event_to_proto(event: JobEvent) -> pb.JobEvent:
                                               created_at=timestamp(event.time)))
     elif event.type == "skipped_video":
         out.skipped_video.CopyFrom(pb.SkippedVideo(path=p["path"], reason=p["reason"], detail=p["detail"], count=1))
+    elif event.type == "decode_pool":
+        out.decode_pool_resized.CopyFrom(pb.DecodePoolResized(
+            from_workers=p["from"], to_workers=p["to"], data_wait_fraction=p["data_wait_fraction"],
+            reason=p["reason"]))
     elif event.type == "result":
         out.result.CopyFrom(result_to_proto(p))
     else:

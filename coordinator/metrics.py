@@ -25,6 +25,20 @@ class JobsCollector(Collector):
         for state in JobState:
             gauge.add_metric([state.value], counts.get(state, 0))
         yield gauge
+        # Sizes as of each running job's last step: an autoscaled decode pool shows here.
+        workers = GaugeMetricFamily("internvideo_job_workers", "Workers of each running job, by component",
+                                    labels=["job", "component"])
+        running, after, page = [], 0, 500
+        while True:
+            jobs, after = self.store.list_jobs(states=[JobState.RUNNING], after_rowid=after, limit=page)
+            running += jobs
+            if len(jobs) < page:
+                break
+        for job in running:
+            if job.progress:
+                workers.add_metric([job.job_id, "trainer"], job.progress["world_size"])
+                workers.add_metric([job.job_id, "decode"], job.progress["decode_workers"])
+        yield workers
 
 
 def serve_coordinator_metrics(store: JobStore, host: str, port: int) -> int:

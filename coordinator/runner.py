@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from coordinator.autoscale import DecodePoolSizer
 from coordinator.recovery import Decision, FailurePolicy
 from coordinator.state import InvalidTransition, JobState
 from coordinator.store import JobEvent, JobRecord, JobStore
-from internvideo.data.lists import read_video_list
 from internvideo.tasks.pretrain_mae import PretrainMAEConfig
 from workers.calls import PlacementTimeout, WorkerGroupError
 from workers.checkpoint import UNIVERSAL, checkpoint_folder, commit, read_commit, to_universal
-from workers.decode import DataError, DecodePool
+from workers.decode import DataError, DecodePool, PoolSpec
 from workers.group import WorkerGroup
 
 log = logging.getLogger(__name__)
@@ -69,10 +69,13 @@ class GrowAt(Exception):
         self.checkpoint, self.world_size = checkpoint, world_size
 
 
-def resource_demand(config: PretrainMAEConfig, world_size: int, bundle: dict[str, float]) -> dict[str, float]:
-    """Everything a job holds while it runs: the trainer gang and its decode pool."""
+def resource_demand(config: PretrainMAEConfig, world_size: int, bundle: dict[str, float],
+                    decode_workers: int | None = None) -> dict[str, float]:
+    """Everything a job holds while it runs: the trainer gang and its decode pool (by default at its
+    starting size)."""
     demand = {k: v * world_size for k, v in bundle.items()}
-    demand["CPU"] = demand.get("CPU", 0.0) + config.data.decode_workers * config.data.decode_cpus
+    pool = config.data.decode_workers if decode_workers is None else decode_workers
+    demand["CPU"] = demand.get("CPU", 0.0) + pool * config.data.decode_cpus
     return demand
 
 
@@ -98,16 +101,23 @@ class JobRunner(threading.Thread):
     def __init__(self, store: JobStore, job: JobRecord, world_size: int, settings: RunnerSettings,
                  on_exit: Callable[["JobRunner"], None],
                  fit_world_size: Callable[["JobRunner"], int | None] | None = None,
-                 grow_target: Callable[["JobRunner"], int] | None = None) -> None:
+                 grow_target: Callable[["JobRunner"], int] | None = None,
+                 decode_limit: Callable[["JobRunner"], int] | None = None) -> None:
         """``fit_world_size``: the largest world size this job could have now (None: not even the
         minimum); asked after a failure. Without it a job restarts at the size it had.
-        ``grow_target``: the world size the job may grow to now; asked at each checkpoint."""
+        ``grow_target``: the world size the job may grow to now; asked at each checkpoint.
+        ``decode_limit``: the most decode workers the job may hold now; asked after each step when
+        its pool may change size. Without it the pool may grow to its configured maximum."""
         super().__init__(name=f"runner-{job.job_id}", daemon=True)
         self.store, self.job, self.settings = store, job, settings
         self.config = PretrainMAEConfig.model_validate(job.config)
         self.world_size = world_size
         self.metrics_endpoints: dict[str, list[str]] = {}  # component → host:port of each /metrics
-        self.decode_workers = 0
+        self.decode_workers = self.config.data.decode_workers  # the pool's size (kept across attempts)
+        data = self.config.data
+        self._sizer = DecodePoolSizer(data.decode_workers, data.max_decode_workers, data.data_wait_target,
+                                      data.autoscale_window)
+        self._decode_limit = decode_limit
         self.policy = FailurePolicy(self.config.train.max_failures)
         self.failures = job.failures
         self._fit_world_size = fit_world_size
@@ -125,7 +135,7 @@ class JobRunner(threading.Thread):
 
     @property
     def demand(self) -> dict[str, float]:
-        return resource_demand(self.config, self.world_size, self.settings.trainer_bundle)
+        return resource_demand(self.config, self.world_size, self.settings.trainer_bundle, self.decode_workers)
 
     @property
     def preempting(self) -> bool:
@@ -149,7 +159,7 @@ class JobRunner(threading.Thread):
     def run(self) -> None:
         outcome = (JobState.SUCCEEDED, "")
         try:
-            num_samples = len(read_video_list(self.config.data.train_list, self.config.data.root))
+            num_samples = len(self.config.data.source().read())
             resume = self._resume_point()
             while True:
                 try:
@@ -195,11 +205,15 @@ class JobRunner(threading.Thread):
 
     def _attempt(self, num_samples: int, resume: Path | None) -> None:
         """Start the decode pool and the worker group, restore ``resume``, train to the end."""
-        self._pool = DecodePool.create(job_id=self.job_id, size=self.config.data.decode_workers,
-                                       cpus=self.config.data.decode_cpus, list_path=self.config.data.train_list,
-                                       root=self.config.data.root, spec=self.config.clip_spec(),
-                                       host=self.settings.worker_host, timeout_s=self.settings.start_timeout_s,
-                                       restarts=self.config.data.decode_restarts)
+        data = self.config.data
+        pool_spec = PoolSpec(job_id=self.job_id, source=data.source(), spec=self.config.clip_spec(),
+                             cpus=data.decode_cpus, threads=data.decode_threads, host=self.settings.worker_host,
+                             restarts=data.decode_restarts)
+        grown = self.decode_workers  # what an earlier attempt had grown the pool to
+        self._pool = DecodePool.create(pool_spec, data.decode_workers, self.settings.start_timeout_s)
+        limit = self._decode_limit(self) if self._decode_limit else grown
+        if min(grown, limit) > data.decode_workers:  # regrow, as far as the cluster still has room
+            self._pool.resize(min(grown, limit), timeout_s=min(self.settings.start_timeout_s, 30.0))
         self.decode_workers = len(self._pool.actors)
         folder = self._loadable(resume)
         self._check_cancel()
@@ -288,19 +302,44 @@ class JobRunner(threading.Thread):
             self._record_skips(reports, num_samples)
             if train.record_samples:
                 self._log_samples(step, reports)
+            wait = max(r["data_wait_seconds"] / r["seconds"] for r in reports)  # the slowest rank gates a step
             self.store.record_progress(self.job_id, {
                 "step": step + 1, "total_steps": train.steps, "samples": (step + 1) * train.global_batch,
                 "epoch": step * train.global_batch // num_samples, "loss": statistics.fmean(r["loss"] for r in reports),
                 "clips_per_second": step_samples / seconds, "step_seconds": seconds, "step_samples": step_samples,
                 "data_wait_fraction": statistics.fmean(r["data_wait_seconds"] / r["seconds"] for r in reports),
-                "lr": reports[0]["lr"], "world_size": self.world_size,
+                "lr": reports[0]["lr"], "world_size": self.world_size, "decode_workers": self.decode_workers,
             })
+            self._size_decode_pool(wait)
             completed = step + 1
             if completed == train.steps or (train.checkpoint_every and completed % train.checkpoint_every == 0):
                 checkpoint = self._checkpoint(completed)
                 target = self._grow_target(self) if self._grow_target and completed < train.steps else 0
                 if target > self.world_size:
                     raise GrowAt(Path(checkpoint), target)
+
+    def _size_decode_pool(self, data_wait_fraction: float) -> None:
+        """Grow the decode pool while trainers wait for clips, shrink it when they never do (between
+        steps: clips do not depend on which worker decodes them, so no step changes)."""
+        if self.config.data.max_decode_workers == self.config.data.decode_workers:
+            return
+        self._sizer.observe(data_wait_fraction)
+        size = len(self._pool.actors)
+        limit = self._decode_limit(self) if self._decode_limit else self.config.data.max_decode_workers
+        decision = self._sizer.decide(size, limit)
+        if decision is None:
+            return
+        timeout_s = self.config.train.step_timeout_s
+        removed = self._pool.resize(decision.size, timeout_s=min(timeout_s, 30.0))
+        if len(self._pool.actors) == size:
+            return  # no room after all: the workers did not start
+        self._group.call("set_decode_actors", self._pool.actors, timeout_s=timeout_s)
+        DecodePool.retire(removed)  # no trainer sends them work any more
+        self.decode_workers = len(self._pool.actors)
+        self.metrics_endpoints["decode"] = self._pool.metrics_endpoints
+        log.info("job %s: decode pool %d → %d workers: %s", self.job_id, size, self.decode_workers, decision.reason)
+        self.store.record_decode_pool(self.job_id, {"from": size, "to": self.decode_workers, "reason": decision.reason,
+                                                    "data_wait_fraction": decision.data_wait_fraction})
 
     def _prune_checkpoints(self) -> None:
         """Keep the newest ``train.keep_checkpoints`` committed checkpoints (a new one is committed

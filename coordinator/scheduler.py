@@ -105,7 +105,8 @@ class Scheduler:
                 self._preempt_for(job, free)
                 return  # strict order: nothing jumps the head of the queue
             runner = self.runner_factory(self.store, job, world, self.settings, on_exit=self._runner_exited,
-                                         fit_world_size=self.fit_world_size, grow_target=self.grow_target)
+                                         fit_world_size=self.fit_world_size, grow_target=self.grow_target,
+                                         decode_limit=self.decode_limit)
             with self._lock:  # atomic with cancel(): a job is either still QUEUED or has its runner
                 try:
                     self.store.transition(job.job_id, JobState.STARTING, f"starting {world} workers",
@@ -155,6 +156,15 @@ class Scheduler:
         if self.store.queue():
             return runner.world_size
         return self.fit_world_size(runner) or runner.world_size
+
+    def decode_limit(self, runner: JobRunner) -> int:
+        """The most decode workers a running job may hold now: its starting size while any job waits
+        in the queue (waiting jobs come before bigger pools), else its pool plus what free CPUs fit."""
+        data = runner.config.data
+        if self.store.queue():
+            return data.decode_workers
+        free_cpus = max(0.0, self.free_resources().get("CPU", 0.0))
+        return runner.decode_workers + int(free_cpus / data.decode_cpus + 1e-9)
 
     def _fitting_world_size(self, job: JobRecord, free: dict[str, float]) -> int | None:
         config = PretrainMAEConfig.model_validate(job.config)

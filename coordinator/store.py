@@ -217,6 +217,10 @@ class JobStore:
 
         self._write(write)
 
+    def record_decode_pool(self, job_id: str, change: dict[str, Any]) -> None:
+        """The job's decode pool was resized: ``{"from", "to", "data_wait_fraction", "reason"}``."""
+        self._write(lambda db: self._append(db, job_id, "decode_pool", change))
+
     def record_checkpoint(self, job_id: str, step: int, path: str, world_size: int) -> None:
         def write(db: sqlite3.Connection) -> None:
             db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,?)",

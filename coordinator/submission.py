@@ -8,7 +8,6 @@ import yaml
 from pydantic import ValidationError
 
 from coordinator.store import JobSpec
-from internvideo.data.lists import read_video_list
 from internvideo.tasks import JOB_CONFIGS
 from internvideo.tasks.pretrain_mae import PretrainMAEConfig
 from workers.checkpoint import read_commit
@@ -55,7 +54,7 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
 def _check_inputs(config: PretrainMAEConfig) -> None:
     """The files a job names must be usable now: failing at submit beats failing after start-up."""
     try:
-        read_video_list(config.data.train_list, config.data.root)
+        config.data.source().read()
     except (OSError, ValueError) as err:
         raise InvalidSubmission("config.data.train_list", str(err)) from None
     if config.train.resume_from:

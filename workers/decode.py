@@ -1,16 +1,24 @@
 """Decode pools: CPU actors that turn sample ids into ready clips, and the trainer-side stream
 that pulls from them with a bounded number of requests in flight (backpressure).
 
+Inside a decode worker a torchdata.nodes pipeline decodes: requests from every trainer feed one
+queue of samples, a thread-parallel mapper decodes ``threads`` of them at a time (decord and the
+resize release the GIL), and a collector hands finished clips back to the request that wants them.
+The thread count, not the number of requests, bounds the CPU a worker uses.
+
 A decode worker is stateless (every clip is a function of seed, epoch and sample), so Ray restarts
 a dead one in place and retries the requests it had in flight: the trainers never notice but for
-the wait. A bad video never crashes or stalls a job: the sample is replaced by a deterministic other
-one (a function of seed, epoch, sample and attempt, so every process picks the same), and
-the skip is reported with its path and reason.
+the wait, and the pool can grow or shrink between steps without changing a single clip. A bad video
+never crashes or stalls a job: the sample is replaced by a deterministic other one (a function of
+seed, epoch, sample and attempt, so every process picks the same), and the skip is reported with
+its path and reason.
 """
 from __future__ import annotations
 
 import collections
 import logging
+import queue
+import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator
@@ -18,13 +26,15 @@ from typing import Any, Iterator
 import numpy as np
 import ray
 import torch
+from torchdata.nodes import BaseNode, ParallelMapper
 
 from internvideo.data.decode import DecodeError
-from internvideo.data.lists import VideoRecord, read_video_list
+from internvideo.data.formats import VideoSource
+from internvideo.data.lists import VideoRecord
 from internvideo.data.order import GlobalBatchPlan, gradient_accumulation
-from internvideo.data.pipeline import PretrainClipSpec, load_pretrain_clip
+from internvideo.data.pipeline import PretrainClip, PretrainClipSpec, load_pretrain_clip
 from workers import telemetry
-from workers.calls import gather, kill_actors
+from workers.calls import WorkerGroupError, gather, kill_actors
 
 MAX_REPLACEMENTS = 16
 # A request retried this often has killed its worker every time: it is poison, not bad luck.
@@ -45,13 +55,50 @@ class SkippedSample:
     detail: str
 
 
-class DecodeWorker:
-    """Decodes pretraining clips. Plain class: the Ray actor is ``ray.remote(DecodeWorker)``."""
+class _Request:
+    """One ``decode_batch`` call: its samples' outcomes, filled in by the collector as they finish."""
 
-    def __init__(self, job_id: str, pool: str, list_path: str, root: str | None, spec: PretrainClipSpec,
-                 serve_metrics: bool = False, host: str | None = None) -> None:
-        torch.set_num_threads(1)  # one decode worker, one core: the pool scales by actors, not threads
-        self.records: list[VideoRecord] = read_video_list(list_path, root)
+    def __init__(self, size: int) -> None:
+        self.outcomes: list[Any] = [None] * size
+        self._left = size
+        self._lock = threading.Lock()
+        self.done = threading.Event()
+
+    def fill(self, index: int, outcome: Any) -> None:
+        with self._lock:
+            self.outcomes[index] = outcome
+            self._left -= 1
+            if not self._left:
+                self.done.set()
+
+
+class _Samples(BaseNode):
+    """The pipeline's source: samples that requests put in, in arrival order; None ends it."""
+
+    def __init__(self, inbox: queue.Queue) -> None:
+        super().__init__()
+        self.inbox = inbox
+
+    def next(self) -> tuple[_Request, int, int, int]:
+        item = self.inbox.get()
+        if item is None:
+            raise StopIteration
+        return item
+
+    def get_state(self) -> dict[str, Any]:
+        return {}  # nothing to resume: work arrives by request, and requests are retried whole
+
+
+class DecodeWorker:
+    """Decodes pretraining clips with ``threads`` decode threads. Plain class (tests and benchmarks
+    use it directly); the Ray actor is ``ray.remote(DecodeWorker)`` with concurrent calls."""
+
+    def __init__(self, job_id: str, pool: str, source: VideoSource, spec: PretrainClipSpec,
+                 serve_metrics: bool = False, host: str | None = None, threads: int = 1) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(1)  # parallel across samples, not inside one resize
+        self.records: list[VideoRecord] = source.read()
         self.spec = spec
         self._bad: dict[str, DecodeError] = {}  # known-bad paths: fail fast, same outcome
         labels = {"job": job_id, "pool": pool}
@@ -60,6 +107,12 @@ class DecodeWorker:
         self._seconds = telemetry.DECODE_SECONDS.labels(**labels)
         self._errors = lambda reason: telemetry.DECODE_ERRORS.labels(**labels, reason=reason)
         self.metrics_endpoint = telemetry.serve_metrics(host or telemetry.node_address()) if serve_metrics else ""
+        self._inbox: queue.Queue = queue.Queue()
+        decoded = ParallelMapper(_Samples(self._inbox), self._decode_item, num_workers=threads, in_order=False,
+                                 method="thread")
+        self._collector = threading.Thread(target=self._deliver, args=(decoded,), name="decode-collector",
+                                           daemon=True)
+        self._collector.start()
         if ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed:
             log.warning("decode worker of job %s restarted; retrying its requests", job_id)
 
@@ -68,19 +121,46 @@ class DecodeWorker:
 
     def decode_batch(self, epoch: int, sample_ids: list[int]) -> dict[str, Any]:
         """Clips for ``sample_ids``: video uint8 (B, T, S, S, 3), mask bool (B, N), label (B,)."""
-        start = time.perf_counter()
-        skipped: list[SkippedSample] = []
-        clips = [self._decode_one(epoch, int(sid), skipped) for sid in sample_ids]
-        self._seconds.inc(time.perf_counter() - start)
+        if not self._collector.is_alive():
+            raise RuntimeError("decode worker is closed")
+        request = _Request(len(sample_ids))
+        for index, sample_id in enumerate(sample_ids):
+            self._inbox.put((request, index, epoch, int(sample_id)))
+        request.done.wait()
+        for outcome in request.outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        clips = [clip for clip, _ in request.outcomes]
         return {
             "video": np.stack([c.video for c in clips]),
             "mask": np.stack([c.mask for c in clips]),
             "label": np.array([c.label for c in clips], dtype=np.int64),
             "sample_ids": [int(sid) for sid in sample_ids],  # as asked for, before any replacement
-            "skipped": [asdict(s) for s in skipped],
+            "skipped": [asdict(skip) for _, skips in request.outcomes for skip in skips],
         }
 
-    def _decode_one(self, epoch: int, sample_id: int, skipped: list[SkippedSample]):
+    def close(self) -> None:
+        """Stop the pipeline's threads (a Ray actor just dies; tests and benchmarks call this)."""
+        self._inbox.put(None)
+        self._collector.join()
+
+    def _deliver(self, decoded: ParallelMapper) -> None:
+        for request, index, outcome in decoded:
+            request.fill(index, outcome)
+
+    def _decode_item(self, item: tuple[_Request, int, int, int]) -> tuple[_Request, int, Any]:
+        """Runs on a decode thread; never raises, so that one sample cannot stop the pipeline."""
+        request, index, epoch, sample_id = item
+        start = time.perf_counter()
+        try:
+            skipped: list[SkippedSample] = []
+            outcome: Any = (self._decode_one(epoch, sample_id, skipped), skipped)
+        except Exception as err:  # noqa: BLE001 — re-raised in the request's own call
+            outcome = err
+        self._seconds.inc(time.perf_counter() - start)
+        return request, index, outcome
+
+    def _decode_one(self, epoch: int, sample_id: int, skipped: list[SkippedSample]) -> PretrainClip:
         candidate = sample_id
         for attempt in range(1, MAX_REPLACEMENTS + 1):
             record = self.records[candidate]
@@ -89,8 +169,7 @@ class DecodeWorker:
                     raise self._bad[record.path]
                 clip = load_pretrain_clip(record, self.spec, epoch, candidate)
             except DecodeError as err:
-                if record.path not in self._bad:
-                    self._bad[record.path] = err
+                if self._bad.setdefault(record.path, err) is err:  # first sighting: count it once
                     self._errors(err.reason).inc()
                 skipped.append(SkippedSample(candidate, record.path, err.reason, str(err)))
                 candidate = replacement_sample(self.spec.seed, epoch, sample_id, attempt, len(self.records))
@@ -107,28 +186,77 @@ def replacement_sample(seed: int, epoch: int, sample_id: int, attempt: int, num_
     return int(np.random.default_rng([seed, epoch, sample_id, attempt]).integers(num_samples))
 
 
-class DecodePool:
-    """A job's decode actors. Built all-or-nothing by ``create``; ``shutdown`` kills them."""
+@dataclass(frozen=True)
+class PoolSpec:
+    """What every decode actor of a job is built from."""
 
-    def __init__(self, actors: list[ray.actor.ActorHandle], endpoints: list[str]) -> None:
+    job_id: str
+    source: VideoSource
+    spec: PretrainClipSpec
+    cpus: float
+    threads: int
+    host: str | None
+    restarts: int = 0  # how often Ray restarts each actor after it dies, retrying its requests
+
+
+class DecodePool:
+    """A job's decode actors. ``create`` is all-or-nothing, ``resize`` grows into free CPUs (or keeps
+    the size it can reach) and shrinks, ``shutdown`` kills them all."""
+
+    # Concurrent calls per actor: requests only wait in it; the decode threads bound the work.
+    MAX_CONCURRENT_REQUESTS = 64
+
+    def __init__(self, pool_spec: PoolSpec, actors: list[ray.actor.ActorHandle], endpoints: list[str]) -> None:
+        self.pool_spec = pool_spec
         self.actors = actors
         self.metrics_endpoints = endpoints
 
     @classmethod
-    def create(cls, *, job_id: str, size: int, cpus: float, list_path: str, root: str | None,
-               spec: PretrainClipSpec, host: str | None, timeout_s: float, restarts: int = 0) -> "DecodePool":
-        """``restarts``: how often Ray restarts each actor after it dies, retrying its requests."""
-        actor_cls = ray.remote(DecodeWorker)
-        options = {"num_cpus": cpus, "max_concurrency": 1, "max_restarts": restarts,
-                   "max_task_retries": MAX_REQUEST_RETRIES if restarts else 0}
-        actors = [actor_cls.options(**options).remote(job_id, f"{job_id}-decode", list_path, root, spec, True, host)
-                  for _ in range(size)]
-        try:
-            infos = gather([a.info.remote() for a in actors], timeout_s, "decode pool start-up")
-        except BaseException:
+    def create(cls, pool_spec: PoolSpec, size: int, timeout_s: float) -> "DecodePool":
+        pool = cls(pool_spec, [], [])
+        actors, endpoints = pool._start(size, timeout_s)
+        if len(actors) < size:
             kill_actors(actors)
-            raise
-        return cls(actors, [i["metrics_endpoint"] for i in infos])
+            raise WorkerGroupError(f"decode pool start-up: only {len(actors)} of {size} workers started "
+                                   f"within {timeout_s:.0f}s")
+        pool.actors, pool.metrics_endpoints = actors, endpoints
+        return pool
+
+    def _start(self, count: int, timeout_s: float) -> tuple[list[ray.actor.ActorHandle], list[str]]:
+        """Start ``count`` actors; returns those up within ``timeout_s`` (the rest are killed)."""
+        p = self.pool_spec
+        options = {"num_cpus": p.cpus, "max_concurrency": self.MAX_CONCURRENT_REQUESTS,
+                   "max_restarts": p.restarts, "max_task_retries": MAX_REQUEST_RETRIES if p.restarts else 0}
+        actor_cls = ray.remote(DecodeWorker).options(**options)
+        actors = [actor_cls.remote(p.job_id, f"{p.job_id}-decode", p.source, p.spec, True, p.host, p.threads) for _ in range(count)]
+        probes = {a.info.remote(): a for a in actors}
+        ready, pending = ray.wait(list(probes), num_returns=len(probes), timeout=timeout_s)
+        started, endpoints = [], []
+        for ref in ready:
+            try:
+                endpoints.append(ray.get(ref)["metrics_endpoint"])
+                started.append(probes[ref])
+            except ray.exceptions.RayError as err:
+                log.warning("decode worker of job %s failed to start: %s", p.job_id, err)
+        kill_actors([a for a in actors if a not in started])
+        return started, endpoints
+
+    def resize(self, size: int, timeout_s: float) -> list[ray.actor.ActorHandle]:
+        """Grow or shrink to ``size`` actors; returns the actors removed (still alive: the caller kills
+        them with ``retire`` once no trainer sends them requests). Grows only by what fits in the CPUs
+        Ray has free now: a worker waiting for CPUs would take them from whoever frees them next."""
+        if size > len(self.actors):
+            fits = int(ray.available_resources().get("CPU", 0.0) / self.pool_spec.cpus + 1e-9)
+            actors, endpoints = self._start(min(size - len(self.actors), fits), timeout_s)
+            self.actors, self.metrics_endpoints = self.actors + actors, self.metrics_endpoints + endpoints
+            return []
+        removed = self.actors[size:]
+        self.actors, self.metrics_endpoints = self.actors[:size], self.metrics_endpoints[:size]
+        return removed
+
+    @staticmethod
+    def retire(actors: list[ray.actor.ActorHandle]) -> None:
+        kill_actors(actors)
 
     def refresh_endpoints(self, timeout_s: float) -> list[str]:
         """The /metrics endpoints now (a restarted worker serves on a new port)."""
@@ -141,25 +269,85 @@ class DecodePool:
         self.actors = []
 
 
-class ClipStream:
-    """The trainer side of a pool: requests this rank's micro-batches in step order, keeps at most
-    ``max_in_flight`` outstanding, and hands them back in order."""
+@dataclass
+class _InFlight:
+    step: int
+    micro: int
+    epoch: int
+    sample_ids: list[int]
+    actor: ray.actor.ActorHandle
+    ref: ray.ObjectRef
+
+
+class ClipStream(BaseNode[dict]):
+    """The trainer side of a pool, as a torchdata node: yields this rank's micro-batches in step order,
+    keeps at most ``max_in_flight`` requests outstanding, and resumes exactly from its state
+    ``{"step", "micro"}`` (the position of the next micro-batch)."""
 
     def __init__(self, actors: list[ray.actor.ActorHandle], plan: GlobalBatchPlan, *, rank: int,
                  world_size: int, micro_batch: int, end_step: int, max_in_flight: int, timeout_s: float) -> None:
-        self.actors, self.plan = actors, plan
+        super().__init__()
+        if not actors:
+            raise ValueError("a clip stream needs at least one decode actor")
+        self.actors, self.plan = list(actors), plan
         self.rank, self.world_size, self.micro_batch = rank, world_size, micro_batch
         self.end_step, self.max_in_flight, self.timeout_s = end_step, max_in_flight, timeout_s
         self.accumulation = gradient_accumulation(plan.global_batch, micro_batch, world_size)
-        self._in_flight: collections.deque[tuple[int, int, ray.ObjectRef]] = collections.deque()
-        self._schedule: Iterator[tuple[int, int, int, np.ndarray]] = iter(())
+        self._in_flight: collections.deque[_InFlight] = collections.deque()
+        self._schedule: Iterator[tuple[int, int, int, list[int]]] = iter(())
         self._requests = 0
-        self._next: tuple[int, int] | None = None
+        self._position = (0, 0)
 
-    def _micro_batches_from(self, step: int) -> Iterator[tuple[int, int, int, np.ndarray]]:
+    def reset(self, initial_state: dict[str, Any] | None = None) -> None:
+        super().reset(initial_state)
+        state = initial_state or {"step": 0, "micro": 0}
+        step, micro = int(state["step"]), int(state["micro"])
+        if not (0 <= step and 0 <= micro < self.accumulation):
+            raise ValueError(f"bad stream state {state} (accumulation {self.accumulation})")
+        self._position = (step, micro)
+        self._in_flight.clear()
+        self._schedule = self._micro_batches_from(step, micro)
+
+    def get_state(self) -> dict[str, Any]:
+        return {"step": self._position[0], "micro": self._position[1]}
+
+    def next(self) -> dict[str, Any]:
+        """The next micro-batch, tagged with its ``step`` and ``micro``."""
+        self._refill()
+        if not self._in_flight:
+            raise StopIteration
+        request = self._in_flight.popleft()
+        batch = ray.get(request.ref, timeout=self.timeout_s)
+        batch["step"], batch["micro"] = request.step, request.micro
+        last = request.micro + 1 == self.accumulation
+        self._position = (request.step + 1, 0) if last else (request.step, request.micro + 1)
+        self._refill()
+        return batch
+
+    def set_actors(self, actors: list[ray.actor.ActorHandle]) -> None:
+        """Send future requests to ``actors``; requests outstanding at actors no longer among them are
+        sent again (clips are deterministic, so the resent ones are identical)."""
+        if not actors:
+            raise ValueError("a clip stream needs at least one decode actor")
+        self.actors = list(actors)
+        kept = set(actors)
+        for request in self._in_flight:
+            if request.actor not in kept:
+                request.actor = self._next_actor()
+                request.ref = request.actor.decode_batch.remote(request.epoch, request.sample_ids)
+
+    def _micro_batches_from(self, step: int, micro: int) -> Iterator[tuple[int, int, int, list[int]]]:
         for s in range(step, self.end_step):
-            for m, ids in enumerate(self.plan.micro_batches(s, self.rank, self.world_size, self.micro_batch)):
-                yield s, m, self.plan.epoch_of(s), ids
+            batches = self.plan.micro_batches(s, self.rank, self.world_size, self.micro_batch)
+            for m, ids in enumerate(batches):
+                if s > step or m >= micro:
+                    yield s, m, self.plan.epoch_of(s), ids.tolist()
+
+    def _next_actor(self) -> ray.actor.ActorHandle:
+        # Spread ranks over actors so that each actor serves every rank in turn.
+        actor = self.actors[(self._requests + self.rank) % len(self.actors)]
+        self._requests += 1
+        return actor
 
     def _refill(self) -> None:
         while len(self._in_flight) < self.max_in_flight:
@@ -167,22 +355,5 @@ class ClipStream:
             if item is None:
                 return
             step, micro, epoch, ids = item
-            # Spread ranks over actors so that each actor serves every rank in turn.
-            actor = self.actors[(self._requests + self.rank) % len(self.actors)]
-            self._requests += 1
-            self._in_flight.append((step, micro, actor.decode_batch.remote(epoch, ids.tolist())))
-
-    def get(self, step: int, micro: int) -> dict[str, Any]:
-        """The decoded micro-batch ``micro`` of ``step``; seeks (dropping prefetched work) if needed."""
-        if self._next != (step, micro):
-            self._in_flight.clear()
-            self._schedule = self._micro_batches_from(step)
-            if micro:
-                raise ValueError("a stream can only seek to the start of a step")
-        self._refill()
-        got_step, got_micro, ref = self._in_flight.popleft()
-        assert (got_step, got_micro) == (step, micro), "decode stream out of order"
-        batch = ray.get(ref, timeout=self.timeout_s)
-        self._refill()
-        self._next = (step, micro + 1) if micro + 1 < self.accumulation else (step + 1, 0)
-        return batch
+            actor = self._next_actor()
+            self._in_flight.append(_InFlight(step, micro, epoch, ids, actor, actor.decode_batch.remote(epoch, ids)))

@@ -2,7 +2,8 @@
 
 A plain class (testable without Ray); the worker group runs it as ``ray.remote(EncoderWorker)``.
 The job runner drives it one step at a time; the worker pulls its micro-batches from the
-decode pool through a ClipStream, so decoding overlaps compute.
+decode pool through a ClipStream (a torchdata node), so decoding overlaps compute, and saves the
+stream's state with each checkpoint so that a restored job reads exactly the clips it would have.
 """
 from __future__ import annotations
 
@@ -75,14 +76,18 @@ class EncoderWorker:
     def train_step(self, step: int) -> dict[str, Any]:
         """Run optimizer step ``step`` (0-based) over this rank's share of the global batch."""
         start = time.perf_counter()
+        if self.stream.state_dict() != {"step": step, "micro": 0}:
+            self.stream.reset({"step": step, "micro": 0})  # a redone or skipped-to step: seek
         waited, losses, skipped, samples, sample_ids = 0.0, [], [], 0, []
         for micro in range(self.accumulation):
             before = time.perf_counter()
-            batch = self.stream.get(step, micro)
+            batch = next(self.stream)
             waited += time.perf_counter() - before
+            assert (batch["step"], batch["micro"]) == (step, micro), "clip stream out of order"
             skipped += batch["skipped"]
             sample_ids += batch["sample_ids"]
-            tensors = pretrain_mae.batch_to_tensors(batch, self.device, self.dtype)
+            tensors = pretrain_mae.batch_to_tensors(batch, self.device, self.dtype,
+                                                     self.config.data.normalization)
             loss = pretrain_mae.loss(self.engine, tensors)
             self.engine.backward(loss)
             self.engine.step()
@@ -102,7 +107,8 @@ class EncoderWorker:
         """``step`` = optimizer steps completed; every rank must call this."""
         folder = checkpoint_folder(root, step)
         ds.save_checkpoint(self.engine, folder, {"step": step, "world_size": self.world_size,
-                                                 "global_batch": self.config.train.global_batch})
+                                                 "global_batch": self.config.train.global_batch,
+                                                 "data": self.stream.state_dict()})
         return str(folder)
 
     def load_checkpoint(self, folder: str) -> int:
@@ -111,7 +117,12 @@ class EncoderWorker:
         if state.get("global_batch") != self.config.train.global_batch:
             raise ValueError(f"{folder} was trained with global batch {state.get('global_batch')}, "
                              f"this job uses {self.config.train.global_batch}")
+        self.stream.reset(state["data"])
         return int(state["step"])
+
+    def set_decode_actors(self, actors: list) -> None:
+        """The decode pool was resized: pull from ``actors`` from now on."""
+        self.stream.set_actors(actors)
 
     def parameters_digest(self) -> list[float]:
         """A cheap fingerprint of the weights, for tests that compare runs."""

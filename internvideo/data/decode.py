@@ -8,7 +8,9 @@ decord is fast but opens fewer containers than FFmpeg can: GIFs, raw H.264 strea
 files fail in it. Such a file is read again with PyAV (``fallback``), which demuxes once to
 count frames and decodes only up to the last frame needed. ``time_limit_s`` bounds one video:
 a decoder stuck on a pathological file is abandoned (its thread finishes in the background)
-and the video counts as ``timeout``.
+and the video counts as ``timeout``. ``short_side`` decodes a large video straight to a smaller
+size (FFmpeg's scaler inside the decoder), which costs far less than decoding full frames and
+shrinking them afterwards when the model's input is small.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 
 from internvideo.data.sampling import ClipTooShort
 
-__all__ = ["DecodeError", "DecodeReason", "DECODE_REASONS", "DecodeOptions", "read_clip"]
+__all__ = ["DecodeError", "DecodeReason", "DECODE_REASONS", "DecodeOptions", "decode_size", "read_clip"]
 
 DecodeReason = Literal["missing", "empty", "corrupt", "too_short", "timeout"]
 DECODE_REASONS: tuple[str, ...] = ("missing", "empty", "corrupt", "too_short", "timeout")
@@ -36,6 +38,31 @@ class DecodeOptions:
     fallback: bool = True  # decord could not read the file: try PyAV
     time_limit_s: float | None = None  # per video; None: no limit
     num_threads: int = 1
+    short_side: int | None = None  # decode larger videos scaled to this short side; None: full size
+
+    def __post_init__(self) -> None:
+        if self.short_side is not None and self.short_side < 2:
+            raise ValueError(f"short_side must be >= 2, got {self.short_side}")
+
+
+def decode_size(path: str, short_side: int | None) -> tuple[int, int] | None:
+    """(height, width) to decode ``path`` at so that its short side is ``short_side`` (even sides,
+    aspect kept), or None to decode at full size: no target, a video already that small, or a
+    header PyAV cannot read (the decoder then reports the file itself)."""
+    if short_side is None:
+        return None
+    import av
+
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            height, width = stream.codec_context.height, stream.codec_context.width
+    except (av.error.FFmpegError, IndexError, OSError):
+        return None
+    if min(height, width) <= short_side:
+        return None
+    scale = short_side / min(height, width)
+    return max(2, 2 * round(height * scale / 2)), max(2, 2 * round(width * scale / 2))
 
 
 class DecodeError(Exception):
@@ -86,22 +113,23 @@ def read_clip(path: str, indices_fn: Callable[[int], np.ndarray], options: Decod
     # Check before decoding: decord's own message for these cases is a generic
     # "Error reading" that cannot be told apart from a corrupt file.
     try:
-        size = os.path.getsize(path)
+        nbytes = os.path.getsize(path)
     except FileNotFoundError:
         raise DecodeError(path, "missing", "no such file") from None
     except OSError as e:
         raise DecodeError(path, "missing", str(e)) from None
     if os.path.isdir(path):
         raise DecodeError(path, "missing", "is a directory")
-    if size == 0:
+    if nbytes == 0:
         raise DecodeError(path, "empty", "0-byte file")
 
+    size = decode_size(path, options.short_side)
     backends = [options.backend] + (["pyav"] if options.fallback and options.backend == "decord" else [])
     failures = []
     for backend in backends:
         reader = _read_decord if backend == "decord" else _read_pyav
         try:
-            frames = _within(options.time_limit_s, path, lambda: reader(path, indices_fn, options.num_threads))
+            frames = _within(options.time_limit_s, path, lambda: reader(path, indices_fn, options.num_threads, size))
         except DecodeError as e:
             if e.reason != "corrupt":
                 raise
@@ -151,12 +179,14 @@ def _indices(path: str, indices_fn: Callable[[int], np.ndarray], n: int) -> np.n
     return indices
 
 
-def _read_decord(path: str, indices_fn: Callable[[int], np.ndarray], num_threads: int) -> np.ndarray:
+def _read_decord(path: str, indices_fn: Callable[[int], np.ndarray], num_threads: int,
+                 size: tuple[int, int] | None) -> np.ndarray:
     # Imported lazily so that importing this module (e.g. on a trainer without decord) stays cheap.
     from decord import VideoReader
 
     try:
-        vr = VideoReader(path, num_threads=num_threads)
+        height, width = size or (-1, -1)
+        vr = VideoReader(path, num_threads=num_threads, width=width, height=height)
     except Exception as e:  # decord raises RuntimeError or DECORDError
         # Always "corrupt", even for a zero-frame mp4: the muxer drops a track that
         # got no frames, and decord's error for that ("cannot find video stream")
@@ -179,7 +209,8 @@ def _read_decord(path: str, indices_fn: Callable[[int], np.ndarray], num_threads
     return frames
 
 
-def _read_pyav(path: str, indices_fn: Callable[[int], np.ndarray], num_threads: int) -> np.ndarray:
+def _read_pyav(path: str, indices_fn: Callable[[int], np.ndarray], num_threads: int,
+               size: tuple[int, int] | None) -> np.ndarray:
     import av
 
     failures = (av.error.FFmpegError, av.error.ArgumentError, OSError)
@@ -193,12 +224,13 @@ def _read_pyav(path: str, indices_fn: Callable[[int], np.ndarray], num_threads: 
     indices = _indices(path, indices_fn, n)
     wanted, last = set(indices.tolist()), int(indices.max())
     got: dict[int, np.ndarray] = {}
+    scaled = {"height": size[0], "width": size[1]} if size else {}
     try:
         with av.open(path) as container:  # pass 2: decode up to the last frame needed
             container.streams.video[0].thread_count = num_threads
             for i, frame in enumerate(container.decode(video=0)):
                 if i in wanted:
-                    got[i] = frame.to_ndarray(format="rgb24")
+                    got[i] = frame.to_ndarray(format="rgb24", **scaled)
                 if i >= last:
                     break
     except failures as e:

@@ -21,12 +21,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from internvideo.data.lists import VideoRecord
+from internvideo.data.lists import VideoRecord, read_video_list
 
-__all__ = ["CaptionedVideo", "Segment", "UntrimmedVideo", "LabelSpace", "read_ssv2", "read_video_text",
-           "read_activitynet", "merge_label_maps"]
+__all__ = ["CaptionedVideo", "Segment", "UntrimmedVideo", "LabelSpace", "VideoSource", "read_ssv2",
+           "read_video_text", "read_activitynet", "merge_label_maps"]
 
 
 @dataclass(frozen=True)
@@ -167,3 +167,38 @@ def merge_label_maps(datasets: dict[str, list[str]]) -> LabelSpace:
             raise ValueError(f"dataset {dataset!r} names one class twice (after normalising)")
         maps[dataset] = tuple(mapping)
     return LabelSpace(tuple(classes), maps)
+
+
+SourceFormat = Literal["list", "ssv2", "video_text", "activitynet"]
+
+
+@dataclass(frozen=True)
+class VideoSource:
+    """Where a job's videos are listed, in any of the formats above; ``read()`` gives the records a
+    decode worker indexes by sample id. Each process reads the file itself, so the record list never
+    travels. Captions and segments are not labels: those formats give label 0 here (video-only use,
+    such as masked pretraining)."""
+
+    format: SourceFormat
+    path: str
+    root: str | None = None
+    labels: str | None = None  # ssv2: the labels.json
+    subset: str | None = None  # activitynet: keep one split ("training", "validation")
+
+    def __post_init__(self) -> None:
+        if (self.format == "ssv2") != (self.labels is not None):
+            raise ValueError("format 'ssv2' needs a labels file, and only it takes one")
+        if self.subset is not None and self.format != "activitynet":
+            raise ValueError("only format 'activitynet' takes a subset")
+
+    def read(self) -> list[VideoRecord]:
+        if self.format == "list":
+            return read_video_list(self.path, self.root)
+        if self.format == "ssv2":
+            return read_ssv2(self.path, self.labels, self.root)
+        if self.format == "video_text":
+            return [VideoRecord(v.path, 0) for v in read_video_text(self.path, self.root)]
+        videos = read_activitynet(self.path, self.root, self.subset)
+        if not videos:
+            raise ValueError(f"{self.path}: no videos{f' in subset {self.subset!r}' if self.subset else ''}")
+        return [VideoRecord(v.path, 0) for v in videos]

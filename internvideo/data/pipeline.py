@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from internvideo.data.decode import DecodeOptions, read_clip
 from internvideo.data.lists import VideoRecord
 from internvideo.data.masking import tube_mask
-from internvideo.data.sampling import dense_indices
-from internvideo.data.transforms import multi_scale_crop
+from internvideo.data.sampling import dense_indices, segment_indices
+from internvideo.data.transforms import maybe_flip, multi_scale_crop, random_resized_crop
 
 __all__ = ["PretrainClipSpec", "PretrainClip", "sample_rng", "load_pretrain_clip"]
 
@@ -26,7 +27,10 @@ class PretrainClipSpec:
     tubelet_size: int
     mask_ratio: float
     seed: int
-    decode: DecodeOptions = DecodeOptions()  # how the video is read (backend, fallback, time limit)
+    decode: DecodeOptions = DecodeOptions()  # how the video is read (backend, fallback, time limit, size)
+    sampler: Literal["dense", "segment"] = "dense"  # segment: one frame from each of num_frames segments
+    crop: Literal["multi_scale", "random_resized"] = "multi_scale"
+    flip: bool = False  # keep off for direction-sensitive classes (SSv2, left vs right)
 
     def __post_init__(self) -> None:
         if min(self.num_frames, self.sampling_rate, self.input_size, self.patch_size, self.tubelet_size) < 1:
@@ -71,8 +75,8 @@ def load_pretrain_clip(
 ) -> PretrainClip:
     """Decode, crop and mask one sample; a pure function of (seed, epoch, sample_id).
 
-    Draw order from the single generator is fixed: start frame, crop box
-    (scale pair, then offset), tube mask. Changing that order changes every
+    Draw order from the single generator is fixed: frame indices, crop box,
+    flip (only when enabled), tube mask. Changing that order changes every
     sample of every run, so keep it.
 
     Raises:
@@ -81,11 +85,15 @@ def load_pretrain_clip(
     if epoch < 0 or sample_id < 0:
         raise ValueError(f"epoch={epoch} and sample_id={sample_id} must be >= 0")
     rng = sample_rng(spec.seed, epoch, sample_id)
-    clip = read_clip(
-        record.path,
-        lambda n: dense_indices(n, spec.num_frames, spec.sampling_rate, rng),
-        spec.decode,
-    )  # (T, H, W, 3)
-    video = multi_scale_crop(clip, spec.input_size, rng=rng)  # (T, S, S, 3)
+    if spec.sampler == "dense":
+        frames = lambda n: dense_indices(n, spec.num_frames, spec.sampling_rate, rng)  # noqa: E731
+    else:
+        frames = lambda n: segment_indices(n, spec.num_frames, rng)  # noqa: E731
+    clip = read_clip(record.path, frames, spec.decode)  # (T, H, W, 3)
+    if spec.crop == "multi_scale":
+        video = multi_scale_crop(clip, spec.input_size, rng=rng)  # (T, S, S, 3)
+    else:
+        video = random_resized_crop(clip, spec.input_size, rng)
+    video = maybe_flip(video, rng, spec.flip)
     mask = tube_mask(*spec.token_grid, spec.mask_ratio, rng)  # (N,)
     return PretrainClip(video=video, mask=mask, label=int(record.label))

@@ -14,6 +14,7 @@ the same lists (x264 runs single-threaded, which keeps its output bit-stable).
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,15 @@ import numpy as np
 
 from internvideo.data.lists import VideoRecord, write_video_list
 
-__all__ = ["CLASSES", "COLOURS", "SyntheticDataset", "render_video", "write_mp4", "write_synthetic_dataset"]
+__all__ = [
+    "CLASSES",
+    "COLOURS",
+    "SyntheticDataset",
+    "render_video",
+    "write_mp4",
+    "write_synthetic_dataset",
+    "write_untrimmed_dataset",
+]
 
 CLASSES: tuple[str, ...] = (
     "move_left",
@@ -235,3 +244,55 @@ def write_synthetic_dataset(
         writer.writerows(zip(rel_paths, captions))
     ds.classes_txt.write_text("".join(f"{c}\n" for c in CLASSES), encoding="utf-8")
     return ds
+
+
+def write_untrimmed_dataset(
+    out_dir: str | Path,
+    num_videos: int = 8,
+    segments_per_video: tuple[int, int] = (2, 4),
+    segment_frames: tuple[int, int] = (12, 24),
+    gap_frames: tuple[int, int] = (4, 16),
+    size: int = 64,
+    fps: int = 8,
+    seed: int = 0,
+    val_fraction: float = 0.25,
+) -> Path:
+    """Untrimmed videos for temporal localisation, with ActivityNet-format annotations.
+
+    Each video ``v_{i:06d}.mp4`` is a run of idle gaps (the neighbouring action's end frame held
+    still: nothing moves) and action segments of the 8 classes; the segment and gap counts and
+    lengths are drawn from the given inclusive ranges. Writes ``activitynet.json`` beside the
+    videos (``{"database": {id: {"subset", "duration", "annotations": [{"segment", "label"}]}}}``,
+    times in seconds) and returns its path.
+    """
+    ranges = {"segments_per_video": segments_per_video, "segment_frames": segment_frames, "gap_frames": gap_frames}
+    for name, (lo, hi) in ranges.items():
+        if not 1 <= lo <= hi:
+            raise ValueError(f"{name} must be a range 1 <= lo <= hi, got {(lo, hi)}")
+    if segment_frames[0] < 2 or num_videos < 1 or fps < 1 or size < 16 or size % 2:
+        raise ValueError("need segment_frames >= 2, num_videos >= 1, fps >= 1, size even and >= 16")
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    n_val = min(int(round(val_fraction * num_videos)), num_videos - 1)
+    val = set(np.random.default_rng([seed, 3]).permutation(num_videos)[:n_val].tolist())
+    database = {}
+    for i in range(num_videos):
+        rng = np.random.default_rng([seed, 2, i])
+        pieces, annotations, t = [], [], 0
+        for k in range(int(rng.integers(segments_per_video[0], segments_per_video[1] + 1))):
+            length = int(rng.integers(segment_frames[0], segment_frames[1] + 1))
+            action = CLASSES[int(rng.integers(len(CLASSES)))]
+            frames, _ = render_video(action, length, size, rng)  # (L, S, S, 3)
+            gap = int(rng.integers(gap_frames[0], gap_frames[1] + 1))
+            pieces += [np.repeat(frames[:1], gap, axis=0), frames]  # idle, then the action
+            annotations.append({"segment": [(t + gap) / fps, (t + gap + length) / fps], "label": action})
+            t += gap + length
+        tail = int(rng.integers(gap_frames[0], gap_frames[1] + 1))
+        pieces.append(np.repeat(pieces[-1][-1:], tail, axis=0))
+        video_id = f"v_{i:06d}"
+        write_mp4(root / f"{video_id}.mp4", np.concatenate(pieces), fps=fps)
+        database[video_id] = {"subset": "validation" if i in val else "training",
+                              "duration": (t + tail) / fps, "annotations": annotations}
+    annotation = root / "activitynet.json"
+    annotation.write_text(json.dumps({"version": "synthetic", "database": database}, indent=1), encoding="utf-8")
+    return annotation

@@ -19,15 +19,29 @@ import torch.nn.functional as F
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "CLIP_MEAN",
+    "CLIP_STD",
     "multi_scale_crop_params",
     "multi_scale_crop",
     "center_crop_resize",
+    "random_resized_crop_params",
+    "random_resized_crop",
+    "maybe_flip",
+    "spatial_views",
     "resize_clip",
+    "NORMALIZATIONS",
     "normalize_clips",
 ]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+# OpenAI CLIP's preprocessing statistics: CLIP towers must see what they were trained on.
+CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "clip": (CLIP_MEAN, CLIP_STD),
+}
 
 DEFAULT_SCALES: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)
 
@@ -154,17 +168,97 @@ def center_crop_resize(clip: np.ndarray, input_size: int) -> np.ndarray:
     return resize_clip(clip[:, top : top + side, left : left + side], input_size, input_size)
 
 
-def normalize_clips(batch_uint8: torch.Tensor) -> torch.Tensor:
-    """(B, T, H, W, 3) uint8 -> (B, 3, T, H, W) float32, ImageNet-normalised.
+def random_resized_crop_params(
+    image_h: int,
+    image_w: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    attempts: int = 10,
+) -> tuple[int, int, int, int]:
+    """Inception-style box ``(top, left, crop_h, crop_w)``: area a uniform share in ``scale`` of the
+    frame, aspect ratio log-uniform in ``ratio``; after ``attempts`` misses, the largest centred box
+    with a ratio in range (the rule torchvision's RandomResizedCrop follows)."""
+    if not (0 < scale[0] <= scale[1] <= 1) or not (0 < ratio[0] <= ratio[1]):
+        raise ValueError(f"bad scale {scale} or ratio {ratio}")
+    area = image_h * image_w
+    log_ratio = np.log(ratio)
+    for _ in range(attempts):
+        target = area * rng.uniform(*scale)
+        aspect = float(np.exp(rng.uniform(*log_ratio)))
+        crop_w = int(round(np.sqrt(target * aspect)))
+        crop_h = int(round(np.sqrt(target / aspect)))
+        if 0 < crop_w <= image_w and 0 < crop_h <= image_h:
+            top = int(rng.integers(0, image_h - crop_h + 1))
+            left = int(rng.integers(0, image_w - crop_w + 1))
+            return top, left, crop_h, crop_w
+    aspect = image_w / image_h
+    if aspect < ratio[0]:
+        crop_w, crop_h = image_w, int(round(image_w / ratio[0]))
+    elif aspect > ratio[1]:
+        crop_h, crop_w = image_h, int(round(image_h * ratio[1]))
+    else:
+        crop_h, crop_w = image_h, image_w
+    return (image_h - crop_h) // 2, (image_w - crop_w) // 2, crop_h, crop_w
+
+
+def random_resized_crop(
+    clip: np.ndarray,
+    input_size: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> np.ndarray:
+    """One random-resized-crop box for all frames, resized to ``input_size`` square (uint8)."""
+    _check_clip(clip)
+    top, left, crop_h, crop_w = random_resized_crop_params(clip.shape[1], clip.shape[2], rng, scale, ratio)
+    return resize_clip(clip[:, top : top + crop_h, left : left + crop_w], input_size, input_size)
+
+
+def maybe_flip(clip: np.ndarray, rng: np.random.Generator, enabled: bool) -> np.ndarray:
+    """Mirror every frame left-right with probability 1/2. ``enabled=False`` draws nothing, so data
+    whose classes depend on direction (Something-Something, left vs right) keep their labels and
+    their sample stream."""
+    if not enabled or rng.random() >= 0.5:
+        return clip
+    return np.ascontiguousarray(clip[:, :, ::-1])
+
+
+def spatial_views(clip: np.ndarray, input_size: int, num_crops: int) -> np.ndarray:
+    """Test views: the short side resized to ``input_size``, then ``num_crops`` squares spread evenly
+    along the long side (3: left/centre/right or top/centre/bottom; 1: centre).
+
+    Returns:
+        uint8 (num_crops, T, input_size, input_size, 3).
+    """
+    _check_clip(clip)
+    if num_crops < 1:
+        raise ValueError(f"num_crops={num_crops} must be >= 1")
+    h, w = clip.shape[1:3]
+    scale = input_size / min(h, w)
+    new_h, new_w = max(input_size, round(h * scale)), max(input_size, round(w * scale))
+    resized = resize_clip(clip, new_h, new_w)
+    room_h, room_w = new_h - input_size, new_w - input_size
+    if num_crops == 1:
+        positions = [(room_h // 2, room_w // 2)]
+    else:
+        along = np.rint(np.linspace(0, max(room_h, room_w), num_crops)).astype(int).tolist()
+        positions = [(p, room_w // 2) if room_h > room_w else (room_h // 2, p) for p in along]
+    return np.stack([resized[:, t : t + input_size, x : x + input_size] for t, x in positions])
+
+
+def normalize_clips(batch_uint8: torch.Tensor, normalization: str = "imagenet") -> torch.Tensor:
+    """(B, T, H, W, 3) uint8 -> (B, 3, T, H, W) float32, normalised with ``NORMALIZATIONS[normalization]``.
 
     Runs wherever ``batch_uint8`` lives (normally the trainer's GPU).
     """
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {normalization!r}; known: {sorted(NORMALIZATIONS)}")
     if batch_uint8.ndim != 5 or batch_uint8.shape[-1] != 3:
         raise ValueError(f"expected (B, T, H, W, 3), got {tuple(batch_uint8.shape)}")
     if batch_uint8.dtype != torch.uint8:
         raise ValueError(f"expected uint8 clips, got {batch_uint8.dtype}")
     device = batch_uint8.device
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=device)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=device)
+    mean, std = (torch.tensor(v, dtype=torch.float32, device=device) for v in NORMALIZATIONS[normalization])
     x = batch_uint8.float().div_(255.0).sub_(mean).div_(std)  # (B, T, H, W, 3)
     return x.permute(0, 4, 1, 2, 3).contiguous()  # (B, 3, T, H, W)

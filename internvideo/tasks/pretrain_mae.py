@@ -14,6 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from internvideo.data.decode import DecodeOptions
+from internvideo.data.formats import SourceFormat, VideoSource
 from internvideo.data.pipeline import PretrainClipSpec
 from internvideo.data.transforms import normalize_clips
 from internvideo.models.videomae import (
@@ -50,11 +51,25 @@ class ModelSection(_Strict):
 
 
 class DataSection(_Strict):
-    train_list: str = Field(min_length=1)
+    train_list: str = Field(min_length=1)  # the annotation file, in ``format``
+    format: SourceFormat = "list"  # list (path label) | ssv2 | video_text | activitynet
+    labels: str | None = None  # ssv2: its labels.json
+    subset: str | None = None  # activitynet: one split
     root: str | None = None  # relative video paths resolve against this (default: the list's folder)
-    sampling_rate: int = Field(4, gt=0)
-    decode_workers: int = Field(2, ge=1)
+    sampler: Literal["dense", "segment"] = "dense"  # segment: one frame from each of num_frames segments
+    sampling_rate: int = Field(4, gt=0)  # dense only
+    crop: Literal["multi_scale", "random_resized"] = "multi_scale"
+    flip: bool = False  # leave off when classes depend on direction (SSv2, left vs right)
+    normalization: Literal["imagenet", "clip"] = "imagenet"
+    # Decode videos whose short side is larger straight to this size; "auto": VideoMAE's 256 for 224,
+    # i.e. 8/7 of the input; "full": never scale.
+    decode_short_side: int | Literal["auto", "full"] = "auto"
+    decode_workers: int = Field(2, ge=1)  # the pool's size at start, and its minimum
+    decode_workers_max: int | None = Field(None, ge=1)  # grow up to this while trainers wait; None: fixed
     decode_cpus: float = Field(1.0, gt=0)
+    decode_threads: int = Field(1, ge=1)  # decode threads per worker; give each a CPU in decode_cpus
+    data_wait_target: float = Field(0.05, gt=0.0, lt=1.0)  # grow the pool when trainers wait longer
+    autoscale_window: int = Field(8, ge=1)  # steps of data-wait history behind each pool decision
     max_in_flight: int = Field(4, ge=1)  # decode requests outstanding per trainer (backpressure)
     max_bad_fraction: float = Field(0.1, ge=0.0, le=1.0)
     decode_timeout_s: float = Field(120.0, gt=0)
@@ -64,6 +79,23 @@ class DataSection(_Strict):
     decode_backend: Literal["decord", "pyav"] = "decord"
     decode_fallback: bool = True  # a file decord cannot read (GIF, raw H.264, MPEG-TS) is read with PyAV
     video_time_limit_s: float = Field(60.0, gt=0)  # a video taking longer is skipped as "timeout"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DataSection":
+        self.source()  # format and its options agree
+        if self.decode_workers_max is not None and self.decode_workers_max < self.decode_workers:
+            raise ValueError(f"decode_workers_max ({self.decode_workers_max}) is below decode_workers "
+                             f"({self.decode_workers})")
+        if isinstance(self.decode_short_side, int) and self.decode_short_side < 2:
+            raise ValueError(f"decode_short_side must be >= 2, 'auto' or 'full', got {self.decode_short_side}")
+        return self
+
+    def source(self) -> VideoSource:
+        return VideoSource(self.format, self.train_list, self.root, self.labels, self.subset)
+
+    @property
+    def max_decode_workers(self) -> int:
+        return self.decode_workers_max or self.decode_workers
 
 
 class TrainSection(_Strict):
@@ -104,14 +136,15 @@ class PretrainMAEConfig(_Strict):
         return [w for w in range(min_workers, max_workers + 1) if self.train.global_batch % (step * w) == 0]
 
     def clip_spec(self) -> PretrainClipSpec:
-        enc = self.model.resolve().encoder
-        return PretrainClipSpec(num_frames=self.model.num_frames, sampling_rate=self.data.sampling_rate,
+        enc, data = self.model.resolve().encoder, self.data
+        short_side = {"full": None, "auto": 2 * round(self.model.img_size * 8 / 7 / 2)}.get(
+            data.decode_short_side, data.decode_short_side)
+        return PretrainClipSpec(num_frames=self.model.num_frames, sampling_rate=data.sampling_rate,
                                 input_size=self.model.img_size, patch_size=enc.patch_size,
                                 tubelet_size=enc.tubelet_size, mask_ratio=self.model.mask_ratio,
-                                seed=self.train.seed,
-                                decode=DecodeOptions(backend=self.data.decode_backend,
-                                                     fallback=self.data.decode_fallback,
-                                                     time_limit_s=self.data.video_time_limit_s))
+                                seed=self.train.seed, sampler=data.sampler, crop=data.crop, flip=data.flip,
+                                decode=DecodeOptions(backend=data.decode_backend, fallback=data.decode_fallback,
+                                                     time_limit_s=data.video_time_limit_s, short_side=short_side))
 
 
 def build_model(config: PretrainMAEConfig) -> VideoMAEPretrain:
@@ -119,14 +152,14 @@ def build_model(config: PretrainMAEConfig) -> VideoMAEPretrain:
     return VideoMAEPretrain(config.model.resolve())
 
 
-def batch_to_tensors(batch: dict[str, np.ndarray], device: torch.device,
-                     dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+def batch_to_tensors(batch: dict[str, np.ndarray], device: torch.device, dtype: torch.dtype = torch.float32,
+                     normalization: str = "imagenet") -> dict[str, torch.Tensor]:
     """Decoded uint8 clips (B, T, H, W, 3) become normalised input (in the model's ``dtype``)
     and float32 [0, 1] pixels for the targets, both (B, 3, T, H, W)."""
     # Arrays from Ray's object store are read-only; torch wants to own writable memory.
     video = torch.from_numpy(np.require(batch["video"], requirements="W")).to(device, non_blocking=True)
     pixels = video.permute(0, 4, 1, 2, 3).float().div_(255.0)  # (B, 3, T, H, W)
-    return {"video": normalize_clips(video).to(dtype), "pixels": pixels,
+    return {"video": normalize_clips(video, normalization).to(dtype), "pixels": pixels,
             "mask": torch.from_numpy(np.require(batch["mask"], requirements="W")).to(device, non_blocking=True)}
 
 

@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from internvideo.data.formats import read_activitynet
 from tests.integration.conftest import REPO
 
 pytestmark = pytest.mark.integration
@@ -65,7 +66,8 @@ def test_reflection_lists_the_services(coordinator):
 
 def test_data_synth_writes_a_trainable_dataset(tmp_path):
     run = subprocess.run([sys.executable, "-m", "coordinator.cli", "data", "synth", str(tmp_path / "synth"),
-                          "--num-videos", "16", "--num-frames", "16", "--size", "32", "--seed", "3"],
+                          "--num-videos", "16", "--num-frames", "16", "--size", "32", "--seed", "3",
+                          "--untrimmed", "3"],
                          capture_output=True, text=True, timeout=120, cwd=REPO)
     assert run.returncode == 0, run.stderr
     train = (tmp_path / "synth" / "train.txt").read_text().split("\n")
@@ -74,3 +76,5 @@ def test_data_synth_writes_a_trainable_dataset(tmp_path):
     assert len(entries) == 16
     assert all((tmp_path / "synth" / line.split()[0]).stat().st_size > 0 for line in entries)
     assert (tmp_path / "synth" / "captions.csv").read_text().startswith("path,caption")
+    untrimmed = read_activitynet(tmp_path / "synth" / "untrimmed" / "activitynet.json")
+    assert len(untrimmed) == 3 and all(Path(v.path).stat().st_size > 0 and v.segments for v in untrimmed)

@@ -188,6 +188,9 @@ def test_running_job_serves_metrics_and_cancel_frees_everything(client, dataset,
         assert len(placement.metrics_endpoints) == 4
         assert all(e.startswith("127.0.0.1:") for e in placement.metrics_endpoints)
         scraped = [scrape(e) for e in placement.metrics_endpoints]
+        sizes = {s.labels["component"]: s.value for s in scrape(f"127.0.0.1:{coordinator.metrics_port}")
+                 ["internvideo_job_workers"] if s.labels["job"] == job.job_id}
+        assert sizes == {"trainer": 2, "decode": 2}
     finally:
         cancelled = client.cancel(job.job_id)
     assert state(cancelled) == "CANCELLED", cancelled.message
@@ -303,6 +306,25 @@ def test_a_killed_decode_worker_is_restarted_in_place_and_no_step_is_redone(clie
     # The requests the dead worker had in flight were retried on its replacement: same clips, same losses.
     assert [p.loss for p in bodies(events, "progress")] == uninterrupted_losses
     assert restarted and wait_for(lambda: not worker_pids(coordinator, "DecodeWorker"), 10, "the pool to be gone")
+
+
+def test_the_decode_pool_grows_while_trainers_wait_and_the_clips_stay_the_same(client, dataset, coordinator,
+                                                                               uninterrupted_losses):
+    # One decode worker for two trainers, and any measurable wait counts as too much: the pool must grow
+    # into the cluster's free CPU (4 CPUs: 2 trainers + 1 decode worker leave 1).
+    job = tiny_job(client, dataset.train_list, *RECOVERY_JOB, "data.decode_workers=1", "data.decode_workers_max=3",
+                   "data.autoscale_window=2", "data.data_wait_target=0.001")
+    events = list(client.watch(job.job_id))
+    job = client.get(job.job_id)
+    assert state(job) == "SUCCEEDED", f"{job.message}\n{coordinator.log_tail()}"
+    (grown,) = bodies(events, "decode_pool_resized")  # to 2, and no further: nothing else fits
+    assert (grown.from_workers, grown.to_workers) == (1, 2) and grown.data_wait_fraction > 0.001
+    assert "waited" in grown.reason
+    sizes = [p.decode_workers for p in bodies(events, "progress")]
+    assert sizes[:2] == [1, 1] and sizes[-1] == 2 and sorted(sizes) == sizes
+    # Which worker decodes a clip changes nothing: the losses are those of the fixed 2-worker pool.
+    assert [p.loss for p in bodies(events, "progress")] == uninterrupted_losses
+    assert wait_for(lambda: not worker_pids(coordinator, "DecodeWorker"), 10, "the pool to be gone")
 
 
 def test_a_high_priority_job_preempts_a_low_one_which_resumes_exactly(client, dataset, coordinator,

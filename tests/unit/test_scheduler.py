@@ -13,7 +13,7 @@ from internvideo.tasks.pretrain_mae import PretrainMAEConfig
 
 
 class FakeRunner:
-    def __init__(self, store, job, world_size, settings, on_exit, fit_world_size, grow_target):
+    def __init__(self, store, job, world_size, settings, on_exit, fit_world_size, grow_target, decode_limit):
         self.store, self.job, self.world_size, self.on_exit = store, job, world_size, on_exit
         self.job_id = job.job_id
         self.demand = resource_demand(PretrainMAEConfig.model_validate(job.config), world_size,

@@ -86,7 +86,7 @@ class ListJobsResponse(_message.Message):
     def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("step", "total_steps", "samples", "epoch", "loss", "clips_per_second", "step_seconds", "data_wait_fraction")
+    __slots__ = ("step", "total_steps", "samples", "epoch", "loss", "clips_per_second", "step_seconds", "data_wait_fraction", "decode_workers")
     STEP_FIELD_NUMBER: _ClassVar[int]
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +95,7 @@ class Progress(_message.Message):
     CLIPS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     STEP_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DATA_WAIT_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    DECODE_WORKERS_FIELD_NUMBER: _ClassVar[int]
     step: int
     total_steps: int
     samples: int
@@ -103,7 +104,20 @@ class Progress(_message.Message):
     clips_per_second: float
     step_seconds: float
     data_wait_fraction: float
-    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., samples: _Optional[int] = ..., epoch: _Optional[int] = ..., loss: _Optional[float] = ..., clips_per_second: _Optional[float] = ..., step_seconds: _Optional[float] = ..., data_wait_fraction: _Optional[float] = ...) -> None: ...
+    decode_workers: int
+    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., samples: _Optional[int] = ..., epoch: _Optional[int] = ..., loss: _Optional[float] = ..., clips_per_second: _Optional[float] = ..., step_seconds: _Optional[float] = ..., data_wait_fraction: _Optional[float] = ..., decode_workers: _Optional[int] = ...) -> None: ...
+
+class DecodePoolResized(_message.Message):
+    __slots__ = ("from_workers", "to_workers", "data_wait_fraction", "reason")
+    FROM_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    TO_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    DATA_WAIT_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    from_workers: int
+    to_workers: int
+    data_wait_fraction: float
+    reason: str
+    def __init__(self, from_workers: _Optional[int] = ..., to_workers: _Optional[int] = ..., data_wait_fraction: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Checkpoint(_message.Message):
     __slots__ = ("step", "path", "world_size", "created_at")
@@ -203,7 +217,7 @@ class StateChanged(_message.Message):
     def __init__(self, from_state: _Optional[_Union[JobState, str]] = ..., to_state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class JobEvent(_message.Message):
-    __slots__ = ("job_id", "seq", "time", "state_changed", "progress", "checkpoint", "skipped_video", "result")
+    __slots__ = ("job_id", "seq", "time", "state_changed", "progress", "checkpoint", "skipped_video", "result", "decode_pool_resized")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -212,6 +226,7 @@ class JobEvent(_message.Message):
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_VIDEO_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    DECODE_POOL_RESIZED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     seq: int
     time: _timestamp_pb2.Timestamp
@@ -220,7 +235,8 @@ class JobEvent(_message.Message):
     checkpoint: Checkpoint
     skipped_video: SkippedVideo
     result: JobResult
-    def __init__(self, job_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_changed: _Optional[_Union[StateChanged, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., skipped_video: _Optional[_Union[SkippedVideo, _Mapping]] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ...) -> None: ...
+    decode_pool_resized: DecodePoolResized
+    def __init__(self, job_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_changed: _Optional[_Union[StateChanged, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., skipped_video: _Optional[_Union[SkippedVideo, _Mapping]] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., decode_pool_resized: _Optional[_Union[DecodePoolResized, _Mapping]] = ...) -> None: ...
 
 class GetClusterStatusRequest(_message.Message):
     __slots__ = ()
