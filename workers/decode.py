@@ -121,6 +121,8 @@ class DecodeWorker:
 
     def decode_batch(self, epoch: int, sample_ids: list[int]) -> dict[str, Any]:
         """Clips for ``sample_ids``: video uint8 (B, T, S, S, 3), mask bool (B, N), label (B,)."""
+        if not sample_ids:
+            raise ValueError("decode_batch needs at least one sample id")
         if not self._collector.is_alive():
             raise RuntimeError("decode worker is closed")
         request = _Request(len(sample_ids))

@@ -88,6 +88,8 @@ def test_a_list_of_only_bad_videos_fails_clearly_and_the_worker_goes_on(tmp_path
         worker.decode_batch(epoch=0, sample_ids=[0])
     with pytest.raises(DataError, match="could not be decoded"):  # the pipeline survived the first
         worker.decode_batch(epoch=0, sample_ids=[1, 2])
+    with pytest.raises(ValueError, match="at least one sample"):  # nothing to wait for: refused, not hung
+        worker.decode_batch(epoch=0, sample_ids=[])
 
 
 def test_a_gif_decord_cannot_open_is_decoded_by_pyav_or_skipped_without_the_fallback(tmp_path, open_worker):
