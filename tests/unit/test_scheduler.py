@@ -16,9 +16,9 @@ class FakeRunner:
     def __init__(self, store, job, world_size, settings, on_exit, fit_world_size, grow_target, decode_limit):
         self.store, self.job, self.world_size, self.on_exit = store, job, world_size, on_exit
         self.job_id = job.job_id
-        self.demand = resource_demand(PretrainMAEConfig.model_validate(job.config), world_size,
-                                      settings.trainer_bundle)
-        self.metrics_endpoints, self.decode_workers = {}, 0
+        self.config = PretrainMAEConfig.model_validate(job.config)
+        self.demand = resource_demand(self.config, world_size, settings.trainer_bundle)
+        self.metrics_endpoints, self.decode_workers = {}, self.config.data.decode_workers
         self.started = self.cancelled = False
         self.preempt_reason = ""
 
@@ -197,3 +197,14 @@ def test_a_job_grows_into_free_room_only_while_nobody_queues(scheduler, cluster)
     scheduler.tick()
     assert scheduler.store.get_job(waiting).state is JobState.QUEUED
     assert scheduler.grow_target(runner) == 2
+
+
+def test_a_decode_pool_grows_into_free_cpus_only_while_nobody_waits(scheduler):
+    job = submit(scheduler, 2, 2)  # 2 trainers + 2 decode workers of 8 CPUs
+    scheduler.tick()
+    runner = scheduler.runners[job]
+    assert scheduler.decode_limit(runner) == 2 + 4  # its pool plus every free CPU
+    waiting = submit(scheduler, 8, 8, "train.micro_batch=2")
+    scheduler.tick()
+    assert scheduler.store.get_job(waiting).state is JobState.QUEUED
+    assert scheduler.decode_limit(runner) == 2  # back to its starting size while a job waits
