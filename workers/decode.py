@@ -2,8 +2,8 @@
 that pulls from them with a bounded number of requests in flight (backpressure).
 
 Inside a decode worker a torchdata.nodes pipeline decodes: requests from every trainer feed one
-queue of samples, a thread-parallel mapper decodes ``threads`` of them at a time (decord and the
-resize release the GIL), and a collector hands finished clips back to the request that wants them.
+queue, a thread-parallel mapper decodes ``threads`` of them at a time (decord and the resize
+release the GIL), and a collector hands each finished batch back to the call that asked for it.
 The thread count, not the number of requests, bounds the CPU a worker uses.
 
 A decode worker is stateless (every clip is a function of seed, epoch and sample), so Ray restarts
@@ -56,48 +56,43 @@ class SkippedSample:
 
 
 class _Request:
-    """One ``decode_batch`` call: its samples' outcomes, filled in by the collector as they finish."""
+    """One ``decode_batch`` call on its way through the pipeline: the batch or the error it ends with."""
 
-    def __init__(self, size: int) -> None:
-        self.outcomes: list[Any] = [None] * size
-        self._left = size
-        self._lock = threading.Lock()
+    def __init__(self, epoch: int, sample_ids: list[int]) -> None:
+        self.epoch, self.sample_ids = epoch, sample_ids
+        self.batch: dict[str, Any] | None = None
+        self.error: Exception | None = None
         self.done = threading.Event()
 
-    def fill(self, index: int, outcome: Any) -> None:
-        with self._lock:
-            self.outcomes[index] = outcome
-            self._left -= 1
-            if not self._left:
-                self.done.set()
 
-
-class _Samples(BaseNode):
-    """The pipeline's source: samples that requests put in, in arrival order; None ends it."""
+class _Requests(BaseNode):
+    """The pipeline's source: requests in arrival order; None ends it."""
 
     def __init__(self, inbox: queue.Queue) -> None:
         super().__init__()
         self.inbox = inbox
 
-    def next(self) -> tuple[_Request, int, int, int]:
-        item = self.inbox.get()
-        if item is None:
+    def next(self) -> _Request:
+        request = self.inbox.get()
+        if request is None:
             raise StopIteration
-        return item
+        return request
 
     def get_state(self) -> dict[str, Any]:
         return {}  # nothing to resume: work arrives by request, and requests are retried whole
 
 
 class DecodeWorker:
-    """Decodes pretraining clips with ``threads`` decode threads. Plain class (tests and benchmarks
-    use it directly); the Ray actor is ``ray.remote(DecodeWorker)`` with concurrent calls."""
+    """Decodes pretraining clips on ``threads`` decode threads, one request (a micro-batch) per thread
+    at a time: a trainer keeps several requests in flight, so the threads stay busy, and samples need
+    no hand-offs between threads. Plain class (tests and benchmarks use it directly); the Ray actor is
+    ``ray.remote(DecodeWorker)`` with concurrent calls."""
 
     def __init__(self, job_id: str, pool: str, source: VideoSource, spec: PretrainClipSpec,
                  serve_metrics: bool = False, host: str | None = None, threads: int = 1) -> None:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
-        torch.set_num_threads(1)  # parallel across samples, not inside one resize
+        torch.set_num_threads(1)  # parallel across requests, not inside one resize
         self.records: list[VideoRecord] = source.read()
         self.spec = spec
         self._bad: dict[str, DecodeError] = {}  # known-bad paths: fail fast, same outcome
@@ -108,8 +103,8 @@ class DecodeWorker:
         self._errors = lambda reason: telemetry.DECODE_ERRORS.labels(**labels, reason=reason)
         self.metrics_endpoint = telemetry.serve_metrics(host or telemetry.node_address()) if serve_metrics else ""
         self._inbox: queue.Queue = queue.Queue()
-        decoded = ParallelMapper(_Samples(self._inbox), self._decode_item, num_workers=threads, in_order=False,
-                                 method="thread")
+        decoded = ParallelMapper(_Requests(self._inbox), self._decode_request, num_workers=threads,
+                                 in_order=False, method="thread")
         self._collector = threading.Thread(target=self._deliver, args=(decoded,), name="decode-collector",
                                            daemon=True)
         self._collector.start()
@@ -125,21 +120,12 @@ class DecodeWorker:
             raise ValueError("decode_batch needs at least one sample id")
         if not self._collector.is_alive():
             raise RuntimeError("decode worker is closed")
-        request = _Request(len(sample_ids))
-        for index, sample_id in enumerate(sample_ids):
-            self._inbox.put((request, index, epoch, int(sample_id)))
+        request = _Request(epoch, [int(sid) for sid in sample_ids])
+        self._inbox.put(request)
         request.done.wait()
-        for outcome in request.outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
-        clips = [clip for clip, _ in request.outcomes]
-        return {
-            "video": np.stack([c.video for c in clips]),
-            "mask": np.stack([c.mask for c in clips]),
-            "label": np.array([c.label for c in clips], dtype=np.int64),
-            "sample_ids": [int(sid) for sid in sample_ids],  # as asked for, before any replacement
-            "skipped": [asdict(skip) for _, skips in request.outcomes for skip in skips],
-        }
+        if request.error is not None:
+            raise request.error
+        return request.batch
 
     def close(self) -> None:
         """Stop the pipeline's threads (a Ray actor just dies; tests and benchmarks call this)."""
@@ -147,20 +133,26 @@ class DecodeWorker:
         self._collector.join()
 
     def _deliver(self, decoded: ParallelMapper) -> None:
-        for request, index, outcome in decoded:
-            request.fill(index, outcome)
+        for request in decoded:
+            request.done.set()
 
-    def _decode_item(self, item: tuple[_Request, int, int, int]) -> tuple[_Request, int, Any]:
-        """Runs on a decode thread; never raises, so that one sample cannot stop the pipeline."""
-        request, index, epoch, sample_id = item
+    def _decode_request(self, request: _Request) -> _Request:
+        """Runs on a decode thread; never raises, so that one request cannot stop the pipeline."""
         start = time.perf_counter()
         try:
             skipped: list[SkippedSample] = []
-            outcome: Any = (self._decode_one(epoch, sample_id, skipped), skipped)
+            clips = [self._decode_one(request.epoch, sid, skipped) for sid in request.sample_ids]
+            request.batch = {
+                "video": np.stack([c.video for c in clips]),
+                "mask": np.stack([c.mask for c in clips]),
+                "label": np.array([c.label for c in clips], dtype=np.int64),
+                "sample_ids": request.sample_ids,  # as asked for, before any replacement
+                "skipped": [asdict(skip) for skip in skipped],
+            }
         except Exception as err:  # noqa: BLE001 — re-raised in the request's own call
-            outcome = err
+            request.error = err
         self._seconds.inc(time.perf_counter() - start)
-        return request, index, outcome
+        return request
 
     def _decode_one(self, epoch: int, sample_id: int, skipped: list[SkippedSample]) -> PretrainClip:
         candidate = sample_id
@@ -171,8 +163,9 @@ class DecodeWorker:
                     raise self._bad[record.path]
                 clip = load_pretrain_clip(record, self.spec, epoch, candidate)
             except DecodeError as err:
-                if self._bad.setdefault(record.path, err) is err:  # first sighting: count it once
+                if self._bad.setdefault(record.path, err) is err:  # first sighting: count and log it once
                     self._errors(err.reason).inc()
+                    log.warning("skipping video (%s): %s", err.reason, err)
                 skipped.append(SkippedSample(candidate, record.path, err.reason, str(err)))
                 candidate = replacement_sample(self.spec.seed, epoch, sample_id, attempt, len(self.records))
                 continue

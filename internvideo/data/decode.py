@@ -15,6 +15,7 @@ shrinking them afterwards when the model's input is small.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable
@@ -51,16 +52,11 @@ def decode_size(path: str, short_side: int | None) -> tuple[int, int] | None:
     header PyAV cannot read (the decoder then reports the file itself)."""
     if short_side is None:
         return None
-    import av
-
-    try:
-        with av.open(path) as container:
-            stream = container.streams.video[0]
-            height, width = stream.codec_context.height, stream.codec_context.width
-    except (av.error.FFmpegError, IndexError, OSError):
+    stat = os.stat(path)
+    frame = _frame_size(path, stat.st_size, stat.st_mtime_ns)
+    if frame is None or min(frame) <= short_side:
         return None
-    if min(height, width) <= short_side:
-        return None
+    height, width = frame
     scale = short_side / min(height, width)
     return max(2, 2 * round(height * scale / 2)), max(2, 2 * round(width * scale / 2))
 
@@ -84,6 +80,20 @@ class DecodeError(Exception):
 
     def __reduce__(self):  # keep path/reason when pickled across processes (Ray)
         return (type(self), (self.path, self.reason, self.detail))
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _frame_size(path: str, nbytes: int, mtime_ns: int) -> tuple[int, int] | None:
+    """(height, width) from the header, read once per version of a file: opening a container costs
+    about as much as decoding a small clip, and a dataset is read many epochs over."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            context = container.streams.video[0].codec_context
+            return context.height, context.width
+    except (av.error.FFmpegError, IndexError, OSError):
+        return None
 
 
 def _to_numpy(batch: object) -> np.ndarray:
