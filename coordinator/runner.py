@@ -207,7 +207,7 @@ class JobRunner(threading.Thread):
         """Start the decode pool and the worker group, restore ``resume``, train to the end."""
         data = self.config.data
         pool_spec = PoolSpec(job_id=self.job_id, source=data.source(), spec=self.config.clip_spec(),
-                             cpus=data.decode_cpus, threads=data.decode_threads, host=self.settings.worker_host,
+                             cpus=data.decode_cpus, threads=data.threads_per_decode_worker, host=self.settings.worker_host,
                              restarts=data.decode_restarts)
         grown = self.decode_workers  # what an earlier attempt had grown the pool to
         self._pool = DecodePool.create(pool_spec, data.decode_workers, self.settings.start_timeout_s)

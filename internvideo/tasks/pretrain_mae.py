@@ -67,7 +67,9 @@ class DataSection(_Strict):
     decode_workers: int = Field(2, ge=1)  # the pool's size at start, and its minimum
     decode_workers_max: int | None = Field(None, ge=1)  # grow up to this while trainers wait; None: fixed
     decode_cpus: float = Field(1.0, gt=0)
-    decode_threads: int = Field(1, ge=1)  # decode threads per worker; give each a CPU in decode_cpus
+    # Decode threads per worker; None: one per CPU in decode_cpus. A few workers of several threads
+    # cost less than many single-threaded ones (fewer processes; benchmarks/README.md).
+    decode_threads: int | None = Field(None, ge=1)
     data_wait_target: float = Field(0.05, gt=0.0, lt=1.0)  # grow the pool when trainers wait longer
     autoscale_window: int = Field(8, ge=1)  # steps of data-wait history behind each pool decision
     max_in_flight: int = Field(4, ge=1)  # decode requests outstanding per trainer (backpressure)
@@ -96,6 +98,10 @@ class DataSection(_Strict):
     @property
     def max_decode_workers(self) -> int:
         return self.decode_workers_max or self.decode_workers
+
+    @property
+    def threads_per_decode_worker(self) -> int:
+        return self.decode_threads or max(1, round(self.decode_cpus))
 
 
 class TrainSection(_Strict):

@@ -144,6 +144,9 @@ def test_data_section_validates_sources_and_pool_bounds(tmp_path):
     with pytest.raises(ValueError, match="decode_short_side"):
         DataSection(train_list="train.txt", decode_short_side=1)
     assert DataSection(train_list="t.txt", decode_workers=2).max_decode_workers == 2
+    assert DataSection(train_list="t.txt", decode_cpus=4).threads_per_decode_worker == 4
+    assert DataSection(train_list="t.txt", decode_cpus=0.5).threads_per_decode_worker == 1
+    assert DataSection(train_list="t.txt", decode_cpus=4, decode_threads=2).threads_per_decode_worker == 2
 
 
 def test_untrimmed_synthetic_videos_match_their_activitynet_annotations(tmp_path):
