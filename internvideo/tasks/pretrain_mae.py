@@ -143,8 +143,11 @@ class PretrainMAEConfig(_Strict):
 
     def clip_spec(self) -> PretrainClipSpec:
         enc, data = self.model.resolve().encoder, self.data
-        short_side = {"full": None, "auto": 2 * round(self.model.img_size * 8 / 7 / 2)}.get(
-            data.decode_short_side, data.decode_short_side)
+        short_side = data.decode_short_side
+        if short_side == "full":
+            short_side = None
+        elif short_side == "auto":  # VideoMAE resizes to a 256 short side for 224 inputs
+            short_side = 2 * round(self.model.img_size * 8 / 7 / 2)
         return PretrainClipSpec(num_frames=self.model.num_frames, sampling_rate=data.sampling_rate,
                                 input_size=self.model.img_size, patch_size=enc.patch_size,
                                 tubelet_size=enc.tubelet_size, mask_ratio=self.model.mask_ratio,
