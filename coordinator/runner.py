@@ -26,7 +26,7 @@ from coordinator.recovery import Decision, FailurePolicy
 from coordinator.state import InvalidTransition, JobState
 from coordinator.store import JobEvent, JobRecord, JobStore
 from internvideo.tasks.pretrain_mae import PretrainMAEConfig
-from workers.calls import PlacementTimeout, WorkerGroupError
+from workers.calls import PlacementTimeout, WorkerGroupError, kill_actors
 from workers.checkpoint import UNIVERSAL, checkpoint_folder, commit, read_commit, to_universal
 from workers.decode import DataError, DecodePool, PoolSpec
 from workers.group import WorkerGroup
@@ -321,9 +321,8 @@ class JobRunner(threading.Thread):
     def _size_decode_pool(self, data_wait_fraction: float) -> None:
         """Grow the decode pool while trainers wait for clips, shrink it when they never do (between
         steps: clips do not depend on which worker decodes them, so no step changes)."""
-        if self.config.data.max_decode_workers == self.config.data.decode_workers:
+        if not self._sizer.observe(data_wait_fraction):
             return
-        self._sizer.observe(data_wait_fraction)
         size = len(self._pool.actors)
         limit = self._decode_limit(self) if self._decode_limit else self.config.data.max_decode_workers
         decision = self._sizer.decide(size, limit)
@@ -334,7 +333,7 @@ class JobRunner(threading.Thread):
         if len(self._pool.actors) == size:
             return  # no room after all: the workers did not start
         self._group.call("set_decode_actors", self._pool.actors, timeout_s=timeout_s)
-        DecodePool.retire(removed)  # no trainer sends them work any more
+        kill_actors(removed)  # no trainer sends them work any more
         self.decode_workers = len(self._pool.actors)
         self.metrics_endpoints["decode"] = self._pool.metrics_endpoints
         log.info("job %s: decode pool %d → %d workers: %s", self.job_id, size, self.decode_workers, decision.reason)

@@ -238,7 +238,7 @@ class DecodePool:
 
     def resize(self, size: int, timeout_s: float) -> list[ray.actor.ActorHandle]:
         """Grow or shrink to ``size`` actors; returns the actors removed (still alive: the caller kills
-        them with ``retire`` once no trainer sends them requests). Grows only by what fits in the CPUs
+        them with ``kill_actors`` once no trainer sends them requests). Grows only by what fits in the CPUs
         Ray has free now: a worker waiting for CPUs would take them from whoever frees them next."""
         if size > len(self.actors):
             fits = int(ray.available_resources().get("CPU", 0.0) / self.pool_spec.cpus + 1e-9)
@@ -248,10 +248,6 @@ class DecodePool:
         removed = self.actors[size:]
         self.actors, self.metrics_endpoints = self.actors[:size], self.metrics_endpoints[:size]
         return removed
-
-    @staticmethod
-    def retire(actors: list[ray.actor.ActorHandle]) -> None:
-        kill_actors(actors)
 
     def refresh_endpoints(self, timeout_s: float) -> list[str]:
         """The /metrics endpoints now (a restarted worker serves on a new port)."""

@@ -20,6 +20,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from stat import S_ISDIR
 from typing import Literal
 
 import numpy as np
@@ -46,13 +47,14 @@ class DecodeOptions:
             raise ValueError(f"short_side must be >= 2, got {self.short_side}")
 
 
-def decode_size(path: str, short_side: int | None) -> tuple[int, int] | None:
+def decode_size(path: str, short_side: int | None, stat: os.stat_result | None = None) -> tuple[int, int] | None:
     """(height, width) to decode ``path`` at so that its short side is ``short_side`` (even sides,
     aspect kept), or None to decode at full size: no target, a video already that small, or a
-    header PyAV cannot read (the decoder then reports the file itself)."""
+    header PyAV cannot read (the decoder then reports the file itself). ``stat``: the file's, if
+    the caller has it already."""
     if short_side is None:
         return None
-    stat = os.stat(path)
+    stat = stat or os.stat(path)
     frame = _frame_size(path, stat.st_size, stat.st_mtime_ns)
     if frame is None or min(frame) <= short_side:
         return None
@@ -123,17 +125,17 @@ def read_clip(path: str, indices_fn: Callable[[int], np.ndarray], options: Decod
     # Check before decoding: decord's own message for these cases is a generic
     # "Error reading" that cannot be told apart from a corrupt file.
     try:
-        nbytes = os.path.getsize(path)
+        stat = os.stat(path)  # once per clip: existence, type, size and the frame-size cache key
     except FileNotFoundError:
         raise DecodeError(path, "missing", "no such file") from None
     except OSError as e:
         raise DecodeError(path, "missing", str(e)) from None
-    if os.path.isdir(path):
+    if S_ISDIR(stat.st_mode):
         raise DecodeError(path, "missing", "is a directory")
-    if nbytes == 0:
+    if stat.st_size == 0:
         raise DecodeError(path, "empty", "0-byte file")
 
-    size = decode_size(path, options.short_side)
+    size = decode_size(path, options.short_side, stat)
     backends = [options.backend] + (["pyav"] if options.fallback and options.backend == "decord" else [])
     failures = []
     for backend in backends:

@@ -85,10 +85,12 @@ def load_pretrain_clip(
     if epoch < 0 or sample_id < 0:
         raise ValueError(f"epoch={epoch} and sample_id={sample_id} must be >= 0")
     rng = sample_rng(spec.seed, epoch, sample_id)
-    if spec.sampler == "dense":
-        frames = lambda n: dense_indices(n, spec.num_frames, spec.sampling_rate, rng)  # noqa: E731
-    else:
-        frames = lambda n: segment_indices(n, spec.num_frames, rng)  # noqa: E731
+
+    def frames(n: int) -> np.ndarray:
+        if spec.sampler == "dense":
+            return dense_indices(n, spec.num_frames, spec.sampling_rate, rng)
+        return segment_indices(n, spec.num_frames, rng)
+
     clip = read_clip(record.path, frames, spec.decode)  # (T, H, W, 3)
     if spec.crop == "multi_scale":
         video = multi_scale_crop(clip, spec.input_size, rng=rng)  # (T, S, S, 3)

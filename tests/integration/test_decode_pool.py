@@ -3,6 +3,8 @@ decoded it, after the pool restarts, after it is resized mid-stream, and after t
 from its saved state."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import ray
@@ -11,6 +13,7 @@ from internvideo.data.formats import VideoSource
 from internvideo.data.order import GlobalBatchPlan
 from internvideo.data.pipeline import PretrainClipSpec
 from internvideo.data.synthetic import write_synthetic_dataset
+from workers.calls import kill_actors
 from workers.decode import ClipStream, DecodePool, PoolSpec
 
 SPEC = PretrainClipSpec(num_frames=4, sampling_rate=2, input_size=32, patch_size=16, tubelet_size=2,
@@ -43,30 +46,34 @@ def assert_same(got: list[dict], want: list[dict]) -> None:
         assert np.array_equal(a["video"], b["video"]) and np.array_equal(a["mask"], b["mask"])
 
 
+@contextlib.contextmanager
+def started_pool(pool_spec: PoolSpec, size: int):
+    pool = DecodePool.create(pool_spec, size, timeout_s=60)
+    try:
+        yield pool
+    finally:
+        pool.shutdown()
+
+
 @pytest.fixture(scope="module")
 def reference(pool_spec):
     """Every micro-batch of rank 0 of 1, decoded by a one-worker pool."""
-    pool = DecodePool.create(pool_spec, 1, timeout_s=60)
-    num_samples = ray.get(pool.actors[0].info.remote())["num_samples"]
-    batches = list(stream(pool.actors, num_samples))
-    pool.shutdown()
+    with started_pool(pool_spec, 1) as pool:
+        num_samples = ray.get(pool.actors[0].info.remote())["num_samples"]
+        batches = list(stream(pool.actors, num_samples))
     assert len(batches) == STEPS * GLOBAL_BATCH // MICRO
     return num_samples, batches
 
 
 def test_any_worker_of_a_pool_decodes_the_same_clips(pool_spec, reference):
     num_samples, want = reference
-    pool = DecodePool.create(pool_spec, 3, timeout_s=60)
-    try:
+    with started_pool(pool_spec, 3) as pool:
         assert_same(list(stream(pool.actors, num_samples)), want)
-    finally:
-        pool.shutdown()
 
 
 def test_the_stream_resumes_exactly_from_its_state(pool_spec, reference):
     num_samples, want = reference
-    pool = DecodePool.create(pool_spec, 2, timeout_s=60)
-    try:
+    with started_pool(pool_spec, 2) as pool:
         first = stream(pool.actors, num_samples)
         head = [next(first) for _ in range(5)]
         state = first.state_dict()
@@ -74,8 +81,6 @@ def test_the_stream_resumes_exactly_from_its_state(pool_spec, reference):
         resumed = stream(pool.actors, num_samples)
         resumed.reset(state)
         assert_same(head + list(resumed), want)
-    finally:
-        pool.shutdown()
 
 
 def test_a_restarted_pool_and_a_resized_pool_give_the_same_clips(pool_spec, reference):
@@ -97,7 +102,7 @@ def test_a_restarted_pool_and_a_resized_pool_give_the_same_clips(pool_spec, refe
         removed = pool.resize(1, timeout_s=60)
         assert len(removed) == 2 and len(pool.metrics_endpoints) == 1
         s.set_actors(pool.actors)
-        DecodePool.retire(removed)
+        kill_actors(removed)
         got += list(s)
         assert_same(got, want)
         assert old[0] not in pool.actors
@@ -106,11 +111,8 @@ def test_a_restarted_pool_and_a_resized_pool_give_the_same_clips(pool_spec, refe
 
 
 def test_a_pool_grows_only_as_far_as_the_cluster_has_room(pool_spec):
-    pool = DecodePool.create(pool_spec, 1, timeout_s=60)
-    try:
+    with started_pool(pool_spec, 1) as pool:
         # 4 CPUs, 0.5 each: at most 8 fit in all; ask for far more.
         pool.resize(20, timeout_s=60)
         assert len(pool.actors) == 8
         assert ray.available_resources().get("CPU", 0.0) < 0.5
-    finally:
-        pool.shutdown()

@@ -14,12 +14,19 @@ def feed(s: DecodePoolSizer, wait: float, steps: int) -> None:
         s.observe(wait)
 
 
-def test_no_decision_before_a_full_window():
+def test_one_decision_per_full_window():
     s = sizer()
-    feed(s, 0.5, 3)
-    assert s.decide(2, limit=8) is None
-    s.observe(0.5)
+    assert [s.observe(0.5) for _ in range(4)] == [False, False, False, True]
     assert s.decide(2, limit=8).size == 4  # waited half of each step: twice the pool
+    feed(s, 0.02, 3)
+    assert s.decide(4, limit=8) is None  # not a full window
+    assert [s.observe(0.5) for _ in range(4)] == [False, False, False, True]  # that decision began a new one
+    assert s.decide(4, limit=8).size == 8
+
+
+def test_a_fixed_pool_never_asks_for_a_decision():
+    s = sizer(minimum=3, maximum=3)
+    assert not any(s.observe(0.9) for _ in range(20))
 
 
 def test_growth_follows_the_shortfall_and_stays_within_limits():
