@@ -48,7 +48,8 @@ def render_event(event, out=sys.stdout) -> None:
 
 def _job_summary(job) -> dict:
     return {"job_id": job.job_id, "name": job.name, "kind": job.kind, "state": _state_name(job.state),
-            "message": job.message, "world_size": job.world_size,
+            "message": job.message, "priority": job.priority, "request_id": job.request_id,
+            "world_size": job.world_size,
             "progress": {"step": job.progress.step, "total_steps": job.progress.total_steps,
                          "loss": job.progress.loss},
             "result": dict(job.result.metrics), "final_checkpoint": job.result.final_checkpoint,
@@ -141,7 +142,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from coordinator.demo import run_demo
-    return run_demo(Path(args.workdir))
+    return run_demo(Path(args.workdir), args.steps)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="serve, make data, run a tiny pretraining job end to end")
     p.add_argument("--workdir", default=".demo")
+    p.add_argument("--steps", type=int, default=None, help="shorten the job (default: the preset's)")
     p.set_defaults(fn=cmd_demo)
     return parser
 

@@ -18,7 +18,8 @@ from coordinator.launch import launch_coordinator
 from internvideo.data.synthetic import write_synthetic_dataset
 
 
-def run_demo(workdir: Path) -> int:
+def run_demo(workdir: Path, steps: int | None = None) -> int:
+    """``steps``: shorten the job (the test suite's smoke run); None: the preset's."""
     workdir = workdir.resolve()
     log_path = workdir / "coordinator.log"
     print(f"starting the coordinator (embedded Ray + SQLite in {workdir / 'state'}; log: {log_path})", flush=True)
@@ -31,7 +32,8 @@ def run_demo(workdir: Path) -> int:
         with JobClient(address) as client:
             started = time.monotonic()
             job = client.submit("pretrain-mae", read_config("tiny-cpu"),
-                                [f"data.train_list={dataset.train_list}"], min_workers=2, max_workers=2,
+                                [f"data.train_list={dataset.train_list}",
+                                 *([f"train.steps={steps}"] if steps else [])], min_workers=2, max_workers=2,
                                 name="demo-tiny-mae")
             print(f"submitted {job.job_id}: pretrain-mae, tiny-cpu preset, 2 trainers + 2 decode workers", flush=True)
             losses = []

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -10,9 +11,10 @@ from pathlib import Path
 from coordinator.client import JobClient
 
 
-def launch_coordinator(state_dir: Path, log_path: Path, *extra_args: str,
-                       timeout_s: float = 120.0) -> tuple[subprocess.Popen, dict[str, str]]:
+def launch_coordinator(state_dir: Path, log_path: Path, *extra_args: str, timeout_s: float = 120.0,
+                       env: dict[str, str] | None = None) -> tuple[subprocess.Popen, dict[str, str]]:
     """Returns the process (leader of its own session) and its endpoints ``{"grpc", "metrics"}``.
+    ``env``: variables to set for it (and the Ray processes it starts) on top of this process's.
 
     Ports are picked by the OS and read back from ``<state_dir>/coordinator.json``, so
     concurrent coordinators never race for a port.
@@ -24,7 +26,7 @@ def launch_coordinator(state_dir: Path, log_path: Path, *extra_args: str,
         process = subprocess.Popen(
             [sys.executable, "-m", "coordinator.cli", "serve", "--listen", "127.0.0.1:0", "--metrics-port", "0",
              "--state-dir", str(state_dir), *extra_args],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})})
     deadline = time.monotonic() + timeout_s
     while not endpoints.exists():
         if process.poll() is not None or time.monotonic() > deadline:

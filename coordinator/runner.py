@@ -24,8 +24,9 @@ from typing import Any, Callable
 from coordinator.autoscale import DecodePoolSizer
 from coordinator.recovery import Decision, FailurePolicy
 from coordinator.state import InvalidTransition, JobState
-from coordinator.store import JobEvent, JobRecord, JobStore
-from internvideo.tasks.pretrain_mae import PretrainMAEConfig
+from coordinator.store import JobEvent, JobNeeds, JobRecord, JobStore
+from coordinator.submission import derive_needs
+from internvideo.tasks import TaskRef
 from workers.calls import PlacementTimeout, WorkerGroupError, kill_actors
 from workers.checkpoint import UNIVERSAL, checkpoint_folder, commit, read_commit, to_universal
 from workers.decode import DataError, DecodePool, PoolSpec
@@ -69,32 +70,35 @@ class GrowAt(Exception):
         self.checkpoint, self.world_size = checkpoint, world_size
 
 
-def resource_demand(config: PretrainMAEConfig, world_size: int, bundle: dict[str, float],
+def resource_demand(needs: JobNeeds, world_size: int, bundle: dict[str, float],
                     decode_workers: int | None = None) -> dict[str, float]:
     """Everything a job holds while it runs: the trainer gang and its decode pool (by default at its
     starting size)."""
     demand = {k: v * world_size for k, v in bundle.items()}
-    pool = config.data.decode_workers if decode_workers is None else decode_workers
-    demand["CPU"] = demand.get("CPU", 0.0) + pool * config.data.decode_cpus
+    pool = needs.decode_workers if decode_workers is None else decode_workers
+    demand["CPU"] = demand.get("CPU", 0.0) + pool * needs.decode_cpus
     return demand
 
 
 def run_result(events: list[JobEvent], total_steps: int, failures: int) -> dict[str, Any]:
     """What a job did, summed over all its attempts from its event history (a step executed again
-    after a failure or a restart counts again)."""
+    after a failure or a restart counts again): ``first_loss``, and ``final_<name>`` of every
+    metric the kind reports."""
     progress = [e.payload for e in events if e.type == "progress"]
-    losses = [p["loss"] for p in progress]
     samples = sum(p["step_samples"] for p in progress)
     seconds = sum(p["step_seconds"] for p in progress)
     start_step = progress[0]["step"] - 1 if progress else total_steps
     checkpoints = [e.payload["path"] for e in events if e.type == "checkpoint"]
-    return {"first_loss": losses[0] if losses else float("nan"), "final_loss": losses[-1] if losses else float("nan"),
-            "start_step": start_step, "steps": len(losses), "samples": samples, "train_seconds": seconds,
+    # Progress stored before metrics were named carries only the loss.
+    last = (progress[-1].get("metrics") or {"loss": progress[-1]["loss"]}) if progress else {"loss": float("nan")}
+    return {"first_loss": progress[0]["loss"] if progress else float("nan"),
+            **{f"final_{name}": value for name, value in last.items()},
+            "start_step": start_step, "steps": len(progress), "samples": samples, "train_seconds": seconds,
             "clips_per_second": samples / seconds if seconds else 0.0,
             "final_checkpoint": checkpoints[-1] if checkpoints else "",
             "skipped_videos": sum(e.type == "skipped_video" for e in events), "failures": failures,
             # Every step from start_step on ran at least once; any execution beyond that was a redo.
-            "steps_redone": len(losses) - (total_steps - start_step)}
+            "steps_redone": len(progress) - (total_steps - start_step)}
 
 
 class JobRunner(threading.Thread):
@@ -110,7 +114,11 @@ class JobRunner(threading.Thread):
         its pool may change size. Without it the pool may grow to its configured maximum."""
         super().__init__(name=f"runner-{job.job_id}", daemon=True)
         self.store, self.job, self.settings = store, job, settings
-        self.config = PretrainMAEConfig.model_validate(job.config)
+        # The kind, loaded through the registry: the runner only calls the Task interface.
+        self.task_ref = TaskRef.of(job.kind, job.config)
+        self.task = self.task_ref.load()
+        self.config = self.task.config
+        self.needs = job.needs or derive_needs(self.config, job.min_workers, job.max_workers)
         self.world_size = world_size
         self.metrics_endpoints: dict[str, list[str]] = {}  # component → host:port of each /metrics
         self.decode_workers = self.config.data.decode_workers  # the pool's size (kept across attempts)
@@ -135,7 +143,7 @@ class JobRunner(threading.Thread):
 
     @property
     def demand(self) -> dict[str, float]:
-        return resource_demand(self.config, self.world_size, self.settings.trainer_bundle, self.decode_workers)
+        return resource_demand(self.needs, self.world_size, self.settings.trainer_bundle, self.decode_workers)
 
     @property
     def preempting(self) -> bool:
@@ -206,9 +214,9 @@ class JobRunner(threading.Thread):
     def _attempt(self, num_samples: int, resume: Path | None) -> None:
         """Start the decode pool and the worker group, restore ``resume``, train to the end."""
         data = self.config.data
-        pool_spec = PoolSpec(job_id=self.job_id, source=data.source(), spec=self.config.clip_spec(),
-                             cpus=data.decode_cpus, threads=data.threads_per_decode_worker, host=self.settings.worker_host,
-                             restarts=data.decode_restarts)
+        pool_spec = PoolSpec(job_id=self.job_id, source=data.source(), sample=self.task.sample_fn(),
+                             seed=self.config.train.seed, cpus=data.decode_cpus, threads=data.threads_per_decode_worker, host=self.settings.worker_host,
+                             restarts=data.decode_restarts, delay_s=self.config.debug.decode_delay_s)
         grown = self.decode_workers  # what an earlier attempt had grown the pool to
         self._pool = DecodePool.create(pool_spec, data.decode_workers, self.settings.start_timeout_s)
         limit = self._decode_limit(self) if self._decode_limit else grown
@@ -218,7 +226,7 @@ class JobRunner(threading.Thread):
         folder = self._loadable(resume)
         self._check_cancel()
         self._group = WorkerGroup.create(
-            job_id=self.job_id, config=self.job.config, world_size=self.world_size,
+            job_id=self.job_id, task=self.task_ref, world_size=self.world_size,
             bundle=self.settings.trainer_bundle, num_samples=num_samples, decode_actors=self._pool.actors,
             host=self.settings.worker_host, timeout_s=self.settings.start_timeout_s,
             placement_timeout_s=self.settings.placement_timeout_s,
@@ -292,6 +300,7 @@ class JobRunner(threading.Thread):
     def _train(self, start_step: int, num_samples: int) -> None:
         train = self.config.train
         for step in range(start_step, train.steps):
+            self._hold(step)
             if self._preempt_reason and self._checkpointed_step < step:
                 self._checkpoint(step)  # a preempted job loses no step
             self._check_cancel()
@@ -303,12 +312,13 @@ class JobRunner(threading.Thread):
             if train.record_samples:
                 self._log_samples(step, reports)
             wait = max(r["data_wait_seconds"] / r["seconds"] for r in reports)  # the slowest rank gates a step
+            metrics = {name: statistics.fmean(r["metrics"][name] for r in reports) for name in reports[0]["metrics"]}
             self.store.record_progress(self.job_id, {
                 "step": step + 1, "total_steps": train.steps, "samples": (step + 1) * train.global_batch,
-                "epoch": step * train.global_batch // num_samples, "loss": statistics.fmean(r["loss"] for r in reports),
+                "epoch": step * train.global_batch // num_samples, "loss": metrics["loss"], "metrics": metrics,
                 "clips_per_second": step_samples / seconds, "step_seconds": seconds, "step_samples": step_samples,
                 "data_wait_fraction": statistics.fmean(r["data_wait_seconds"] / r["seconds"] for r in reports),
-                "lr": reports[0]["lr"], "world_size": self.world_size, "decode_workers": self.decode_workers,
+                "world_size": self.world_size, "decode_workers": self.decode_workers,
             })
             self._size_decode_pool(wait)
             completed = step + 1
@@ -317,6 +327,19 @@ class JobRunner(threading.Thread):
                 target = self._grow_target(self) if self._grow_target and completed < train.steps else 0
                 if target > self.world_size:
                     raise GrowAt(Path(checkpoint), target)
+
+    def _hold(self, step: int) -> None:
+        """``debug.hold_at_steps``: wait here, ``step`` steps done, until the job's release file exists
+        (a test's control point); a cancel or preemption ends the wait."""
+        if step not in self.config.debug.hold_at_steps:
+            return
+        release = self.settings.job_dir(self.job_id) / f"release-{step}"
+        if release.exists():
+            return
+        self.store.update_job(self.job_id, message=f"held at step {step} (debug.hold_at_steps) until {release} exists")
+        while not release.exists() and not self._cancel.wait(0.1):
+            pass
+        self.store.update_job(self.job_id, message=f"released at step {step}")
 
     def _size_decode_pool(self, data_wait_fraction: float) -> None:
         """Grow the decode pool while trainers wait for clips, shrink it when they never do (between

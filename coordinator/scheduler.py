@@ -15,8 +15,9 @@ from typing import Callable
 from coordinator.metrics import ScrapeTargets
 from coordinator.runner import JobRunner, RunnerSettings, resource_demand
 from coordinator.state import InvalidTransition, JobState
-from coordinator.store import JobRecord, JobStore
-from internvideo.tasks.pretrain_mae import PretrainMAEConfig
+from coordinator.store import JobNeeds, JobRecord, JobStore
+from coordinator.submission import derive_needs
+from internvideo.tasks.common import SharedConfig
 
 log = logging.getLogger(__name__)
 
@@ -166,16 +167,23 @@ class Scheduler:
         free_cpus = max(0.0, self.free_resources().get("CPU", 0.0))
         return runner.decode_workers + int(free_cpus / data.decode_cpus + 1e-9)
 
+    def _needs(self, job: JobRecord) -> JobNeeds:
+        """What was derived at submit; a job stored before needs were gets them derived once, here."""
+        if job.needs is not None:
+            return job.needs
+        needs = derive_needs(SharedConfig.model_validate(job.config), job.min_workers, job.max_workers)
+        self.store.update_job(job.job_id, needs=needs.to_json())
+        return needs
+
     def _fitting_world_size(self, job: JobRecord, free: dict[str, float]) -> int | None:
-        config = PretrainMAEConfig.model_validate(job.config)
-        sizes = [w for w in config.valid_world_sizes(job.min_workers, job.max_workers)
+        needs = self._needs(job)
+        sizes = [w for w in needs.world_sizes
                  if all(free.get(k, 0.0) >= v - 1e-9
-                        for k, v in resource_demand(config, w, self.settings.trainer_bundle).items())]
+                        for k, v in resource_demand(needs, w, self.settings.trainer_bundle).items())]
         return max(sizes) if sizes else None
 
     def _note_waiting(self, job: JobRecord, free: dict[str, float]) -> None:
-        config = PretrainMAEConfig.model_validate(job.config)
-        need = resource_demand(config, job.min_workers, self.settings.trainer_bundle)
+        need = resource_demand(self._needs(job), job.min_workers, self.settings.trainer_bundle)
         short = ", ".join(f"{k} {v:g} (free {max(0.0, free.get(k, 0.0)):g})" for k, v in sorted(need.items())
                           if free.get(k, 0.0) < v)
         message = f"waiting for resources: needs {short}"

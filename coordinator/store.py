@@ -65,11 +65,33 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # Failures survived so far: bounds train.max_failures across requeues and coordinator restarts.
     "ALTER TABLE jobs ADD COLUMN failures INTEGER NOT NULL DEFAULT 0",
+    # What the scheduler needs of a job, derived once at submit ('{}' for jobs stored before).
+    "ALTER TABLE jobs ADD COLUMN needs_json TEXT NOT NULL DEFAULT '{}'",
 )
 
 
 class JobNotFound(KeyError):
     pass
+
+
+@dataclass(frozen=True)
+class JobNeeds:
+    """What the scheduler needs of a job, derived from its config once, at submit: the world sizes
+    that split its global batch, and its decode pool's starting size and CPUs per worker."""
+
+    world_sizes: tuple[int, ...]
+    decode_workers: int
+    decode_cpus: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"world_sizes": list(self.world_sizes), "decode_workers": self.decode_workers,
+                "decode_cpus": self.decode_cpus}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "JobNeeds | None":
+        if not data:
+            return None  # stored before needs were: the scheduler derives them once
+        return cls(tuple(data["world_sizes"]), int(data["decode_workers"]), float(data["decode_cpus"]))
 
 
 @dataclass(frozen=True)
@@ -80,6 +102,7 @@ class JobSpec:
     config: dict[str, Any]
     min_workers: int
     max_workers: int
+    needs: JobNeeds
     priority: int = 0
     name: str = ""
     request_id: str = ""
@@ -103,6 +126,7 @@ class JobRecord:
     created_at: float
     updated_at: float
     failures: int = 0
+    needs: JobNeeds | None = None
 
 
 @dataclass(frozen=True)
@@ -187,9 +211,10 @@ class JobStore:
             now = time.time()
             db.execute(
                 "INSERT INTO jobs (job_id, request_id, name, kind, state, config_json, min_workers,"
-                " max_workers, priority, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                " max_workers, priority, created_at, updated_at, needs_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (job_id, spec.request_id or None, spec.name or job_id, spec.kind, JobState.QUEUED.value,
-                 json.dumps(spec.config), spec.min_workers, spec.max_workers, spec.priority, now, now))
+                 json.dumps(spec.config), spec.min_workers, spec.max_workers, spec.priority, now, now,
+                 json.dumps(spec.needs.to_json())))
             self._append(db, job_id, "state", {"from": "", "to": JobState.QUEUED.value, "message": "submitted"})
             return job_id, True
 
@@ -250,7 +275,7 @@ class JobStore:
 
         self._write(write)
 
-    _JSON_COLUMNS = {"progress": "progress_json", "result": "result_json"}
+    _JSON_COLUMNS = {"progress": "progress_json", "result": "result_json", "needs": "needs_json"}
 
     def _update(self, db: sqlite3.Connection, job_id: str, **columns: Any) -> None:
         self._row(db, job_id)
@@ -281,7 +306,7 @@ class JobStore:
             min_workers=row["min_workers"], max_workers=row["max_workers"], world_size=row["world_size"],
             priority=row["priority"], progress=json.loads(row["progress_json"]),
             result=json.loads(row["result_json"]), created_at=row["created_at"], updated_at=row["updated_at"],
-            failures=row["failures"])
+            failures=row["failures"], needs=JobNeeds.from_json(json.loads(row["needs_json"])))
 
     def get_job(self, job_id: str) -> JobRecord:
         with self._lock:

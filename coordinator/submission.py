@@ -7,9 +7,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from coordinator.store import JobSpec
-from internvideo.tasks import JOB_CONFIGS
-from internvideo.tasks.pretrain_mae import PretrainMAEConfig
+from coordinator.store import JobNeeds, JobSpec
+from internvideo.tasks import ConfigError, Task, get_task_type
+from internvideo.tasks.common import SharedConfig
 from workers.checkpoint import read_commit
 
 
@@ -51,23 +51,32 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
     return config
 
 
-def _check_inputs(config: PretrainMAEConfig) -> None:
+def derive_needs(config: SharedConfig, min_workers: int, max_workers: int) -> JobNeeds:
+    """What the scheduler needs of a job, once, at submit."""
+    return JobNeeds(world_sizes=tuple(config.valid_world_sizes(min_workers, max_workers)),
+                    decode_workers=config.data.decode_workers, decode_cpus=config.data.decode_cpus)
+
+
+def _check_inputs(task: Task) -> None:
     """The files a job names must be usable now: failing at submit beats failing after start-up."""
     try:
-        config.data.source().read()
-    except (OSError, ValueError) as err:
-        raise InvalidSubmission("config.data.train_list", str(err)) from None
-    if config.train.resume_from:
+        task.check_inputs()
+    except ConfigError as err:
+        raise InvalidSubmission(f"config.{err.field}", err.message) from None
+    resume_from = task.config.train.resume_from
+    if resume_from:
         try:
-            read_commit(config.train.resume_from)
+            read_commit(resume_from)
         except ValueError as err:
             raise InvalidSubmission("config.train.resume_from", str(err)) from None
 
 
 def validate_submission(*, kind: str, config_text: str, overrides: list[str], min_workers: int,
                         max_workers: int, priority: int = 0, name: str = "", request_id: str = "") -> JobSpec:
-    if kind not in JOB_CONFIGS:
-        raise InvalidSubmission("kind", f"unknown job kind {kind!r}; known: {', '.join(sorted(JOB_CONFIGS))}")
+    try:
+        task_type = get_task_type(kind)
+    except KeyError as err:
+        raise InvalidSubmission("kind", err.args[0]) from None
     if min_workers < 1:
         raise InvalidSubmission("min_workers", f"must be at least 1, got {min_workers}")
     max_workers = max_workers or min_workers
@@ -75,16 +84,17 @@ def validate_submission(*, kind: str, config_text: str, overrides: list[str], mi
         raise InvalidSubmission("max_workers", f"must be ≥ min_workers ({min_workers}), got {max_workers}")
     raw = apply_overrides(parse_config(config_text), overrides)
     try:
-        config = JOB_CONFIGS[kind].model_validate(raw)
+        config = task_type.config_type.model_validate(raw)
     except ValidationError as err:
         first = err.errors()[0]
         field = ".".join(str(p) for p in ("config", *first["loc"]))
         raise InvalidSubmission(field, first["msg"]) from None
-    _check_inputs(config)
-    if not config.valid_world_sizes(min_workers, max_workers):
+    _check_inputs(task_type(config))
+    needs = derive_needs(config, min_workers, max_workers)
+    if not needs.world_sizes:
         raise InvalidSubmission(
             "config.train.global_batch",
             f"{config.train.global_batch} cannot be split into micro-batches of {config.train.micro_batch} "
             f"over any world size in [{min_workers}, {max_workers}]")
     return JobSpec(kind=kind, config=config.model_dump(mode="json"), min_workers=min_workers,
-                   max_workers=max_workers, priority=priority, name=name, request_id=request_id)
+                   max_workers=max_workers, needs=needs, priority=priority, name=name, request_id=request_id)

@@ -32,7 +32,7 @@ from internvideo.data.decode import DecodeError
 from internvideo.data.formats import VideoSource
 from internvideo.data.lists import VideoRecord
 from internvideo.data.order import GlobalBatchPlan, gradient_accumulation
-from internvideo.data.pipeline import PretrainClip, PretrainClipSpec, load_pretrain_clip
+from internvideo.tasks.base import SampleFn
 from workers import telemetry
 from workers.calls import WorkerGroupError, gather, kill_actors
 
@@ -83,18 +83,20 @@ class _Requests(BaseNode):
 
 
 class DecodeWorker:
-    """Decodes pretraining clips on ``threads`` decode threads, one request (a micro-batch) per thread
+    """Runs a job kind's sample function on ``threads`` decode threads, one request (a micro-batch) per thread
     at a time: a trainer keeps several requests in flight, so the threads stay busy, and samples need
     no hand-offs between threads. Plain class (tests and benchmarks use it directly); the Ray actor is
     ``ray.remote(DecodeWorker)`` with concurrent calls."""
 
-    def __init__(self, job_id: str, pool: str, source: VideoSource, spec: PretrainClipSpec,
-                 serve_metrics: bool = False, host: str | None = None, threads: int = 1) -> None:
+    def __init__(self, job_id: str, pool: str, source: VideoSource, sample: SampleFn, seed: int,
+                 serve_metrics: bool = False, host: str | None = None, threads: int = 1,
+                 delay_s: float = 0.0) -> None:
+        """``delay_s``: every request takes at least this long (debug.decode_delay_s: slow storage)."""
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(1)  # parallel across requests, not inside one resize
         self.records: list[VideoRecord] = source.read()
-        self.spec = spec
+        self.sample, self.seed, self.delay_s = sample, seed, delay_s
         self._bad: dict[str, DecodeError] = {}  # known-bad paths: fail fast, same outcome
         labels = {"job": job_id, "pool": pool}
         self._clips = telemetry.DECODE_CLIPS.labels(**labels)
@@ -115,7 +117,8 @@ class DecodeWorker:
         return {"num_samples": len(self.records), "metrics_endpoint": self.metrics_endpoint}
 
     def decode_batch(self, epoch: int, sample_ids: list[int]) -> dict[str, Any]:
-        """Clips for ``sample_ids``: video uint8 (B, T, S, S, 3), mask bool (B, N), label (B,)."""
+        """The samples ``sample_ids``, each of the sample function's arrays stacked (``video`` uint8
+        (B, T, S, S, 3), ...), with ``sample_ids`` and the ``skipped`` videos replaced on the way."""
         if not sample_ids:
             raise ValueError("decode_batch needs at least one sample id")
         if not self._collector.is_alive():
@@ -139,13 +142,12 @@ class DecodeWorker:
     def _decode_request(self, request: _Request) -> _Request:
         """Runs on a decode thread; never raises, so that one request cannot stop the pipeline."""
         start = time.perf_counter()
+        time.sleep(self.delay_s)
         try:
             skipped: list[SkippedSample] = []
-            clips = [self._decode_one(request.epoch, sid, skipped) for sid in request.sample_ids]
+            samples = [self._decode_one(request.epoch, sid, skipped) for sid in request.sample_ids]
             request.batch = {
-                "video": np.stack([c.video for c in clips]),
-                "mask": np.stack([c.mask for c in clips]),
-                "label": np.array([c.label for c in clips], dtype=np.int64),
+                **{name: np.stack([s[name] for s in samples]) for name in samples[0]},
                 "sample_ids": request.sample_ids,  # as asked for, before any replacement
                 "skipped": [asdict(skip) for skip in skipped],
             }
@@ -154,24 +156,28 @@ class DecodeWorker:
         self._seconds.inc(time.perf_counter() - start)
         return request
 
-    def _decode_one(self, epoch: int, sample_id: int, skipped: list[SkippedSample]) -> PretrainClip:
+    def _decode_one(self, epoch: int, sample_id: int, skipped: list[SkippedSample]) -> dict[str, np.ndarray]:
         candidate = sample_id
         for attempt in range(1, MAX_REPLACEMENTS + 1):
             record = self.records[candidate]
+            known = self._bad.get(record.path)
             try:
-                if record.path in self._bad:
-                    raise self._bad[record.path]
-                clip = load_pretrain_clip(record, self.spec, epoch, candidate)
+                if known is not None:
+                    raise known
+                sample = self.sample(record, epoch, candidate)
             except DecodeError as err:
-                if self._bad.setdefault(record.path, err) is err:  # first sighting: count and log it once
+                # First sighting in this worker (another decode thread may have just met it too): count
+                # and log it once; a known-bad path raises its stored error, which must not count again.
+                if known is None and self._bad.setdefault(record.path, err) is err:
                     self._errors(err.reason).inc()
                     log.warning("skipping video (%s): %s", err.reason, err)
                 skipped.append(SkippedSample(candidate, record.path, err.reason, str(err)))
-                candidate = replacement_sample(self.spec.seed, epoch, sample_id, attempt, len(self.records))
+                candidate = replacement_sample(self.seed, epoch, sample_id, attempt, len(self.records))
                 continue
             self._clips.inc()
-            self._frames.inc(clip.video.shape[0])
-            return clip
+            if "video" in sample:
+                self._frames.inc(sample["video"].shape[0])
+            return sample
         raise DataError(f"{MAX_REPLACEMENTS} videos in a row could not be decoded while looking for a "
                         f"replacement of sample {sample_id}; last: {skipped[-1].path} ({skipped[-1].reason})")
 
@@ -187,11 +193,13 @@ class PoolSpec:
 
     job_id: str
     source: VideoSource
-    spec: PretrainClipSpec
+    sample: SampleFn  # the job kind's: what one sample is
+    seed: int  # the job's: replacements of bad videos are drawn from it
     cpus: float
     threads: int
     host: str | None
     restarts: int = 0  # how often Ray restarts each actor after it dies, retrying its requests
+    delay_s: float = 0.0  # debug.decode_delay_s
 
 
 class DecodePool:
@@ -223,7 +231,8 @@ class DecodePool:
         options = {"num_cpus": p.cpus, "max_concurrency": self.MAX_CONCURRENT_REQUESTS,
                    "max_restarts": p.restarts, "max_task_retries": MAX_REQUEST_RETRIES if p.restarts else 0}
         actor_cls = ray.remote(DecodeWorker).options(**options)
-        actors = [actor_cls.remote(p.job_id, f"{p.job_id}-decode", p.source, p.spec, True, p.host, p.threads) for _ in range(count)]
+        actors = [actor_cls.remote(p.job_id, f"{p.job_id}-decode", p.source, p.sample, p.seed, True, p.host,
+                                   p.threads, p.delay_s) for _ in range(count)]
         probes = {a.info.remote(): a for a in actors}
         ready, pending = ray.wait(list(probes), num_returns=len(probes), timeout=timeout_s)
         started, endpoints = [], []

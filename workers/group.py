@@ -13,6 +13,7 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from internvideo.tasks import TaskRef
 from workers.calls import PlacementTimeout, gather, kill_actors
 from workers.trainer import EncoderWorker
 
@@ -32,7 +33,7 @@ class WorkerGroup:
         return [i["metrics_endpoint"] for i in self.infos]
 
     @classmethod
-    def create(cls, *, job_id: str, config: dict[str, Any], world_size: int, bundle: dict[str, float],
+    def create(cls, *, job_id: str, task: TaskRef, world_size: int, bundle: dict[str, float],
                num_samples: int, decode_actors: list, host: str | None, timeout_s: float,
                placement_timeout_s: float | None = None, load_universal: bool = False) -> "WorkerGroup":
         pg = placement_group([dict(bundle) for _ in range(world_size)], strategy="PACK",
@@ -47,7 +48,7 @@ class WorkerGroup:
                 workers.append(actor_cls.options(
                     num_cpus=bundle.get("CPU", 0), num_gpus=bundle.get("GPU", 0),
                     scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=rank),
-                ).remote(job_id, config, rank, world_size, True, host))
+                ).remote(job_id, task, rank, world_size, True, host))
             (addr, port), = gather([workers[0].rendezvous_address.remote()], timeout_s, "rendezvous")
             infos = gather([w.setup.remote(master_addr=addr, master_port=port, num_samples=num_samples,
                                            decode_actors=decode_actors, timeout_s=timeout_s,

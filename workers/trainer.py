@@ -1,9 +1,11 @@
-"""EncoderWorker: one device, one DeepSpeed engine, one encoder.
+"""EncoderWorker: one device, one DeepSpeed engine, one job kind's model.
 
 A plain class (testable without Ray); the worker group runs it as ``ray.remote(EncoderWorker)``.
 The job runner drives it one step at a time; the worker pulls its micro-batches from the
 decode pool through a ClipStream (a torchdata node), so decoding overlaps compute, and saves the
 stream's state with each checkpoint so that a restored job reads exactly the clips it would have.
+What the model is, what a sample holds and how a step computes its loss is the kind's
+(``internvideo.tasks``), loaded from the ``TaskRef`` the worker is given.
 """
 from __future__ import annotations
 
@@ -11,12 +13,12 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from internvideo.data.order import GlobalBatchPlan, gradient_accumulation
-from internvideo.tasks import pretrain_mae
+from internvideo.tasks import TaskRef
 from workers import engine as ds
 from workers import telemetry
 from workers.checkpoint import checkpoint_folder
@@ -24,13 +26,14 @@ from workers.decode import ClipStream
 
 
 class EncoderWorker:
-    def __init__(self, job_id: str, config: dict[str, Any], rank: int, world_size: int,
+    def __init__(self, job_id: str, task: TaskRef, rank: int, world_size: int,
                  serve_metrics: bool = False, host: str | None = None) -> None:
         """``host``: where this worker's servers listen (metrics, rendezvous); None: its Ray node address."""
         self.job_id, self.rank, self.world_size = job_id, rank, world_size
         self.host = host or telemetry.node_address()
-        self.config = pretrain_mae.PretrainMAEConfig.model_validate(config)
-        labels = {"job": job_id, "kind": pretrain_mae.KIND, "encoder": "videomae", "rank": str(rank)}
+        self.task = task.load()
+        self.config = self.task.config
+        labels = {"job": job_id, "kind": self.task.kind, "encoder": self.task.encoder, "rank": str(rank)}
         self._samples = telemetry.TRAIN_SAMPLES.labels(**labels)
         self._steps = telemetry.TRAIN_STEPS.labels(**labels)
         self._step_seconds = telemetry.TRAIN_STEP_SECONDS.labels(**labels)
@@ -55,8 +58,8 @@ class EncoderWorker:
         backend = ds.init_process_group(master_addr=master_addr, master_port=master_port, rank=self.rank,
                                         world_size=self.world_size, timeout_s=timeout_s)
         self.device = torch.device("cuda", 0) if backend == "nccl" else torch.device("cpu")
-        model = pretrain_mae.build_model(self.config)
-        self.flops_per_clip = model.flops_per_clip(training=True)
+        model = self.task.build_model()
+        self.flops_per_clip = self.task.flops_per_sample(model)
         self.dtype = torch.bfloat16 if backend == "nccl" and torch.cuda.is_bf16_supported() else torch.float32
         self.accumulation = gradient_accumulation(train.global_batch, train.micro_batch, self.world_size)
         self.engine = ds.build_engine(
@@ -78,30 +81,23 @@ class EncoderWorker:
         start = time.perf_counter()
         if self.stream.state_dict() != {"step": step, "micro": 0}:
             self.stream.reset({"step": step, "micro": 0})  # a redone or skipped-to step: seek
-        waited, losses, skipped, samples, sample_ids = 0.0, [], [], 0, []
-        for micro in range(self.accumulation):
-            before = time.perf_counter()
-            batch = next(self.stream)
-            waited += time.perf_counter() - before
-            assert (batch["step"], batch["micro"]) == (step, micro), "clip stream out of order"
-            skipped += batch["skipped"]
-            sample_ids += batch["sample_ids"]
-            tensors = pretrain_mae.batch_to_tensors(batch, self.device, self.dtype,
-                                                     self.config.data.normalization)
-            loss = pretrain_mae.loss(self.engine, tensors)
-            self.engine.backward(loss)
-            self.engine.step()
-            losses.append(loss.detach())
-            samples += len(batch["video"])
+        feed = _StepFeed(self.stream, step, self.accumulation)
+        batches = (self.task.to_tensors(batch, self.device, self.dtype) for batch in feed)
+        metrics = self.task.train_step(self.engine, batches)
+        if feed.micro != self.accumulation:
+            raise RuntimeError(f"{self.task.kind}'s train_step used {feed.micro} of {self.accumulation} micro-batches")
+        metrics["lr"] = self.engine.get_lr()[0]
+        grad_norm = self.engine.get_global_grad_norm()
+        if grad_norm is not None:  # the norm of the global batch's mean gradient, before clipping
+            metrics["grad_norm"] = float(grad_norm)
         seconds = time.perf_counter() - start
-        self._samples.inc(samples)
+        self._samples.inc(feed.samples)
         self._steps.inc()
         self._step_seconds.observe(seconds)
-        self._data_wait.inc(waited)
-        self._flops.inc(samples * self.flops_per_clip)
-        return {"step": step, "loss": torch.stack(losses).mean().item(), "samples": samples,
-                "seconds": seconds, "data_wait_seconds": waited, "skipped": skipped, "sample_ids": sample_ids,
-                "lr": self.engine.get_lr()[0]}
+        self._data_wait.inc(feed.waited)
+        self._flops.inc(feed.samples * self.flops_per_clip)
+        return {"step": step, "metrics": metrics, "samples": feed.samples, "seconds": seconds,
+                "data_wait_seconds": feed.waited, "skipped": feed.skipped, "sample_ids": feed.sample_ids}
 
     def save_checkpoint(self, root: str, step: int) -> str:
         """``step`` = optimizer steps completed; every rank must call this."""
@@ -130,3 +126,26 @@ class EncoderWorker:
 
     def shutdown(self) -> None:
         ds.destroy_process_group()
+
+
+class _StepFeed:
+    """This rank's micro-batches of one step, as the kind's ``train_step`` consumes them; counts the
+    time spent waiting for them, the samples, and the videos the decode workers had to replace."""
+
+    def __init__(self, stream: ClipStream, step: int, accumulation: int) -> None:
+        self.stream, self.step, self.accumulation = stream, step, accumulation
+        self.micro, self.samples, self.waited = 0, 0, 0.0
+        self.skipped: list[dict[str, Any]] = []
+        self.sample_ids: list[int] = []
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while self.micro < self.accumulation:
+            before = time.perf_counter()
+            batch = next(self.stream)
+            self.waited += time.perf_counter() - before
+            assert (batch["step"], batch["micro"]) == (self.step, self.micro), "clip stream out of order"
+            self.micro += 1
+            self.samples += len(batch["sample_ids"])
+            self.skipped += batch["skipped"]
+            self.sample_ids += batch["sample_ids"]
+            yield batch

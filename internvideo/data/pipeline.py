@@ -1,4 +1,6 @@
-"""What a decode worker runs for one VideoMAE pretraining sample."""
+"""What a decode worker runs for one sample: a clip (frames, crop, flip), and for masked video
+pretraining its tube mask. Every random draw comes from one generator seeded by
+``(seed, epoch, sample)``, so a sample is the same in any process, after any restart."""
 
 from __future__ import annotations
 
@@ -13,19 +15,17 @@ from internvideo.data.masking import tube_mask
 from internvideo.data.sampling import dense_indices, segment_indices
 from internvideo.data.transforms import maybe_flip, multi_scale_crop, random_resized_crop
 
-__all__ = ["PretrainClipSpec", "PretrainClip", "sample_rng", "load_pretrain_clip"]
+__all__ = ["ClipSpec", "PretrainClipSpec", "PretrainClip", "MaskedClips", "sample_rng", "load_clip",
+           "load_pretrain_clip"]
 
 
-@dataclass(frozen=True)
-class PretrainClipSpec:
-    """Shape and randomness of a pretraining sample (VideoMAE defaults: 16, 4, 224, 16, 2, 0.9)."""
+@dataclass(frozen=True, kw_only=True)
+class ClipSpec:
+    """How a clip is cut from a video (VideoMAE defaults: 16 frames every 4th, 224 pixels a side)."""
 
     num_frames: int
     sampling_rate: int
     input_size: int
-    patch_size: int
-    tubelet_size: int
-    mask_ratio: float
     seed: int
     decode: DecodeOptions = DecodeOptions()  # how the video is read (backend, fallback, time limit, size)
     sampler: Literal["dense", "segment"] = "dense"  # segment: one frame from each of num_frames segments
@@ -33,7 +33,23 @@ class PretrainClipSpec:
     flip: bool = False  # keep off for direction-sensitive classes (SSv2, left vs right)
 
     def __post_init__(self) -> None:
-        if min(self.num_frames, self.sampling_rate, self.input_size, self.patch_size, self.tubelet_size) < 1:
+        if min(self.num_frames, self.sampling_rate, self.input_size) < 1:
+            raise ValueError(f"all sizes must be >= 1: {self}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainClipSpec(ClipSpec):
+    """A clip plus its tube mask (VideoMAE: patch 16, tubelet 2, ratio 0.9)."""
+
+    patch_size: int
+    tubelet_size: int
+    mask_ratio: float
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if min(self.patch_size, self.tubelet_size) < 1:
             raise ValueError(f"all sizes must be >= 1: {self}")
         if self.num_frames % self.tubelet_size:
             raise ValueError(f"num_frames {self.num_frames} not divisible by tubelet_size {self.tubelet_size}")
@@ -41,8 +57,6 @@ class PretrainClipSpec:
             raise ValueError(f"input_size {self.input_size} not divisible by patch_size {self.patch_size}")
         if not 0.0 <= self.mask_ratio <= 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1], got {self.mask_ratio}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
 
     @property
     def token_grid(self) -> tuple[int, int, int]:
@@ -70,6 +84,26 @@ def sample_rng(seed: int, epoch: int, sample_id: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, sample_id])
 
 
+def load_clip(record: VideoRecord, spec: ClipSpec, rng: np.random.Generator) -> np.ndarray:
+    """Decode, crop and (maybe) flip one clip, uint8 (T, S, S, 3), drawing frame indices, crop
+    box and flip from ``rng`` in that order.
+
+    Raises:
+        DecodeError: the video is missing, empty, corrupt, too short or over its time limit.
+    """
+    def frames(n: int) -> np.ndarray:
+        if spec.sampler == "dense":
+            return dense_indices(n, spec.num_frames, spec.sampling_rate, rng)
+        return segment_indices(n, spec.num_frames, rng)
+
+    clip = read_clip(record.path, frames, spec.decode)  # (T, H, W, 3)
+    if spec.crop == "multi_scale":
+        video = multi_scale_crop(clip, spec.input_size, rng=rng)  # (T, S, S, 3)
+    else:
+        video = random_resized_crop(clip, spec.input_size, rng)
+    return maybe_flip(video, rng, spec.flip)
+
+
 def load_pretrain_clip(
     record: VideoRecord, spec: PretrainClipSpec, epoch: int, sample_id: int
 ) -> PretrainClip:
@@ -85,17 +119,18 @@ def load_pretrain_clip(
     if epoch < 0 or sample_id < 0:
         raise ValueError(f"epoch={epoch} and sample_id={sample_id} must be >= 0")
     rng = sample_rng(spec.seed, epoch, sample_id)
-
-    def frames(n: int) -> np.ndarray:
-        if spec.sampler == "dense":
-            return dense_indices(n, spec.num_frames, spec.sampling_rate, rng)
-        return segment_indices(n, spec.num_frames, rng)
-
-    clip = read_clip(record.path, frames, spec.decode)  # (T, H, W, 3)
-    if spec.crop == "multi_scale":
-        video = multi_scale_crop(clip, spec.input_size, rng=rng)  # (T, S, S, 3)
-    else:
-        video = random_resized_crop(clip, spec.input_size, rng)
-    video = maybe_flip(video, rng, spec.flip)
+    video = load_clip(record, spec, rng)
     mask = tube_mask(*spec.token_grid, spec.mask_ratio, rng)  # (N,)
     return PretrainClip(video=video, mask=mask, label=int(record.label))
+
+
+@dataclass(frozen=True)
+class MaskedClips:
+    """The sample function of masked video pretraining: ``video`` uint8 (T, S, S, 3), ``mask``
+    bool (N,), ``label`` int64 (unused by the loss; kept for probing)."""
+
+    spec: PretrainClipSpec
+
+    def __call__(self, record: VideoRecord, epoch: int, sample_id: int) -> dict[str, np.ndarray]:
+        clip = load_pretrain_clip(record, self.spec, epoch, sample_id)
+        return {"video": clip.video, "mask": clip.mask, "label": np.int64(clip.label)}

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from coordinator.client import JobClient, read_config
 from coordinator.launch import launch_coordinator
+from internvideo.data.lists import VideoRecord, read_video_list, write_video_list
 from internvideo.data.synthetic import write_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,7 +38,10 @@ class Coordinator:
     process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.process, info = launch_coordinator(self.state_dir, self.log_path, "--num-cpus", "4")
+        # A job kind from the test folder, known to the coordinator and its workers only through the
+        # registry's INTERNVIDEO_TASK_MODULES: adding a kind touches no coordinator or worker code.
+        self.process, info = launch_coordinator(self.state_dir, self.log_path, "--num-cpus", "4",
+                                                env={"INTERNVIDEO_TASK_MODULES": "tests.integration.tiny_kind"})
         self.address, self.metrics_port = info["grpc"], int(info["metrics"].rsplit(":", 1)[1])
 
     def kill(self) -> None:
@@ -81,11 +86,48 @@ def client(coordinator):
         yield c
 
 
+@pytest.fixture
+def list_with_bad_videos(dataset, tmp_path) -> tuple[Path, dict[str, str]]:
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "garbage.mp4").write_bytes(b"this is not an mp4 file" * 64)
+    good = Path(dataset.train_list.parent / "videos" / "000000.mp4").read_bytes()
+    (tmp_path / "truncated.mp4").write_bytes(good[: len(good) // 2])
+    bad = {str(tmp_path / "missing.mp4"): "missing", str(tmp_path / "empty.mp4"): "empty",
+           str(tmp_path / "garbage.mp4"): "corrupt", str(tmp_path / "truncated.mp4"): "corrupt"}
+    records = read_video_list(dataset.train_list) + [VideoRecord(path, 0) for path in bad]
+    write_video_list(tmp_path / "list.txt", records)
+    return tmp_path / "list.txt", bad
+
+
 def tiny_job(client: JobClient, train_list, *overrides: str, workers: int = 2, **kwargs):
     """Submit a tiny-cpu pretraining job on ``train_list``."""
     return client.submit("pretrain-mae", read_config("tiny-cpu"),
                          [f"data.train_list={train_list}", *overrides], min_workers=workers,
                          max_workers=workers, **kwargs)
+
+
+def weights(checkpoint: str) -> dict[str, torch.Tensor]:
+    """The model weights of a committed DeepSpeed checkpoint."""
+    (states,) = Path(checkpoint).glob("mp_rank_00_model_states.pt")
+    return torch.load(states, map_location="cpu", weights_only=False)["module"]
+
+
+def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def held(client: JobClient, job_id: str, step: int, timeout_s: float = 300):
+    """Wait until the job is held at ``step`` (``debug.hold_at_steps``); returns its record."""
+    return wait_for(lambda: (j := client.get(job_id)).message.startswith(f"held at step {step} ") and j, timeout_s,
+                    f"job {job_id} to be held at step {step}")
+
+
+def release(state_dir: Path, job_id: str, step: int) -> None:
+    """Let a job held at ``step`` go on (the file its runner waits for)."""
+    folder = state_dir / "jobs" / job_id
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"release-{step}").touch()
 
 
 def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.5):

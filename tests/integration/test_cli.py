@@ -12,8 +12,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from coordinator.client import JobClient
 from internvideo.data.formats import read_activitynet
-from tests.integration.conftest import REPO
+from tests.integration.conftest import REPO, held
 
 pytestmark = pytest.mark.integration
 
@@ -46,6 +47,29 @@ def test_submit_watch_status_jobs_cluster(coordinator, dataset, tmp_path):
     assert job_id in listing
     cluster = json.loads(cli(coordinator, "cluster").stdout)
     assert cluster["trainerResource"] == "CPU" and cluster["trainerSlotsTotal"] == 4
+
+
+def test_request_id_priority_watch_and_cancel(coordinator, dataset):
+    submit = ("submit", "pretrain-mae", "--config", "tiny-cpu", "--set", f"data.train_list={dataset.train_list}",
+              "--set", "train.steps=50", "--set", "debug.hold_at_steps=[2]", "--min-workers", "1",
+              "--priority", "3", "--request-id", "cli-request-1")
+    first, again = cli(coordinator, *submit), cli(coordinator, *submit)
+    assert first.returncode == again.returncode == 0, first.stderr
+    job_id = first.stdout.strip()
+    assert again.stdout.strip() == job_id  # the same request makes no second job
+    status = json.loads(cli(coordinator, "status", job_id).stdout)
+    assert (status["priority"], status["request_id"]) == (3, "cli-request-1")
+    with JobClient(coordinator.address) as client:
+        held(client, job_id, 2)
+
+    cancel = cli(coordinator, "cancel", job_id)
+    assert cancel.returncode == 0 and cancel.stdout.startswith(f"job {job_id}: CANCELLED"), cancel.stdout
+    watch = cli(coordinator, "watch", job_id)  # replays the history of an ended job, then ends
+    assert watch.returncode == 1, watch.stdout  # the job did not succeed
+    lines = watch.stdout.splitlines()
+    steps = [line.split(" loss")[0].rsplit("] ", 1)[1] for line in lines if "] step " in line]
+    assert steps == ["step 1/50", "step 2/50"]  # held after step 2, cancelled there
+    assert lines[-2] == "state → CANCELLED: cancelled by request" and lines[-1].startswith(f"job {job_id}: CANCELLED")
 
 
 def test_cli_errors_are_one_clear_line(coordinator):

@@ -11,7 +11,7 @@ import ray
 
 from internvideo.data.formats import VideoSource
 from internvideo.data.order import GlobalBatchPlan
-from internvideo.data.pipeline import PretrainClipSpec
+from internvideo.data.pipeline import MaskedClips, PretrainClipSpec
 from internvideo.data.synthetic import write_synthetic_dataset
 from workers.calls import kill_actors
 from workers.decode import ClipStream, DecodePool, PoolSpec
@@ -25,7 +25,8 @@ STEPS, GLOBAL_BATCH, MICRO = 4, 8, 2
 def pool_spec(tmp_path_factory):
     ds = write_synthetic_dataset(tmp_path_factory.mktemp("pool"), num_videos=20, num_frames=16, size=48, seed=2)
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield PoolSpec(job_id="pool-test", source=VideoSource("list", str(ds.train_list)), spec=SPEC, cpus=0.5,
+    yield PoolSpec(job_id="pool-test", source=VideoSource("list", str(ds.train_list)), sample=MaskedClips(SPEC),
+                   seed=SPEC.seed, cpus=0.5,
                    threads=2, host="127.0.0.1", restarts=1)
     ray.shutdown()
 
@@ -34,6 +35,20 @@ def stream(actors, num_samples: int, rank: int = 0, world_size: int = 1) -> Clip
     plan = GlobalBatchPlan(num_samples, GLOBAL_BATCH, seed=SPEC.seed)
     return ClipStream(actors, plan, rank=rank, world_size=world_size, micro_batch=MICRO, end_step=STEPS,
                       max_in_flight=3, timeout_s=60)
+
+
+def is_dead(actor: ray.actor.ActorHandle) -> bool:
+    """Ray says the actor is gone for good (killed without restart), not merely slow to answer."""
+    try:
+        ray.get(actor.__ray_ready__.remote(), timeout=30)
+    except ray.exceptions.RayActorError:
+        return True
+    return False
+
+
+def targets(s: ClipStream) -> set[ray.actor.ActorHandle]:
+    """The actors the stream's outstanding requests wait on."""
+    return {request.actor for request in s._in_flight}
 
 
 def key(batch) -> tuple:
@@ -91,9 +106,12 @@ def test_a_restarted_pool_and_a_resized_pool_give_the_same_clips(pool_spec, refe
         got = [next(s) for _ in range(3)]
         # Pool restart: every actor replaced while requests are in flight.
         old = pool.actors
+        assert targets(s) == set(old)
         pool.shutdown()
+        assert all(is_dead(actor) for actor in old)
         pool = DecodePool.create(pool_spec, 1, timeout_s=60)
         s.set_actors(pool.actors)
+        assert targets(s) == set(pool.actors)  # the dead workers' requests were sent again
         got += [next(s) for _ in range(3)]
         # Grow to 3, then shrink to 1 with requests outstanding at the removed workers.
         assert pool.resize(3, timeout_s=60) == [] and len(pool.actors) == 3
@@ -101,11 +119,15 @@ def test_a_restarted_pool_and_a_resized_pool_give_the_same_clips(pool_spec, refe
         got += [next(s) for _ in range(4)]
         removed = pool.resize(1, timeout_s=60)
         assert len(removed) == 2 and len(pool.metrics_endpoints) == 1
+        assert targets(s) & set(removed)  # round robin over 3: the last 3 requests hit every worker
         s.set_actors(pool.actors)
+        assert targets(s) == set(pool.actors)
         kill_actors(removed)
-        got += list(s)
+        assert all(is_dead(actor) for actor in removed)
+        while (batch := next(s, None)) is not None:  # every later request goes to the one worker left
+            got.append(batch)
+            assert targets(s) <= set(pool.actors)
         assert_same(got, want)
-        assert old[0] not in pool.actors
     finally:
         pool.shutdown()
 

@@ -6,11 +6,9 @@ import json
 import signal
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 import ray
-import torch
 from ray.cluster_utils import Cluster
 from ray.util import placement_group_table
 
@@ -19,17 +17,18 @@ from coordinator.launch import launch_coordinator
 from internvideo.data.lists import read_video_list
 from internvideo.data.order import GlobalBatchPlan
 from protos.internvideo.v1 import jobs_pb2 as pb
-from tests.integration.conftest import node_of_a_trainer, wait_for
+from tests.integration.conftest import held, max_difference, node_of_a_trainer, release, wait_for, weights
 
 pytestmark = pytest.mark.integration
 # 12 clips split over 1, 2 or 3 workers in micro-batches of 2 (accumulation 6, 3 or 2).
 JOB = ("train.global_batch=12", "train.micro_batch=2", "train.steps=36", "train.checkpoint_every=3")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def cluster():
     """A head with 2 CPUs (the decode pool) and two 1-GPU nodes; the test process joins as a driver
-    so that it can look at what Ray itself holds."""
+    so that it can look at what Ray itself holds. Each test gets its own: none depends on what
+    another left behind."""
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
     gpu_nodes = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
@@ -39,7 +38,7 @@ def cluster():
     cluster.shutdown()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def coordinator_on_cluster(cluster, tmp_path_factory):
     root = tmp_path_factory.mktemp("elastic")
     process, endpoints = launch_coordinator(root / "state", root / "coordinator.log", "--ray-address",
@@ -50,14 +49,10 @@ def coordinator_on_cluster(cluster, tmp_path_factory):
     process.wait(timeout=90)
 
 
-def weights(checkpoint: str) -> dict[str, torch.Tensor]:
-    (states,) = Path(checkpoint).glob("mp_rank_00_model_states.pt")
-    return torch.load(states, map_location="cpu", weights_only=False)["module"]
-
-
-def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert a.keys() == b.keys()
-    return max((a[k] - b[k]).abs().max().item() for k in a)
+def submit(client: JobClient, dataset, *overrides: str, min_workers: int, max_workers: int) -> pb.Job:
+    return client.submit("pretrain-mae", read_config("tiny-cpu"), [f"data.train_list={dataset.train_list}", *JOB,
+                                                                   *overrides], min_workers=min_workers,
+                         max_workers=max_workers)
 
 
 def test_a_job_rescaled_2_1_3_loses_no_sample_and_ends_where_an_uninterrupted_run_does(
@@ -66,20 +61,23 @@ def test_a_job_rescaled_2_1_3_loses_no_sample_and_ends_where_an_uninterrupted_ru
     address, state_dir = coordinator_on_cluster
     with JobClient(address) as client:
         assert client.cluster().trainer_resource == "GPU" and client.cluster().trainer_slots_total == 2
-        job = client.submit("pretrain-mae", read_config("tiny-cpu"), [
-            f"data.train_list={dataset.train_list}", *JOB, "train.record_samples=true"], min_workers=1, max_workers=3)
-        wait_for(lambda: client.get(job.job_id).progress.step >= 4, 300, "4 steps on 2 workers")
-        assert client.get(job.job_id).world_size == 2
+        # Held at step 5 on 2 workers (checkpoint 3 committed), it loses a node; held again at step 13 on
+        # the 1 worker left, it gains a 2-GPU node and grows to 3 at its next checkpoint (15).
+        job = submit(client, dataset, "train.record_samples=true", "debug.hold_at_steps=[5, 13]",
+                     min_workers=1, max_workers=3)
+        assert held(client, job.job_id, 5).world_size == 2
         ray_cluster.remove_node(node_of_a_trainer(gpu_nodes), allow_graceful=False)
-        wait_for(lambda: (j := client.get(job.job_id)).world_size == 1 and j.state == pb.JOB_STATE_RUNNING, 300,
-                 "the job to run on the node left")
-        ray_cluster.add_node(num_cpus=2, num_gpus=2)  # it grows to 3 at its next checkpoint
+        wait_for(lambda: client.cluster().trainer_slots_total == 1, 120, "Ray to see the node gone")
+        release(state_dir, job.job_id, 5)
+        assert held(client, job.job_id, 13).world_size == 1
+        ray_cluster.add_node(num_cpus=2, num_gpus=2)
+        wait_for(lambda: client.cluster().trainer_slots_total == 3, 60, "the new node to register")
+        release(state_dir, job.job_id, 13)
         events = list(client.watch(job.job_id))
         job = client.get(job.job_id)
         assert pb.JobState.Name(job.state) == "JOB_STATE_SUCCEEDED", job.message
 
-        baseline = client.submit("pretrain-mae", read_config("tiny-cpu"), [
-            f"data.train_list={dataset.train_list}", *JOB], min_workers=2, max_workers=2)
+        baseline = submit(client, dataset, min_workers=2, max_workers=2)
         list(client.watch(baseline.job_id))
         baseline = client.get(baseline.job_id)
         assert pb.JobState.Name(baseline.state) == "JOB_STATE_SUCCEEDED", baseline.message
@@ -87,7 +85,7 @@ def test_a_job_rescaled_2_1_3_loses_no_sample_and_ends_where_an_uninterrupted_ru
     states = [pb.JobState.Name(e.state_changed.to_state) for e in events if e.WhichOneof("body") == "state_changed"]
     assert states.index("JOB_STATE_RECOVERING") < states.index("JOB_STATE_RESCALING")
     sizes = [c.world_size for c in job.checkpoints]
-    assert [w for i, w in enumerate(sizes) if i == 0 or sizes[i - 1] != w] == [2, 1, 3]
+    assert sizes == [2] + [1] * 4 + [3] * 7  # checkpoints 3; 6, 9, 12, 15; 18 … 36
 
     # The sample log: the last execution of every step consumed exactly the plan's global batch,
     # so every epoch saw each sample exactly once, whatever the world size.
@@ -116,31 +114,53 @@ def test_a_job_rescaled_2_1_3_loses_no_sample_and_ends_where_an_uninterrupted_ru
 
 def test_below_min_workers_a_job_waits_in_the_queue_saying_why_then_resumes(cluster, coordinator_on_cluster,
                                                                            dataset):
-    ray_cluster, _ = cluster
-    address, _ = coordinator_on_cluster
+    ray_cluster, gpu_nodes = cluster
+    address, state_dir = coordinator_on_cluster
     with JobClient(address) as client:
-        gpus = client.cluster().trainer_slots_total
-        assert gpus == 3  # what the previous test left: a 1-GPU and a 2-GPU node
-        job = client.submit("pretrain-mae", read_config("tiny-cpu"), [
-            f"data.train_list={dataset.train_list}", *JOB, "train.steps=12"], min_workers=3, max_workers=3)
-        wait_for(lambda: client.get(job.job_id).progress.step >= 2, 300, "2 steps on 3 workers")
-        ray_cluster.remove_node(node_of_a_trainer(list(ray_cluster.worker_nodes)), allow_graceful=False)
+        job = submit(client, dataset, "train.steps=12", "debug.hold_at_steps=[4]", min_workers=2, max_workers=2)
+        held(client, job.job_id, 4)
+        ray_cluster.remove_node(node_of_a_trainer(gpu_nodes), allow_graceful=False)
+        wait_for(lambda: client.cluster().trainer_slots_total == 1, 120, "Ray to see the node gone")
+        release(state_dir, job.job_id, 4)
         waiting = wait_for(lambda: (j := client.get(job.job_id)).state == pb.JOB_STATE_QUEUED and
                            j.message.startswith("waiting for resources") and j, 120, "the job to wait in the queue")
-        assert "GPU 3 (free" in waiting.message, waiting.message
-        ray_cluster.add_node(num_cpus=2, num_gpus=2)
+        assert "GPU 2 (free 1)" in waiting.message, waiting.message
+        ray_cluster.add_node(num_cpus=1, num_gpus=1)
+        events = list(client.watch(job.job_id))
+        job = client.get(job.job_id)
+    assert pb.JobState.Name(job.state) == "JOB_STATE_SUCCEEDED", job.message
+    states = [pb.JobState.Name(e.state_changed.to_state).removeprefix("JOB_STATE_") for e in events
+              if e.WhichOneof("body") == "state_changed"]
+    assert states == ["QUEUED", "STARTING", "RUNNING", "RECOVERING", "QUEUED", "STARTING", "RUNNING", "SUCCEEDED"]
+    # Restarted from the step-3 checkpoint at its only size: step 4 redone once, none lost.
+    steps = [e.progress.step for e in events if e.WhichOneof("body") == "progress"]
+    assert steps == [1, 2, 3, 4, 4, *range(5, 13)]
+    assert job.result.metrics["failures"] == 1 and {c.world_size for c in job.checkpoints} == {2}
+
+
+def test_a_placement_that_times_out_re_fits_without_counting_a_failure(cluster, coordinator_on_cluster, dataset):
+    """A GPU the coordinator cannot see is taken (another Ray user holds it): the gang waits
+    --placement-timeout (15 s), re-fits, and runs once the GPU is back."""
+    address, _ = coordinator_on_cluster
+    blocker = ray.util.placement_group([{"GPU": 1}])
+    assert blocker.wait(timeout_seconds=30)
+    with JobClient(address) as client:
+        job = submit(client, dataset, "train.steps=3", min_workers=2, max_workers=2)
+        waiting = wait_for(lambda: (j := client.get(job.job_id)).state == pb.JOB_STATE_RECOVERING and j, 120,
+                           "the placement to time out")
+        assert "no room for the workers yet" in waiting.message and "within 15s" in waiting.message
+        ray.util.remove_placement_group(blocker)
         list(client.watch(job.job_id))
         job = client.get(job.job_id)
     assert pb.JobState.Name(job.state) == "JOB_STATE_SUCCEEDED", job.message
-    assert job.result.metrics["failures"] == 1 and {c.world_size for c in job.checkpoints} == {3}
+    assert job.result.metrics["failures"] == 0 and job.checkpoints[-1].world_size == 2
 
 
 def test_cancel_gives_every_actor_and_placement_group_back_to_ray(cluster, coordinator_on_cluster, dataset):
     address, _ = coordinator_on_cluster
     total = ray.cluster_resources()
     with JobClient(address) as client:
-        job = client.submit("pretrain-mae", read_config("tiny-cpu"), [
-            f"data.train_list={dataset.train_list}", *JOB, "train.steps=1000"], min_workers=1, max_workers=3)
+        job = submit(client, dataset, "train.steps=1000", min_workers=1, max_workers=3)
         wait_for(lambda: client.get(job.job_id).progress.step >= 2, 300, "2 steps")
         assert ray.available_resources().get("GPU", 0) < total["GPU"]
         began = time.monotonic()

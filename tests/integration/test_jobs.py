@@ -12,10 +12,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator.client import JobClient, read_config
-from internvideo.data.lists import VideoRecord, read_video_list, write_video_list
+from internvideo.data.lists import read_video_list
 from internvideo.data.order import GlobalBatchPlan
 from protos.internvideo.v1 import jobs_pb2 as pb
-from tests.integration.conftest import tiny_job, wait_for
+from tests.integration.conftest import held, max_difference, release, tiny_job, wait_for, weights
 from workers.checkpoint import read_commit
 
 pytestmark = pytest.mark.integration
@@ -63,11 +63,13 @@ def test_job_runs_to_success_streams_events_and_resumes_exactly(client, dataset,
     assert state(resumed) == "SUCCEEDED", resumed.message
     resumed_progress = bodies(resumed_events, "progress")
     assert [p.step for p in resumed_progress] == [4, 5, 6]
-    assert [p.loss for p in resumed_progress] == pytest.approx([p.loss for p in progress[3:]], rel=1e-5)
+    assert [p.loss for p in resumed_progress] == [p.loss for p in progress[3:]]  # to the bit
     assert resumed.result.metrics["start_step"] == 3
+    assert max_difference(weights(resumed.result.final_checkpoint), weights(job.result.final_checkpoint)) == 0
 
     # At another world size the checkpoint is converted to DeepSpeed's universal layout (optimizer
-    # state included): one worker continues the two-worker run with the same global batch.
+    # state included): one worker continues the two-worker run with the same global batch, and ends
+    # where it ends up to the order in which gradients were summed.
     rescaled = tiny_job(client, dataset.train_list, "train.steps=6", "train.checkpoint_every=3",
                         f"train.resume_from={job.checkpoints[0].path}", workers=1)
     rescaled_events = list(client.watch(rescaled.job_id))
@@ -75,9 +77,10 @@ def test_job_runs_to_success_streams_events_and_resumes_exactly(client, dataset,
     assert state(rescaled) == "SUCCEEDED", f"{rescaled.message}\n{coordinator.log_tail()}"
     assert rescaled.checkpoints[-1].world_size == 1
     assert [p.step for p in bodies(rescaled_events, "progress")] == [4, 5, 6]
-    assert [p.loss for p in bodies(rescaled_events, "progress")] == pytest.approx(
-        [p.loss for p in progress[3:]], rel=1e-4)
     assert read_commit(Path(job.checkpoints[0].path) / "universal")["universal"]
+    final = weights(job.result.final_checkpoint)
+    assert max_difference(weights(rescaled.result.final_checkpoint), final) < 1e-6
+    assert max_difference(weights(job.checkpoints[0].path), final) > 1e-3  # what steps 4–6 moved them by
 
     listed = client.list(states=[pb.JOB_STATE_SUCCEEDED], kinds=["pretrain-mae"]).jobs
     assert {job.job_id, resumed.job_id} <= {j.job_id for j in listed}
@@ -130,19 +133,6 @@ def test_idempotent_submit_and_cancel_rules(client, dataset):
     assert "already ended (CANCELLED)" in err.value.details()
 
 
-@pytest.fixture
-def list_with_bad_videos(dataset, tmp_path) -> tuple[Path, dict[str, str]]:
-    (tmp_path / "empty.mp4").write_bytes(b"")
-    (tmp_path / "garbage.mp4").write_bytes(b"this is not an mp4 file" * 64)
-    good = Path(dataset.train_list.parent / "videos" / "000000.mp4").read_bytes()
-    (tmp_path / "truncated.mp4").write_bytes(good[: len(good) // 2])
-    bad = {str(tmp_path / "missing.mp4"): "missing", str(tmp_path / "empty.mp4"): "empty",
-           str(tmp_path / "garbage.mp4"): "corrupt", str(tmp_path / "truncated.mp4"): "corrupt"}
-    records = read_video_list(dataset.train_list) + [VideoRecord(path, 0) for path in bad]
-    write_video_list(tmp_path / "list.txt", records)
-    return tmp_path / "list.txt", bad
-
-
 def test_bad_videos_are_skipped_and_reported(client, list_with_bad_videos, coordinator):
     list_path, bad = list_with_bad_videos
     job = tiny_job(client, list_path, "train.steps=4", "train.checkpoint_every=0", "data.max_bad_fraction=0.2")
@@ -169,6 +159,17 @@ def test_bad_videos_are_skipped_and_reported(client, list_with_bad_videos, coord
     assert "could not be decoded" in strict.message and "max_bad_fraction=0" in strict.message
     assert strict.skipped_videos
     assert client.cluster().trainer_slots_total == 4
+
+
+def test_videos_over_the_time_limit_are_reported_as_timeout(client, dataset, coordinator):
+    # No decode finishes within a microsecond: every video the job reaches is abandoned as "timeout",
+    # and the job fails on the first sample whose replacements all time out too.
+    job = tiny_job(client, dataset.train_list, "train.steps=2", "data.video_time_limit_s=1e-6")
+    list(client.watch(job.job_id))
+    job = client.get(job.job_id)
+    assert state(job) == "FAILED", job.message
+    assert "16 videos in a row could not be decoded" in job.message and "mp4 (timeout)" in job.message, job.message
+    assert client.cluster().trainer_slots_free == client.cluster().trainer_slots_total
 
 
 def scrape(endpoint: str) -> dict[str, list]:
@@ -222,15 +223,22 @@ def test_running_job_serves_metrics_and_cancel_frees_everything(client, dataset,
 
 
 def test_two_data_parallel_workers_train_like_one(client, dataset):
-    """Same global batch, same samples: gradients all-reduced over 2 ranks match one rank's."""
-    losses = {}
+    """Same global batch, same samples: the gradient all-reduced over 2 ranks is 1 rank's mean gradient
+    (its norm, step by step — a sum instead of a mean would double it, and AdamW would hide that in the
+    losses), and the weights end where one rank's do."""
+    runs = {}
     for workers in (1, 2):
         job = tiny_job(client, dataset.train_list, "train.steps=4", "train.checkpoint_every=0", workers=workers)
         events = list(client.watch(job.job_id))
-        assert state(client.get(job.job_id)) == "SUCCEEDED"
-        losses[workers] = [p.loss for p in bodies(events, "progress")]
-    assert losses[2] == pytest.approx(losses[1], rel=1e-4)
-    assert losses[1][-1] < losses[1][0]
+        job = client.get(job.job_id)
+        assert state(job) == "SUCCEEDED"
+        runs[workers] = (bodies(events, "progress"), weights(job.result.final_checkpoint))
+    (one, one_weights), (two, two_weights) = runs[1], runs[2]
+    assert all(p.metrics["grad_norm"] > 0 for p in one)
+    assert [p.metrics["grad_norm"] for p in two] == pytest.approx([p.metrics["grad_norm"] for p in one], rel=1e-5)
+    assert [p.loss for p in two] == pytest.approx([p.loss for p in one], rel=1e-5)
+    assert max_difference(two_weights, one_weights) < 1e-6
+    assert one[-1].loss < one[0].loss
 
 
 def worker_pids(coordinator, actor_class: str) -> list[int]:
@@ -263,11 +271,12 @@ def uninterrupted_losses(coordinator, dataset):
 def test_a_killed_trainer_is_replaced_and_training_continues_exactly(client, dataset, coordinator,
                                                                      uninterrupted_losses):
     total = client.cluster().trainer_slots_total
-    job = tiny_job(client, dataset.train_list, *RECOVERY_JOB)
-    wait_for(lambda: client.get(job.job_id).progress.step >= 6, 240, "6 steps")
+    job = tiny_job(client, dataset.train_list, *RECOVERY_JOB, "debug.hold_at_steps=[6]")
+    held(client, job.job_id, 6)  # the step-4 checkpoint is committed, step 7 not begun
     pids = worker_pids(coordinator, "EncoderWorker")
     assert len(pids) == 2, pids
     os.kill(pids[0], signal.SIGKILL)
+    release(coordinator.state_dir, job.job_id, 6)
 
     events = list(client.watch(job.job_id))
     job = client.get(job.job_id)
@@ -275,10 +284,10 @@ def test_a_killed_trainer_is_replaced_and_training_continues_exactly(client, dat
     transitions = [pb.JobState.Name(s.to_state).removeprefix("JOB_STATE_") for s in bodies(events, "state_changed")]
     assert transitions == ["QUEUED", "STARTING", "RUNNING", "RECOVERING", "RUNNING", "SUCCEEDED"]
     (recovering,) = [s for s in bodies(events, "state_changed") if s.to_state == pb.JOB_STATE_RECOVERING]
-    assert "train_step failed" in recovering.message and "step-000000" in recovering.message
+    assert "train_step failed" in recovering.message and recovering.message.endswith("step-00000004")
     progress = bodies(events, "progress")
-    assert job.result.metrics["failures"] == 1
-    assert job.result.metrics["steps_redone"] == len(progress) - 30  # every progress event past 30 is a redo
+    assert [p.step for p in progress] == [*range(1, 7), 5, 6, *range(7, 31)]  # steps 5 and 6 redone from step 4
+    assert job.result.metrics["failures"] == 1 and job.result.metrics["steps_redone"] == 2
 
     # Steps after the last checkpoint were redone from it: the final value of every step is the
     # uninterrupted run's, to the bit (same world size, same samples, same masks).
@@ -290,12 +299,13 @@ def test_a_killed_trainer_is_replaced_and_training_continues_exactly(client, dat
 
 def test_a_killed_decode_worker_is_restarted_in_place_and_no_step_is_redone(client, dataset, coordinator,
                                                                             uninterrupted_losses):
-    job = tiny_job(client, dataset.train_list, *RECOVERY_JOB)
-    wait_for(lambda: client.get(job.job_id).progress.step >= 6, 240, "6 steps")
+    job = tiny_job(client, dataset.train_list, *RECOVERY_JOB, "debug.hold_at_steps=[6]")
+    held(client, job.job_id, 6)  # the trainers hold requests in flight at both decode workers
     (victim, survivor) = worker_pids(coordinator, "DecodeWorker")
     os.kill(victim, signal.SIGKILL)
     restarted = wait_for(lambda: set(worker_pids(coordinator, "DecodeWorker")) - {victim, survivor}, 60,
                          "Ray to restart the decode worker")
+    release(coordinator.state_dir, job.job_id, 6)
 
     events = list(client.watch(job.job_id))
     job = client.get(job.job_id)
@@ -308,31 +318,44 @@ def test_a_killed_decode_worker_is_restarted_in_place_and_no_step_is_redone(clie
     assert restarted and wait_for(lambda: not worker_pids(coordinator, "DecodeWorker"), 10, "the pool to be gone")
 
 
-def test_the_decode_pool_grows_while_trainers_wait_and_the_clips_stay_the_same(client, dataset, coordinator,
-                                                                               uninterrupted_losses):
-    # One decode worker for two trainers, and any measurable wait counts as too much: the pool must grow
-    # into the cluster's free CPU (4 CPUs: 2 trainers + 1 decode worker leave 1).
+def test_the_decode_pool_grows_while_trainers_wait_shrinks_for_a_queued_job_and_the_clips_stay_the_same(
+        client, dataset, coordinator, uninterrupted_losses):
+    # One decode worker for two trainers, each decode request slowed to 0.1 s (slow storage): the
+    # trainers wait on any machine, and the pool grows into the cluster's one free CPU (4 CPUs: 2
+    # trainers + 1 decode worker). Held at step 10, a second job queues behind it for want of CPUs:
+    # the pool gives its extra worker back at its next decision.
     job = tiny_job(client, dataset.train_list, *RECOVERY_JOB, "data.decode_workers=1", "data.decode_workers_max=3",
-                   "data.autoscale_window=2", "data.data_wait_target=0.001")
+                   "data.autoscale_window=2", "data.data_wait_target=0.001", "debug.decode_delay_s=0.1",
+                   "debug.hold_at_steps=[10]")
+    assert held(client, job.job_id, 10).progress.decode_workers == 2
+    queued = tiny_job(client, dataset.train_list, "train.steps=2")
+    wait_for(lambda: client.get(queued.job_id).message.startswith("waiting for resources"), 60, "the job to queue")
+    release(coordinator.state_dir, job.job_id, 10)
+
     events = list(client.watch(job.job_id))
     job = client.get(job.job_id)
     assert state(job) == "SUCCEEDED", f"{job.message}\n{coordinator.log_tail()}"
-    (grown,) = bodies(events, "decode_pool_resized")  # to 2, and no further: nothing else fits
+    grown, shrunk = bodies(events, "decode_pool_resized")
     assert (grown.from_workers, grown.to_workers) == (1, 2) and grown.data_wait_fraction > 0.001
     assert "waited" in grown.reason
+    assert (shrunk.from_workers, shrunk.to_workers) == (2, 1) and "needs the CPUs back" in shrunk.reason
     sizes = [p.decode_workers for p in bodies(events, "progress")]
-    assert sizes[:2] == [1, 1] and sizes[-1] == 2 and sorted(sizes) == sizes
+    assert sizes == [1, 1] + [2] * 10 + [1] * 18  # grown after the first window, shrunk at the first after 10
     # Which worker decodes a clip changes nothing: the losses are those of the fixed 2-worker pool.
     assert [p.loss for p in bodies(events, "progress")] == uninterrupted_losses
+    list(client.watch(queued.job_id))
+    assert state(client.get(queued.job_id)) == "SUCCEEDED"
     assert wait_for(lambda: not worker_pids(coordinator, "DecodeWorker"), 10, "the pool to be gone")
 
 
 def test_a_high_priority_job_preempts_a_low_one_which_resumes_exactly(client, dataset, coordinator,
                                                                      uninterrupted_losses):
     # 2 trainers + 2 decode workers: the whole cluster. No periodic checkpoints: preemption writes its own.
-    low = tiny_job(client, dataset.train_list, *RECOVERY_JOB, "train.checkpoint_every=0")
-    wait_for(lambda: client.get(low.job_id).progress.step >= 6, 240, "6 steps")
+    low = tiny_job(client, dataset.train_list, *RECOVERY_JOB, "train.checkpoint_every=0", "debug.hold_at_steps=[6]")
+    held(client, low.job_id, 6)
     high = tiny_job(client, dataset.train_list, "train.steps=3", priority=5)
+    wait_for(lambda: client.get(low.job_id).state != pb.JOB_STATE_RUNNING, 60, "the low job to be preempted")
+    release(coordinator.state_dir, low.job_id, 6)
     high_events = list(client.watch(high.job_id))
     assert state(client.get(high.job_id)) == "SUCCEEDED"
 
@@ -345,11 +368,10 @@ def test_a_high_priority_job_preempts_a_low_one_which_resumes_exactly(client, da
     preempted, requeued = changes[3], changes[4]
     assert f"preempted by {high.job_id}" in preempted.message
     # The victim checkpointed where it stopped and lost no step.
-    preempted_seq = [e.seq for e in events if e.WhichOneof("body") == "state_changed"][3]
-    stop_step = [e.progress.step for e in events if e.WhichOneof("body") == "progress" and e.seq < preempted_seq][-1]
-    assert [c.step for c in low.checkpoints] == [stop_step, 30]
-    assert requeued.message.endswith(f"step-{stop_step:08d}")
+    assert [c.step for c in low.checkpoints] == [6, 30]
+    assert requeued.message.endswith("step-00000006")
     assert low.result.metrics["steps_redone"] == 0 and low.result.metrics["failures"] == 0
+    assert [p.step for p in bodies(events, "progress")] == list(range(1, 31))
     assert [p.loss for p in bodies(events, "progress")] == uninterrupted_losses
     # The high-priority job ran in between: it started after the victim let go, ended before it resumed.
     event_time = {e.seq: e.time.ToNanoseconds() for e in events}
@@ -363,3 +385,21 @@ def test_a_job_whose_workers_keep_dying_fails_after_max_failures(client, dataset
     os.kill(worker_pids(coordinator, "EncoderWorker")[0], signal.SIGKILL)
     ended = wait_for(lambda: (j := client.get(job.job_id)).state in TERMINAL and j, 90, "the job to end")
     assert state(ended) == "FAILED" and "train.max_failures=0" in ended.message
+
+
+def test_a_kind_from_outside_the_package_runs_through_the_coordinator(client, dataset, coordinator):
+    """tests/integration/tiny_kind.py is registered only through INTERNVIDEO_TASK_MODULES (conftest)."""
+    config = ("data:\n  sampling_rate: 2\n  decode_workers: 1\n"
+              "train: {steps: 40, global_batch: 16, micro_batch: 4, lr: 0.5, weight_decay: 0}\n")
+    job = client.submit("test-colour-probe", config, [f"data.train_list={dataset.train_list}"],
+                        min_workers=2, max_workers=2)
+    events = list(client.watch(job.job_id))
+    job = client.get(job.job_id)
+    assert state(job) == "SUCCEEDED", f"{job.message}\n{coordinator.log_tail()}"
+    progress = bodies(events, "progress")
+    assert [p.step for p in progress] == list(range(1, 41))
+    assert all(set(p.metrics) >= {"loss", "accuracy", "lr"} and p.loss == p.metrics["loss"] for p in progress)
+    # It learns: the synthetic classes differ in colour over time (fade in / out), so some beat chance.
+    assert progress[-1].loss < progress[0].loss
+    assert job.result.metrics["final_accuracy"] == progress[-1].metrics["accuracy"]
+    assert {j.kind for j in client.list(kinds=["test-colour-probe"]).jobs} == {"test-colour-probe"}

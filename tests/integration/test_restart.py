@@ -10,7 +10,7 @@ from coordinator.client import JobClient
 from internvideo.data.lists import read_video_list
 from internvideo.data.order import GlobalBatchPlan
 from protos.internvideo.v1 import jobs_pb2 as pb
-from tests.integration.conftest import tiny_job, wait_for
+from tests.integration.conftest import held, release, tiny_job
 
 pytestmark = pytest.mark.integration
 JOB = ("train.steps=12", "train.checkpoint_every=4")
@@ -29,14 +29,15 @@ def test_killed_coordinator_restarts_with_every_record_and_resumes_the_running_j
     finished_events = list(client.watch(finished.job_id))
     finished = client.get(finished.job_id)
     assert state(finished) == "SUCCEEDED", finished.message
-    running = tiny_job(client, dataset.train_list, *JOB, "train.record_samples=true")
-    wait_for(lambda: client.get(running.job_id).progress.step >= 6, 240, "6 steps, one checkpoint")
+    running = tiny_job(client, dataset.train_list, *JOB, "train.record_samples=true", "debug.hold_at_steps=[6]")
+    held(client, running.job_id, 6)  # the step-4 checkpoint is committed, step 7 not begun
     queued = tiny_job(client, dataset.train_list, "train.micro_batch=1", workers=16)  # never fits: stays queued
     before = {j.job_id: j for j in client.list(page_size=1000).jobs}
     events_before = list(client.watch(running.job_id, follow=False))
 
     coordinator.kill()
     coordinator.start()
+    release(coordinator.state_dir, running.job_id, 6)
 
     with JobClient(coordinator.address) as fresh:
         after = {j.job_id: j for j in fresh.list(page_size=1000).jobs}
@@ -70,7 +71,8 @@ def test_killed_coordinator_restarts_with_every_record_and_resumes_the_running_j
     # Nothing lost, nothing run twice: the steps after the checkpoint ran again, and the last run of
     # every step is the uninterrupted run's, to the bit, on exactly the plan's samples.
     executed = progress(events)
-    assert resumed.result.metrics["steps_redone"] == len(executed) - 12 >= 2
+    assert [p.step for p in executed] == [*range(1, 7), 5, 6, *range(7, 13)]
+    assert resumed.result.metrics["steps_redone"] == 2
     last = {p.step: p.loss for p in executed}
     assert [last[s] for s in range(1, 13)] == [p.loss for p in progress(uninterrupted_events)]
     plan = GlobalBatchPlan(len(read_video_list(dataset.train_list)), 16, seed=0)
@@ -78,3 +80,26 @@ def test_killed_coordinator_restarts_with_every_record_and_resumes_the_running_j
            (coordinator.state_dir / "jobs" / running.job_id / "samples.jsonl").read_text().splitlines()]
     last_run = {record["step"]: record["samples"] for record in log}
     assert all(sorted(last_run[s]) == sorted(plan.step_samples(s).tolist()) for s in range(12))
+
+
+def test_sigterm_preempts_the_running_job_which_resumes_where_it_stood_on_restart(coordinator, client, dataset):
+    job = tiny_job(client, dataset.train_list, *JOB, "debug.hold_at_steps=[6]")
+    held(client, job.job_id, 6)
+    coordinator.stop()  # SIGTERM: the job checkpoints where it stands and goes back to the queue
+    coordinator.start()
+    release(coordinator.state_dir, job.job_id, 6)
+
+    with JobClient(coordinator.address) as fresh:
+        events = list(fresh.watch(job.job_id))
+        job = fresh.get(job.job_id)
+    assert state(job) == "SUCCEEDED", job.message
+    transitions = [(pb.JobState.Name(e.state_changed.to_state).removeprefix("JOB_STATE_"), e.state_changed.message)
+                   for e in events if e.WhichOneof("body") == "state_changed"]
+    assert [t for t, _ in transitions] == ["QUEUED", "STARTING", "RUNNING", "PREEMPTED", "QUEUED", "STARTING",
+                                           "RUNNING", "SUCCEEDED"]
+    assert transitions[3][1] == "the coordinator shut down"
+    assert transitions[4][1].endswith("step-00000006")
+    # It lost no step: no step ran twice, and the preemption's own checkpoint sits between the periodic ones.
+    assert [p.step for p in progress(events)] == list(range(1, 13))
+    assert job.result.metrics["steps_redone"] == 0 and job.result.metrics["failures"] == 0
+    assert [c.step for c in job.checkpoints] == [4, 6, 8, 12]

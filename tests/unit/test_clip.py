@@ -99,12 +99,17 @@ def test_local_temporal_mhra_starts_as_the_identity_and_images_are_one_frame_cli
 
 def test_text_is_causal_and_pooled_at_the_end_of_text_token():
     model = VideoCLIP(small_config()).eval()
-    _, tokens = inputs()
-    changed = tokens.clone()
-    changed[0, 9] = 42  # after row 0's end-of-text token
+    _, tokens = inputs()  # row 0's end-of-text token is at position 7, row 1's at 11 (the last)
+    after, before, end = tokens.clone(), tokens.clone(), tokens.clone()
+    after[0, 8:] = torch.tensor([5, 42, 77, 89])  # padding after the end of text: never seen where CLIP pools
+    before[0, 3] = (tokens[0, 3] + 1) % 90  # a word of the text: seen there
+    end[0, 7] = 98  # another end-of-text id, still the largest: the pooled token itself
     with torch.no_grad():
-        before, after = model.text(tokens), model.text(changed)
-    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
+        base = model.text(tokens)
+        changed_after, changed_before, changed_end = model.text(after), model.text(before), model.text(end)
+    assert torch.equal(changed_after, base)
+    for changed in (changed_before, changed_end):
+        assert not torch.allclose(changed[0], base[0], atol=1e-4) and torch.equal(changed[1], base[1])
 
 
 def test_clip_positions_are_resized_for_another_image_size():

@@ -42,6 +42,9 @@ def _rank(rank: int, port: int, queue) -> None:
     try:
         grads = gradients(*data(), rank=rank, world=WORLD)
         queue.put((rank, [g.numpy().copy() for g in grads]))  # by value: the process ends before they are read
+        # Both ranks done before either tears its gloo pairs down: a rank that leaves while its peer
+        # still talks to it aborts in gloo's destructor ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -6,9 +6,10 @@ import pytest
 from internvideo.data.decode import DecodeOptions
 from internvideo.data.formats import VideoSource
 from internvideo.data.lists import VideoRecord, write_video_list
-from internvideo.data.pipeline import PretrainClipSpec
+from internvideo.data.pipeline import MaskedClips, PretrainClipSpec
 from internvideo.data.synthetic import write_synthetic_dataset
 from tests.unit.test_decode_backends import write_video
+from workers import telemetry
 from workers.decode import DataError, DecodeWorker
 
 SPEC = PretrainClipSpec(num_frames=4, sampling_rate=2, input_size=32, patch_size=16, tubelet_size=2,
@@ -21,7 +22,8 @@ def open_worker():
     workers = []
 
     def make(list_path, spec=SPEC, threads=1):
-        workers.append(DecodeWorker("job", "pool", VideoSource("list", str(list_path)), spec, threads=threads))
+        workers.append(DecodeWorker("job", "pool", VideoSource("list", str(list_path)), MaskedClips(spec), spec.seed,
+                                    threads=threads))
         return workers[-1]
 
     yield make
@@ -63,6 +65,22 @@ def test_bad_videos_are_replaced_and_reported(mixed_list, open_worker):
     again = open_worker(list_path, threads=3).decode_batch(epoch=0, sample_ids=[0, *bad_ids])
     assert np.array_equal(batch["video"], again["video"]) and np.array_equal(batch["mask"], again["mask"])
     assert batch["skipped"] == again["skipped"]
+
+
+def test_a_worker_counts_each_bad_video_once_however_often_it_meets_it(mixed_list, open_worker):
+    list_path, n_good = mixed_list
+    worker = open_worker(list_path)
+    bad_ids = list(range(n_good, n_good + 5))
+
+    def counts() -> dict[str, float]:
+        return {reason: telemetry.DECODE_ERRORS.labels(job="job", pool="pool", reason=reason)._value.get()
+                for reason in ("missing", "empty", "corrupt", "too_short")}
+
+    before = counts()
+    for epoch in (0, 1, 2):  # the same bad videos, met again and again
+        assert len(worker.decode_batch(epoch=epoch, sample_ids=bad_ids)["skipped"]) >= 5
+    met = {reason: counts()[reason] - before[reason] for reason in before}
+    assert met == {"missing": 1, "empty": 1, "corrupt": 2, "too_short": 1}
 
 
 def test_parallel_decode_threads_return_each_request_its_own_clips_in_order(mixed_list, open_worker):

@@ -15,6 +15,15 @@ def build() -> tuple[VideoClassifier, InteractionClassifier]:
     return base, InteractionClassifier(base, other, other_dim=384, heads=3, depth=2)
 
 
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def moved(before: dict[str, torch.Tensor], model: torch.nn.Module) -> set[str]:
+    """The parameters of ``model`` that are not bit-identical to ``before``."""
+    return {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+
+
 def test_at_initialisation_the_interaction_returns_exactly_the_base_logits():
     base, combined = build()
     video = torch.randn(3, 3, 4, 32, 32)
@@ -41,3 +50,34 @@ def test_only_the_interaction_and_head_train_and_the_gates_open():
     combined.eval()
     with torch.no_grad():
         assert not torch.allclose(combined(video), base(video))
+
+
+def test_the_first_step_opens_the_gates_the_second_trains_what_they_gate_and_the_encoders_never_move():
+    base, combined = build()
+    combined.train()
+    encoders = (base.encoder, combined.other)
+    assert not any(p.requires_grad for encoder in encoders for p in encoder.parameters())
+    names = {name for name, _ in combined.named_parameters()}
+    head = {n for n in names if n.startswith(("base.fc_norm.", "base.head."))}
+    interaction = {n for n in names if n.startswith("interaction.")}
+    gates = {n for n in interaction if n.endswith(("attn_gate", "mlp_gate"))}
+    trainable = {name for name, p in combined.named_parameters() if p.requires_grad}
+    assert trainable == interaction | head and len(gates) == 4  # 2 blocks × (attention, feed-forward)
+
+    # Plain SGD (no weight decay, no momentum): a parameter moves exactly when its gradient is nonzero.
+    optimizer = torch.optim.SGD([p for p in combined.parameters() if p.requires_grad], lr=0.1)
+    video, labels = torch.randn(4, 3, 4, 32, 32), torch.tensor([0, 1, 2, 3])
+    start = snapshot(combined)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(combined(video), labels).backward()
+        optimizer.step()
+
+    step()
+    # tanh(0) = 0 scales every gated branch: the first gradient reaches the gates and the head, and
+    # is exactly zero for the cross-attention, feed-forward and projections behind the gates.
+    assert moved(start, combined) == gates | head
+    step()
+    assert moved(start, combined) == trainable  # gates open: everything behind them trains too
+    assert all(p.grad is None for encoder in encoders for p in encoder.parameters())

@@ -23,7 +23,7 @@ from internvideo.data.transforms import (
     random_resized_crop_params,
     spatial_views,
 )
-from internvideo.tasks.pretrain_mae import DataSection
+from internvideo.tasks.common import DataSection
 
 
 def test_segment_indices_one_frame_per_segment():
@@ -148,6 +148,16 @@ def test_data_section_validates_sources_and_pool_bounds(tmp_path):
     assert DataSection(train_list="t.txt", decode_cpus=4).threads_per_decode_worker == 4
     assert DataSection(train_list="t.txt", decode_cpus=0.5).threads_per_decode_worker == 1
     assert DataSection(train_list="t.txt", decode_cpus=4, decode_threads=2).threads_per_decode_worker == 2
+
+
+def test_decode_short_side_auto_is_videomae_256_for_224():
+    data = DataSection(train_list="t.txt")
+    assert data.decode_short_side == "auto"
+    assert data.decode_options(224).short_side == 256 and data.decode_options(64).short_side == 74
+    assert DataSection(train_list="t.txt", decode_short_side="full").decode_options(224).short_side is None
+    assert DataSection(train_list="t.txt", decode_short_side=300).decode_options(224).short_side == 300
+    options = DataSection(train_list="t.txt", decode_backend="pyav", video_time_limit_s=5).decode_options(224)
+    assert (options.backend, options.fallback, options.time_limit_s) == ("pyav", True, 5)
 
 
 def test_untrimmed_synthetic_videos_match_their_activitynet_annotations(tmp_path):

@@ -9,17 +9,21 @@ from coordinator.scheduler import Scheduler
 from coordinator.state import InvalidTransition, JobState
 from coordinator.store import JobStore
 from coordinator.submission import validate_submission
-from internvideo.tasks.pretrain_mae import PretrainMAEConfig
+from internvideo.tasks.common import SharedConfig
 
 
 class FakeRunner:
+    STOPPED = "stopped by its runner"  # not the scheduler's words: tells who wrote the record
+
     def __init__(self, store, job, world_size, settings, on_exit, fit_world_size, grow_target, decode_limit):
         self.store, self.job, self.world_size, self.on_exit = store, job, world_size, on_exit
         self.job_id = job.job_id
-        self.config = PretrainMAEConfig.model_validate(job.config)
-        self.demand = resource_demand(self.config, world_size, settings.trainer_bundle)
+        self.config = SharedConfig.model_validate(job.config)
+        self.demand = resource_demand(job.needs, world_size, settings.trainer_bundle)
         self.metrics_endpoints, self.decode_workers = {}, self.config.data.decode_workers
         self.started = self.cancelled = False
+        self.stops_when_cancelled = True  # False: a runner still stopping when the scheduler stops waiting
+        self.calls: list[tuple] = []  # cancel and join, in the order the scheduler made them
         self.preempt_reason = ""
 
     @property
@@ -30,14 +34,16 @@ class FakeRunner:
         self.started = True
 
     def cancel(self):
+        self.calls.append(("cancel",))
         self.cancelled = True
 
     def preempt(self, reason):
         self.preempt_reason = reason
 
     def join(self, timeout=None):
-        if self.cancelled:  # what a real runner does once it stopped
-            self.store.transition(self.job_id, JobState.CANCELLED, "cancelled by request", world_size=0)
+        self.calls.append(("join", timeout))
+        if self.cancelled and self.stops_when_cancelled:  # what a real runner does once it stopped
+            self.store.transition(self.job_id, JobState.CANCELLED, self.STOPPED, world_size=0)
             self.on_exit(self)
 
     def release_preempted(self):
@@ -105,15 +111,42 @@ def test_finished_jobs_free_their_resources_for_the_next(scheduler):
     assert scheduler.store.get_job(first).state is JobState.SUCCEEDED
 
 
-def test_cancel_rules(scheduler):
+def test_a_queued_job_is_cancelled_by_the_scheduler_and_an_ended_job_cannot_be(scheduler):
     queued = submit(scheduler, 1, 1)
-    assert scheduler.cancel(queued).state is JobState.CANCELLED
+    record = scheduler.cancel(queued)
+    assert record.state is JobState.CANCELLED and record.message == "cancelled by request"
+    scheduler.tick()
+    assert not scheduler.runners  # never started: no runner was needed to cancel it, nor made later
     with pytest.raises(InvalidTransition, match="already ended"):
         scheduler.cancel(queued)
-    running = submit(scheduler, 1, 1)
+
+    finished = submit(scheduler, 1, 1)
     scheduler.tick()
-    assert scheduler.cancel(running).state is JobState.CANCELLED
-    assert not scheduler.runners
+    runner = scheduler.runners[finished]
+    runner.finish()
+    with pytest.raises(InvalidTransition, match="already ended"):
+        scheduler.cancel(finished)
+    assert runner.calls == [] and scheduler.store.get_job(finished).state is JobState.SUCCEEDED
+
+
+def test_cancelling_a_running_job_asks_its_runner_waits_for_it_and_returns_what_it_left(scheduler):
+    job = submit(scheduler, 1, 1)
+    scheduler.tick()
+    runner = scheduler.runners[job]
+    record = scheduler.cancel(job, wait_s=7.5)
+    assert runner.calls == [("cancel",), ("join", 7.5)]  # told to stop, then waited for, within wait_s
+    assert record.state is JobState.CANCELLED and record.message == FakeRunner.STOPPED  # the runner's record
+    assert record == scheduler.store.get_job(job) and not scheduler.runners
+
+    # A runner still stopping when the wait ends: the job is reported as it is, not as cancelled.
+    slow = submit(scheduler, 1, 1)
+    scheduler.tick()
+    runner = scheduler.runners[slow]
+    runner.stops_when_cancelled = False
+    record = scheduler.cancel(slow, wait_s=0.5)
+    assert runner.calls == [("cancel",), ("join", 0.5)]
+    assert record.state is JobState.STARTING and record == scheduler.store.get_job(slow)
+    assert list(scheduler.runners) == [slow]  # it still holds its resources until it exits
 
 
 def test_jobs_left_active_by_a_dead_coordinator_are_requeued_to_resume_from_their_last_checkpoint(scheduler):

@@ -3,12 +3,12 @@ import sqlite3
 import pytest
 
 from coordinator.state import InvalidTransition, JobState, check_transition
-from coordinator.store import MIGRATIONS, JobNotFound, JobSpec, JobStore
+from coordinator.store import MIGRATIONS, JobNeeds, JobNotFound, JobSpec, JobStore
 
 
 def spec(request_id: str = "") -> JobSpec:
     return JobSpec(kind="pretrain-mae", config={"train": {"steps": 3}}, min_workers=1, max_workers=2,
-                   request_id=request_id)
+                   needs=JobNeeds(world_sizes=(1, 2), decode_workers=2, decode_cpus=1.0), request_id=request_id)
 
 
 def test_terminal_states_allow_no_transition():

@@ -25,13 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n protos/internvideo/v1/jobs.proto\x12\x0einternvideo.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa6\x01\n\x10SubmitJobRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x13\n\x0b\x63onfig_yaml\x18\x03 \x01(\t\x12\x11\n\toverrides\x18\x04 \x03(\t\x12\x13\n\x0bmin_workers\x18\x05 \x01(\x05\x12\x13\n\x0bmax_workers\x18\x06 \x01(\x05\x12\x10\n\x08priority\x18\x07 \x01(\x05\x12\x0c\n\x04name\x18\x08 \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"q\n\x0fListJobsRequest\x12(\n\x06states\x18\x01 \x03(\x0e\x32\x18.internvideo.v1.JobState\x12\r\n\x05kinds\x18\x02 \x03(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"N\n\x10ListJobsResponse\x12!\n\x04jobs\x18\x01 \x03(\x0b\x32\x13.internvideo.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xbf\x01\n\x08Progress\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x02 \x01(\x03\x12\x0f\n\x07samples\x18\x03 \x01(\x03\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x0c\n\x04loss\x18\x05 \x01(\x01\x12\x18\n\x10\x63lips_per_second\x18\x06 \x01(\x01\x12\x14\n\x0cstep_seconds\x18\x07 \x01(\x01\x12\x1a\n\x12\x64\x61ta_wait_fraction\x18\x08 \x01(\x01\x12\x16\n\x0e\x64\x65\x63ode_workers\x18\t \x01(\x05\"i\n\x11\x44\x65\x63odePoolResized\x12\x14\n\x0c\x66rom_workers\x18\x01 \x01(\x05\x12\x12\n\nto_workers\x18\x02 \x01(\x05\x12\x1a\n\x12\x64\x61ta_wait_fraction\x18\x03 \x01(\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\"l\n\nCheckpoint\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x12\n\nworld_size\x18\x03 \x01(\x05\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x0cSkippedVideo\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\x03\"\x8e\x01\n\tJobResult\x12\x37\n\x07metrics\x18\x01 \x03(\x0b\x32&.internvideo.v1.JobResult.MetricsEntry\x12\x18\n\x10\x66inal_checkpoint\x18\x02 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x82\x04\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\'\n\x05state\x18\x04 \x01(\x0e\x32\x18.internvideo.v1.JobState\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x07 \x01(\t\x12\x13\n\x0bmin_workers\x18\x08 \x01(\x05\x12\x13\n\x0bmax_workers\x18\t \x01(\x05\x12\x12\n\nworld_size\x18\n \x01(\x05\x12\x10\n\x08priority\x18\x0b \x01(\x05\x12*\n\x08progress\x18\x0c \x01(\x0b\x32\x18.internvideo.v1.Progress\x12)\n\x06result\x18\r \x01(\x0b\x32\x19.internvideo.v1.JobResult\x12/\n\x0b\x63heckpoints\x18\x0e \x03(\x0b\x32\x1a.internvideo.v1.Checkpoint\x12\x34\n\x0eskipped_videos\x18\x0f \x03(\x0b\x32\x1c.internvideo.v1.SkippedVideo\x12.\n\ncreated_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"J\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12\x14\n\x0chistory_only\x18\x03 \x01(\x08\"y\n\x0cStateChanged\x12,\n\nfrom_state\x18\x01 \x01(\x0e\x32\x18.internvideo.v1.JobState\x12*\n\x08to_state\x18\x02 \x01(\x0e\x32\x18.internvideo.v1.JobState\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x96\x03\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\rstate_changed\x18\x04 \x01(\x0b\x32\x1c.internvideo.v1.StateChangedH\x00\x12,\n\x08progress\x18\x05 \x01(\x0b\x32\x18.internvideo.v1.ProgressH\x00\x12\x30\n\ncheckpoint\x18\x06 \x01(\x0b\x32\x1a.internvideo.v1.CheckpointH\x00\x12\x35\n\rskipped_video\x18\x07 \x01(\x0b\x32\x1c.internvideo.v1.SkippedVideoH\x00\x12+\n\x06result\x18\x08 \x01(\x0b\x32\x19.internvideo.v1.JobResultH\x00\x12@\n\x13\x64\x65\x63ode_pool_resized\x18\t \x01(\x0b\x32!.internvideo.v1.DecodePoolResizedH\x00\x42\x06\n\x04\x62ody\"\x19\n\x17GetClusterStatusRequest\"\x95\x01\n\x04Node\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05\x61live\x18\x03 \x01(\x08\x12.\n\x05total\x18\x04 \x03(\x0b\x32\x1f.internvideo.v1.Node.TotalEntry\x1a,\n\nTotalEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"j\n\x0cJobPlacement\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x17\n\x0ftrainer_workers\x18\x02 \x01(\x05\x12\x16\n\x0e\x64\x65\x63ode_workers\x18\x03 \x01(\x05\x12\x19\n\x11metrics_endpoints\x18\x04 \x03(\t\"\xfe\x02\n\rClusterStatus\x12#\n\x05nodes\x18\x01 \x03(\x0b\x32\x14.internvideo.v1.Node\x12\x18\n\x10trainer_resource\x18\x02 \x01(\t\x12\x1b\n\x13trainer_slots_total\x18\x03 \x01(\x01\x12\x1a\n\x12trainer_slots_free\x18\x04 \x01(\x01\x12*\n\x04jobs\x18\x05 \x03(\x0b\x32\x1c.internvideo.v1.JobPlacement\x12\x37\n\x05total\x18\x06 \x03(\x0b\x32(.internvideo.v1.ClusterStatus.TotalEntry\x12\x35\n\x04\x66ree\x18\x07 \x03(\x0b\x32\'.internvideo.v1.ClusterStatus.FreeEntry\x1a,\n\nTotalEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a+\n\tFreeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*\xfe\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x16\n\x12JOB_STATE_STARTING\x10\x02\x12\x15\n\x11JOB_STATE_RUNNING\x10\x03\x12\x17\n\x13JOB_STATE_RESCALING\x10\x04\x12\x18\n\x14JOB_STATE_RECOVERING\x10\x05\x12\x17\n\x13JOB_STATE_PREEMPTED\x10\x06\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x07\x12\x14\n\x10JOB_STATE_FAILED\x10\x08\x12\x17\n\x13JOB_STATE_CANCELLED\x10\t2\xc6\x03\n\nJobService\x12\x42\n\tSubmitJob\x12 .internvideo.v1.SubmitJobRequest\x1a\x13.internvideo.v1.Job\x12<\n\x06GetJob\x12\x1d.internvideo.v1.GetJobRequest\x1a\x13.internvideo.v1.Job\x12M\n\x08ListJobs\x12\x1f.internvideo.v1.ListJobsRequest\x1a .internvideo.v1.ListJobsResponse\x12\x42\n\tCancelJob\x12 .internvideo.v1.CancelJobRequest\x1a\x13.internvideo.v1.Job\x12G\n\x08WatchJob\x12\x1f.internvideo.v1.WatchJobRequest\x1a\x18.internvideo.v1.JobEvent0\x01\x12Z\n\x10GetClusterStatus\x12\'.internvideo.v1.GetClusterStatusRequest\x1a\x1d.internvideo.v1.ClusterStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n protos/internvideo/v1/jobs.proto\x12\x0einternvideo.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa6\x01\n\x10SubmitJobRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x13\n\x0b\x63onfig_yaml\x18\x03 \x01(\t\x12\x11\n\toverrides\x18\x04 \x03(\t\x12\x13\n\x0bmin_workers\x18\x05 \x01(\x05\x12\x13\n\x0bmax_workers\x18\x06 \x01(\x05\x12\x10\n\x08priority\x18\x07 \x01(\x05\x12\x0c\n\x04name\x18\x08 \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"q\n\x0fListJobsRequest\x12(\n\x06states\x18\x01 \x03(\x0e\x32\x18.internvideo.v1.JobState\x12\r\n\x05kinds\x18\x02 \x03(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"N\n\x10ListJobsResponse\x12!\n\x04jobs\x18\x01 \x03(\x0b\x32\x13.internvideo.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa7\x02\n\x08Progress\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x02 \x01(\x03\x12\x0f\n\x07samples\x18\x03 \x01(\x03\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x0c\n\x04loss\x18\x05 \x01(\x01\x12\x18\n\x10\x63lips_per_second\x18\x06 \x01(\x01\x12\x14\n\x0cstep_seconds\x18\x07 \x01(\x01\x12\x1a\n\x12\x64\x61ta_wait_fraction\x18\x08 \x01(\x01\x12\x16\n\x0e\x64\x65\x63ode_workers\x18\t \x01(\x05\x12\x36\n\x07metrics\x18\n \x03(\x0b\x32%.internvideo.v1.Progress.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"i\n\x11\x44\x65\x63odePoolResized\x12\x14\n\x0c\x66rom_workers\x18\x01 \x01(\x05\x12\x12\n\nto_workers\x18\x02 \x01(\x05\x12\x1a\n\x12\x64\x61ta_wait_fraction\x18\x03 \x01(\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\"l\n\nCheckpoint\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x12\n\nworld_size\x18\x03 \x01(\x05\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x0cSkippedVideo\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\x03\"\x8e\x01\n\tJobResult\x12\x37\n\x07metrics\x18\x01 \x03(\x0b\x32&.internvideo.v1.JobResult.MetricsEntry\x12\x18\n\x10\x66inal_checkpoint\x18\x02 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x82\x04\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\'\n\x05state\x18\x04 \x01(\x0e\x32\x18.internvideo.v1.JobState\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x07 \x01(\t\x12\x13\n\x0bmin_workers\x18\x08 \x01(\x05\x12\x13\n\x0bmax_workers\x18\t \x01(\x05\x12\x12\n\nworld_size\x18\n \x01(\x05\x12\x10\n\x08priority\x18\x0b \x01(\x05\x12*\n\x08progress\x18\x0c \x01(\x0b\x32\x18.internvideo.v1.Progress\x12)\n\x06result\x18\r \x01(\x0b\x32\x19.internvideo.v1.JobResult\x12/\n\x0b\x63heckpoints\x18\x0e \x03(\x0b\x32\x1a.internvideo.v1.Checkpoint\x12\x34\n\x0eskipped_videos\x18\x0f \x03(\x0b\x32\x1c.internvideo.v1.SkippedVideo\x12.\n\ncreated_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"J\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12\x14\n\x0chistory_only\x18\x03 \x01(\x08\"y\n\x0cStateChanged\x12,\n\nfrom_state\x18\x01 \x01(\x0e\x32\x18.internvideo.v1.JobState\x12*\n\x08to_state\x18\x02 \x01(\x0e\x32\x18.internvideo.v1.JobState\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x96\x03\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\rstate_changed\x18\x04 \x01(\x0b\x32\x1c.internvideo.v1.StateChangedH\x00\x12,\n\x08progress\x18\x05 \x01(\x0b\x32\x18.internvideo.v1.ProgressH\x00\x12\x30\n\ncheckpoint\x18\x06 \x01(\x0b\x32\x1a.internvideo.v1.CheckpointH\x00\x12\x35\n\rskipped_video\x18\x07 \x01(\x0b\x32\x1c.internvideo.v1.SkippedVideoH\x00\x12+\n\x06result\x18\x08 \x01(\x0b\x32\x19.internvideo.v1.JobResultH\x00\x12@\n\x13\x64\x65\x63ode_pool_resized\x18\t \x01(\x0b\x32!.internvideo.v1.DecodePoolResizedH\x00\x42\x06\n\x04\x62ody\"\x19\n\x17GetClusterStatusRequest\"\x95\x01\n\x04Node\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05\x61live\x18\x03 \x01(\x08\x12.\n\x05total\x18\x04 \x03(\x0b\x32\x1f.internvideo.v1.Node.TotalEntry\x1a,\n\nTotalEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"j\n\x0cJobPlacement\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x17\n\x0ftrainer_workers\x18\x02 \x01(\x05\x12\x16\n\x0e\x64\x65\x63ode_workers\x18\x03 \x01(\x05\x12\x19\n\x11metrics_endpoints\x18\x04 \x03(\t\"\xfe\x02\n\rClusterStatus\x12#\n\x05nodes\x18\x01 \x03(\x0b\x32\x14.internvideo.v1.Node\x12\x18\n\x10trainer_resource\x18\x02 \x01(\t\x12\x1b\n\x13trainer_slots_total\x18\x03 \x01(\x01\x12\x1a\n\x12trainer_slots_free\x18\x04 \x01(\x01\x12*\n\x04jobs\x18\x05 \x03(\x0b\x32\x1c.internvideo.v1.JobPlacement\x12\x37\n\x05total\x18\x06 \x03(\x0b\x32(.internvideo.v1.ClusterStatus.TotalEntry\x12\x35\n\x04\x66ree\x18\x07 \x03(\x0b\x32\'.internvideo.v1.ClusterStatus.FreeEntry\x1a,\n\nTotalEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a+\n\tFreeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*\xfe\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x16\n\x12JOB_STATE_STARTING\x10\x02\x12\x15\n\x11JOB_STATE_RUNNING\x10\x03\x12\x17\n\x13JOB_STATE_RESCALING\x10\x04\x12\x18\n\x14JOB_STATE_RECOVERING\x10\x05\x12\x17\n\x13JOB_STATE_PREEMPTED\x10\x06\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x07\x12\x14\n\x10JOB_STATE_FAILED\x10\x08\x12\x17\n\x13JOB_STATE_CANCELLED\x10\t2\xc6\x03\n\nJobService\x12\x42\n\tSubmitJob\x12 .internvideo.v1.SubmitJobRequest\x1a\x13.internvideo.v1.Job\x12<\n\x06GetJob\x12\x1d.internvideo.v1.GetJobRequest\x1a\x13.internvideo.v1.Job\x12M\n\x08ListJobs\x12\x1f.internvideo.v1.ListJobsRequest\x1a .internvideo.v1.ListJobsResponse\x12\x42\n\tCancelJob\x12 .internvideo.v1.CancelJobRequest\x1a\x13.internvideo.v1.Job\x12G\n\x08WatchJob\x12\x1f.internvideo.v1.WatchJobRequest\x1a\x18.internvideo.v1.JobEvent0\x01\x12Z\n\x10GetClusterStatus\x12\'.internvideo.v1.GetClusterStatusRequest\x1a\x1d.internvideo.v1.ClusterStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.internvideo.v1.jobs_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PROGRESS_METRICSENTRY']._loaded_options = None
+  _globals['_PROGRESS_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_JOBRESULT_METRICSENTRY']._loaded_options = None
   _globals['_JOBRESULT_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_NODE_TOTALENTRY']._loaded_options = None
@@ -40,8 +42,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLUSTERSTATUS_TOTALENTRY']._serialized_options = b'8\001'
   _globals['_CLUSTERSTATUS_FREEENTRY']._loaded_options = None
   _globals['_CLUSTERSTATUS_FREEENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=2949
-  _globals['_JOBSTATE']._serialized_end=3203
+  _globals['_JOBSTATE']._serialized_start=3053
+  _globals['_JOBSTATE']._serialized_end=3307
   _globals['_SUBMITJOBREQUEST']._serialized_start=86
   _globals['_SUBMITJOBREQUEST']._serialized_end=252
   _globals['_GETJOBREQUEST']._serialized_start=254
@@ -53,39 +55,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTJOBSRESPONSE']._serialized_start=438
   _globals['_LISTJOBSRESPONSE']._serialized_end=516
   _globals['_PROGRESS']._serialized_start=519
-  _globals['_PROGRESS']._serialized_end=710
-  _globals['_DECODEPOOLRESIZED']._serialized_start=712
-  _globals['_DECODEPOOLRESIZED']._serialized_end=817
-  _globals['_CHECKPOINT']._serialized_start=819
-  _globals['_CHECKPOINT']._serialized_end=927
-  _globals['_SKIPPEDVIDEO']._serialized_start=929
-  _globals['_SKIPPEDVIDEO']._serialized_end=1004
-  _globals['_JOBRESULT']._serialized_start=1007
-  _globals['_JOBRESULT']._serialized_end=1149
-  _globals['_JOBRESULT_METRICSENTRY']._serialized_start=1103
-  _globals['_JOBRESULT_METRICSENTRY']._serialized_end=1149
-  _globals['_JOB']._serialized_start=1152
-  _globals['_JOB']._serialized_end=1666
-  _globals['_WATCHJOBREQUEST']._serialized_start=1668
-  _globals['_WATCHJOBREQUEST']._serialized_end=1742
-  _globals['_STATECHANGED']._serialized_start=1744
-  _globals['_STATECHANGED']._serialized_end=1865
-  _globals['_JOBEVENT']._serialized_start=1868
-  _globals['_JOBEVENT']._serialized_end=2274
-  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_start=2276
-  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_end=2301
-  _globals['_NODE']._serialized_start=2304
-  _globals['_NODE']._serialized_end=2453
-  _globals['_NODE_TOTALENTRY']._serialized_start=2409
-  _globals['_NODE_TOTALENTRY']._serialized_end=2453
-  _globals['_JOBPLACEMENT']._serialized_start=2455
-  _globals['_JOBPLACEMENT']._serialized_end=2561
-  _globals['_CLUSTERSTATUS']._serialized_start=2564
-  _globals['_CLUSTERSTATUS']._serialized_end=2946
-  _globals['_CLUSTERSTATUS_TOTALENTRY']._serialized_start=2409
-  _globals['_CLUSTERSTATUS_TOTALENTRY']._serialized_end=2453
-  _globals['_CLUSTERSTATUS_FREEENTRY']._serialized_start=2903
-  _globals['_CLUSTERSTATUS_FREEENTRY']._serialized_end=2946
-  _globals['_JOBSERVICE']._serialized_start=3206
-  _globals['_JOBSERVICE']._serialized_end=3660
+  _globals['_PROGRESS']._serialized_end=814
+  _globals['_PROGRESS_METRICSENTRY']._serialized_start=768
+  _globals['_PROGRESS_METRICSENTRY']._serialized_end=814
+  _globals['_DECODEPOOLRESIZED']._serialized_start=816
+  _globals['_DECODEPOOLRESIZED']._serialized_end=921
+  _globals['_CHECKPOINT']._serialized_start=923
+  _globals['_CHECKPOINT']._serialized_end=1031
+  _globals['_SKIPPEDVIDEO']._serialized_start=1033
+  _globals['_SKIPPEDVIDEO']._serialized_end=1108
+  _globals['_JOBRESULT']._serialized_start=1111
+  _globals['_JOBRESULT']._serialized_end=1253
+  _globals['_JOBRESULT_METRICSENTRY']._serialized_start=768
+  _globals['_JOBRESULT_METRICSENTRY']._serialized_end=814
+  _globals['_JOB']._serialized_start=1256
+  _globals['_JOB']._serialized_end=1770
+  _globals['_WATCHJOBREQUEST']._serialized_start=1772
+  _globals['_WATCHJOBREQUEST']._serialized_end=1846
+  _globals['_STATECHANGED']._serialized_start=1848
+  _globals['_STATECHANGED']._serialized_end=1969
+  _globals['_JOBEVENT']._serialized_start=1972
+  _globals['_JOBEVENT']._serialized_end=2378
+  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_start=2380
+  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_end=2405
+  _globals['_NODE']._serialized_start=2408
+  _globals['_NODE']._serialized_end=2557
+  _globals['_NODE_TOTALENTRY']._serialized_start=2513
+  _globals['_NODE_TOTALENTRY']._serialized_end=2557
+  _globals['_JOBPLACEMENT']._serialized_start=2559
+  _globals['_JOBPLACEMENT']._serialized_end=2665
+  _globals['_CLUSTERSTATUS']._serialized_start=2668
+  _globals['_CLUSTERSTATUS']._serialized_end=3050
+  _globals['_CLUSTERSTATUS_TOTALENTRY']._serialized_start=2513
+  _globals['_CLUSTERSTATUS_TOTALENTRY']._serialized_end=2557
+  _globals['_CLUSTERSTATUS_FREEENTRY']._serialized_start=3007
+  _globals['_CLUSTERSTATUS_FREEENTRY']._serialized_end=3050
+  _globals['_JOBSERVICE']._serialized_start=3310
+  _globals['_JOBSERVICE']._serialized_end=3764
 # @@protoc_insertion_point(module_scope)

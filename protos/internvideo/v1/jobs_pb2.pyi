@@ -86,7 +86,14 @@ class ListJobsResponse(_message.Message):
     def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("step", "total_steps", "samples", "epoch", "loss", "clips_per_second", "step_seconds", "data_wait_fraction", "decode_workers")
+    __slots__ = ("step", "total_steps", "samples", "epoch", "loss", "clips_per_second", "step_seconds", "data_wait_fraction", "decode_workers", "metrics")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     STEP_FIELD_NUMBER: _ClassVar[int]
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +103,7 @@ class Progress(_message.Message):
     STEP_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DATA_WAIT_FRACTION_FIELD_NUMBER: _ClassVar[int]
     DECODE_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
     step: int
     total_steps: int
     samples: int
@@ -105,7 +113,8 @@ class Progress(_message.Message):
     step_seconds: float
     data_wait_fraction: float
     decode_workers: int
-    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., samples: _Optional[int] = ..., epoch: _Optional[int] = ..., loss: _Optional[float] = ..., clips_per_second: _Optional[float] = ..., step_seconds: _Optional[float] = ..., data_wait_fraction: _Optional[float] = ..., decode_workers: _Optional[int] = ...) -> None: ...
+    metrics: _containers.ScalarMap[str, float]
+    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., samples: _Optional[int] = ..., epoch: _Optional[int] = ..., loss: _Optional[float] = ..., clips_per_second: _Optional[float] = ..., step_seconds: _Optional[float] = ..., data_wait_fraction: _Optional[float] = ..., decode_workers: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class DecodePoolResized(_message.Message):
     __slots__ = ("from_workers", "to_workers", "data_wait_fraction", "reason")

@@ -1,0 +1,118 @@
+"""What a job kind is: the one interface the trainers and decode workers run any kind through.
+
+A kind subclasses ``Task`` in one module under ``internvideo/tasks/`` and says
+
+- its config schema (``config_type``: the shared sections of ``common.py`` plus its own);
+- how to build its model (parameters with ``requires_grad=False`` stay out of the optimizer);
+- what one sample is (``sample_fn``: run by the decode workers, a pure function of
+  ``(record, epoch, sample id)`` returning named arrays);
+- how decoded arrays become tensors, and a batch a loss with named metrics (``loss``), or a
+  whole optimizer step (``train_step``: a kind whose loss couples the micro-batches overrides it);
+- FLOPs per sample, for MFU.
+
+Nothing outside the kind's module knows any of this. The coordinator reads a job's config
+through ``SharedConfig`` and what was derived at submit; workers load the kind from a ``TaskRef``.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+import numpy as np
+import torch
+
+from internvideo.data.lists import VideoRecord
+from internvideo.tasks.common import ConfigError, JobConfig
+
+ConfigT = TypeVar("ConfigT", bound=JobConfig)
+
+
+class SampleFn(Protocol):
+    """What a decode worker runs for one sample: named arrays, every random draw a function of
+    ``(seed, epoch, sample_id)``. Must pickle (it travels to the decode actors)."""
+
+    def __call__(self, record: VideoRecord, epoch: int, sample_id: int) -> dict[str, np.ndarray]: ...
+
+
+class StepEngine(Protocol):
+    """The slice of a DeepSpeed engine a task's step uses (a plain-torch stand-in serves in tests)."""
+
+    module: torch.nn.Module
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+    def backward(self, loss: torch.Tensor) -> Any: ...
+    def step(self) -> None: ...
+
+
+class Task(ABC, Generic[ConfigT]):
+    """One job kind, bound to a job's validated config."""
+
+    kind: ClassVar[str]  # the name jobs are submitted with, e.g. "pretrain-mae"
+    encoder: ClassVar[str]  # the encoder it trains, for metric labels, e.g. "videomae"
+    config_type: ClassVar[type[JobConfig]]
+
+    def __init__(self, config: ConfigT) -> None:
+        self.config = config
+
+    # -- submit time ----------------------------------------------------------------------------
+    def check_inputs(self) -> None:
+        """Fail with ``ConfigError`` if a file the config names is unusable now (failing at submit
+        beats failing after start-up). The data source is checked for every kind; a kind that
+        names more files extends this."""
+        try:
+            self.config.data.source().read()
+        except (OSError, ValueError) as err:
+            raise ConfigError("data.train_list", str(err)) from None
+
+    # -- model ----------------------------------------------------------------------------------
+    @abstractmethod
+    def build_model(self) -> torch.nn.Module:
+        """The model, with the same initial weights on every rank and every run."""
+
+    @abstractmethod
+    def flops_per_sample(self, model: torch.nn.Module) -> float:
+        """Matmul FLOPs of one training sample, forward and backward."""
+
+    # -- data -----------------------------------------------------------------------------------
+    @abstractmethod
+    def sample_fn(self) -> SampleFn:
+        """What the decode workers run for each sample."""
+
+    @abstractmethod
+    def to_tensors(self, batch: dict[str, np.ndarray], device: torch.device,
+                   dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """A decoded micro-batch (the sample arrays stacked) as model input on ``device``."""
+
+    # -- training -------------------------------------------------------------------------------
+    @abstractmethod
+    def loss(self, model: StepEngine | torch.nn.Module,
+             batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One micro-batch's loss and named metrics (detached scalars)."""
+
+    def train_step(self, engine: StepEngine, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """One optimizer step over this rank's micro-batches; returns metrics averaged over them,
+        ``loss`` among them. The engine accumulates gradients and steps at the last micro-batch."""
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        for batch in batches:
+            loss, metrics = self.loss(engine, batch)
+            engine.backward(loss)
+            engine.step()
+            for name, value in {"loss": loss.detach(), **metrics}.items():
+                sums[name] = sums.get(name, 0.0) + value.float()
+            count += 1
+        # One device sync for all metrics, not one per micro-batch.
+        values = torch.stack(list(sums.values())).div_(count).tolist()
+        return dict(zip(sums, values))
+
+
+def array_to_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A decoded array on ``device``. Arrays from Ray's object store are read-only, and torch
+    wants to own writable memory: copy only when needed."""
+    return torch.from_numpy(np.require(array, requirements="W")).to(device, non_blocking=True)
+
+
+def unwrap(model: StepEngine | torch.nn.Module) -> torch.nn.Module:
+    """The model inside an engine wrapper (DeepSpeed's ``module``), or the model itself."""
+    return getattr(model, "module", model)

@@ -1,0 +1,158 @@
+"""Config sections every job kind shares — data, training loop, debugging — defined once.
+
+A kind's config is one of these sections' subclasses plus its own ``model`` section
+(``JobConfig``). The coordinator reads any job through ``SharedConfig``, which ignores the
+kind's own sections: it schedules, checkpoints and recovers without knowing the kind.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from internvideo.data.decode import DecodeOptions
+from internvideo.data.formats import SourceFormat, VideoSource
+
+
+class ConfigError(ValueError):
+    """A config that validates but cannot run (a file it names is missing, say); ``field`` is the
+    dotted path of what to fix, from the config's root (``data.train_list``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
+class Strict(BaseModel):
+    """A config section that refuses unknown fields (a typo is an error, not a silent default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSection(Strict):
+    train_list: str = Field(min_length=1)  # the annotation file, in ``format``
+    format: SourceFormat = "list"  # list (path label) | ssv2 | video_text | activitynet
+    labels: str | None = None  # ssv2: its labels.json
+    subset: str | None = None  # activitynet: one split
+    root: str | None = None  # relative video paths resolve against this (default: the list's folder)
+    sampler: Literal["dense", "segment"] = "dense"  # segment: one frame from each of num_frames segments
+    sampling_rate: int = Field(4, gt=0)  # dense only
+    crop: Literal["multi_scale", "random_resized"] = "multi_scale"
+    flip: bool = False  # leave off when classes depend on direction (SSv2, left vs right)
+    normalization: Literal["imagenet", "clip"] = "imagenet"
+    # Decode videos whose short side is larger straight to this size; "auto": VideoMAE's 256 for 224,
+    # i.e. 8/7 of the input; "full": never scale.
+    decode_short_side: int | Literal["auto", "full"] = "auto"
+    decode_workers: int = Field(2, ge=1)  # the pool's size at start, and its minimum
+    decode_workers_max: int | None = Field(None, ge=1)  # grow up to this while trainers wait; None: fixed
+    decode_cpus: float = Field(1.0, gt=0)
+    # Decode threads per worker; None: one per CPU in decode_cpus. A few workers of several threads
+    # cost less than many single-threaded ones (fewer processes; benchmarks/README.md).
+    decode_threads: int | None = Field(None, ge=1)
+    data_wait_target: float = Field(0.05, gt=0.0, lt=1.0)  # grow the pool when trainers wait longer
+    autoscale_window: int = Field(8, ge=1)  # steps of data-wait history behind each pool decision
+    max_in_flight: int = Field(4, ge=1)  # decode requests outstanding per trainer (backpressure)
+    max_bad_fraction: float = Field(0.1, ge=0.0, le=1.0)
+    decode_timeout_s: float = Field(120.0, gt=0)
+    # A decode worker that dies is restarted by Ray and its in-flight requests retried, up to
+    # this many times per worker; past that, its loss is a failure the job recovers from.
+    decode_restarts: int = Field(8, ge=0)
+    decode_backend: Literal["decord", "pyav"] = "decord"
+    decode_fallback: bool = True  # a file decord cannot read (GIF, raw H.264, MPEG-TS) is read with PyAV
+    video_time_limit_s: float = Field(60.0, gt=0)  # a video taking longer is skipped as "timeout"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DataSection":
+        self.source()  # format and its options agree
+        if self.decode_workers_max is not None and self.decode_workers_max < self.decode_workers:
+            raise ValueError(f"decode_workers_max ({self.decode_workers_max}) is below decode_workers "
+                             f"({self.decode_workers})")
+        if isinstance(self.decode_short_side, int) and self.decode_short_side < 2:
+            raise ValueError(f"decode_short_side must be >= 2, 'auto' or 'full', got {self.decode_short_side}")
+        return self
+
+    def source(self) -> VideoSource:
+        return VideoSource(self.format, self.train_list, self.root, self.labels, self.subset)
+
+    def decode_options(self, input_size: int) -> DecodeOptions:
+        """How the decode workers read videos for a model input of ``input_size`` pixels a side."""
+        short_side = self.decode_short_side
+        if short_side == "full":
+            short_side = None
+        elif short_side == "auto":  # VideoMAE resizes to a 256 short side for 224 inputs
+            short_side = 2 * round(input_size * 8 / 7 / 2)
+        return DecodeOptions(backend=self.decode_backend, fallback=self.decode_fallback,
+                             time_limit_s=self.video_time_limit_s, short_side=short_side)
+
+    @property
+    def max_decode_workers(self) -> int:
+        return self.decode_workers_max or self.decode_workers
+
+    @property
+    def threads_per_decode_worker(self) -> int:
+        return self.decode_threads or max(1, round(self.decode_cpus))
+
+
+class TrainSection(Strict):
+    steps: int = Field(gt=0)
+    global_batch: int = Field(gt=0)
+    micro_batch: int = Field(gt=0)
+    lr: float = Field(1.5e-4, gt=0)
+    min_lr: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = Field(0.0, ge=0)  # 0: off
+    seed: int = 0
+    checkpoint_every: int = Field(0, ge=0)  # 0: only at the end
+    keep_checkpoints: int = Field(0, ge=0)  # keep the newest K committed checkpoints; 0: keep all
+    zero_stage: Literal[0, 1, 2] = 2
+    step_timeout_s: float = Field(600.0, gt=0)
+    max_failures: int = Field(3, ge=0)  # worker losses survived by restarting from the last checkpoint
+    record_samples: bool = False  # debug: log the sample ids of every step to <job>/samples.jsonl
+    resume_from: str | None = None  # a committed checkpoint folder
+
+    @model_validator(mode="after")
+    def _batch_splits(self) -> "TrainSection":
+        if self.global_batch % self.micro_batch:
+            raise ValueError(f"global_batch ({self.global_batch}) must be a multiple of micro_batch "
+                             f"({self.micro_batch})")
+        return self
+
+
+class DebugSection(Strict):
+    """Control points for tests and fault drills. Off by default; a production job leaves it empty."""
+
+    # The runner pauses when this many steps are done, before the next one, until the file
+    # ``<job dir>/release-<steps>`` exists: a test acts on a job at a point it chose (kills a worker,
+    # a node, the coordinator), then releases it. Cancel and preemption interrupt a hold.
+    hold_at_steps: list[int] = Field(default_factory=list)
+    # Every decode request takes at least this long: slow storage, for pool-sizing drills.
+    decode_delay_s: float = Field(0.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _positive(self) -> "DebugSection":
+        if any(step < 0 for step in self.hold_at_steps):
+            raise ValueError(f"hold_at_steps must be >= 0, got {self.hold_at_steps}")
+        return self
+
+
+class SharedConfig(BaseModel):
+    """What every kind's config has: read by the coordinator, which ignores the kind's own sections."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    data: DataSection
+    train: TrainSection
+    debug: DebugSection = Field(default_factory=DebugSection)
+
+    def valid_world_sizes(self, min_workers: int, max_workers: int) -> list[int]:
+        """World sizes in [min, max] that keep the global batch whole."""
+        step = self.train.micro_batch
+        return [w for w in range(min_workers, max_workers + 1) if self.train.global_batch % (step * w) == 0]
+
+
+class JobConfig(SharedConfig):
+    """Base of every kind's config: the shared sections, and nothing unknown."""
+
+    model_config = ConfigDict(extra="forbid")
