@@ -1,6 +1,7 @@
 """The contrastive loss over 2 gloo ranks trains exactly like one process over the whole batch."""
 from __future__ import annotations
 
+import os
 import socket
 
 import torch
@@ -42,11 +43,14 @@ def _rank(rank: int, port: int, queue) -> None:
     try:
         grads = gradients(*data(), rank=rank, world=WORLD)
         queue.put((rank, [g.numpy().copy() for g in grads]))  # by value: the process ends before they are read
-        # Both ranks done before either tears its gloo pairs down: a rank that leaves while its peer
-        # still talks to it aborts in gloo's destructor ("terminate called without an active exception").
-        dist.barrier()
+        dist.barrier()  # both ranks done before either tears its gloo pairs down
     finally:
         dist.destroy_process_group()
+    # Leave without the interpreter's teardown: gloo's background threads, destroyed there, now and then
+    # abort the process ("terminate called without an active exception") after all work is done.
+    queue.close()
+    queue.join_thread()
+    os._exit(0)
 
 
 def test_two_ranks_give_the_gradients_of_one_process_over_the_concatenated_batch():
