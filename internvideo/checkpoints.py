@@ -207,6 +207,9 @@ def load_pretrained(model: nn.Module, checkpoint: Mapping[str, Any], *, allow_mi
     expected = model.state_dict()
     state = to_model_layout(unwrap(checkpoint), expected)
     _resize_pos_embed(state, expected, model, source_grid)
+    for key in set(state) & set(expected):  # a scalar saved 0-d loads into a (1,) parameter, and back
+        if state[key].shape != expected[key].shape and state[key].numel() == expected[key].numel() == 1:
+            state[key] = state[key].reshape(expected[key].shape)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong_shape = sorted(f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"

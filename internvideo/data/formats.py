@@ -176,8 +176,8 @@ SourceFormat = Literal["list", "ssv2", "video_text", "activitynet"]
 class VideoSource:
     """Where a job's videos are listed, in any of the formats above; ``read()`` gives the records a
     decode worker indexes by sample id. Each process reads the file itself, so the record list never
-    travels. Captions and segments are not labels: those formats give label 0 here (video-only use,
-    such as masked pretraining)."""
+    travels. Captions and segments are not labels: those formats give label 0 here; video–text
+    records carry their captions."""
 
     format: SourceFormat
     path: str
@@ -197,7 +197,7 @@ class VideoSource:
         if self.format == "ssv2":
             return read_ssv2(self.path, self.labels, self.root)
         if self.format == "video_text":
-            return [VideoRecord(v.path, 0) for v in read_video_text(self.path, self.root)]
+            return [VideoRecord(v.path, 0, v.captions) for v in read_video_text(self.path, self.root)]
         videos = read_activitynet(self.path, self.root, self.subset)
         if not videos:
             raise ValueError(f"{self.path}: no videos{f' in subset {self.subset!r}' if self.subset else ''}")

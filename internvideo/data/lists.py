@@ -19,10 +19,12 @@ __all__ = ["VideoRecord", "read_video_list", "write_video_list"]
 
 @dataclass(frozen=True)
 class VideoRecord:
-    """One labelled video: a file path and an integer class id."""
+    """One video as a decode worker indexes it: a file path, an integer class id, and its captions
+    (video–text sources; empty otherwise)."""
 
     path: str
     label: int
+    captions: tuple[str, ...] = ()
 
 
 def _split_line(line: str) -> list[str]:

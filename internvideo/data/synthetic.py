@@ -75,7 +75,9 @@ class SyntheticDataset:
     root: Path
     train_list: Path
     val_list: Path
-    captions_csv: Path
+    captions_csv: Path  # every video's caption (WebVid-style CSV: video, caption)
+    train_captions: Path  # the same, split as train.txt / val.txt
+    val_captions: Path
     classes_txt: Path
     classes: tuple[str, ...]
 
@@ -196,7 +198,8 @@ def write_synthetic_dataset(
     seed: int = 0,
     val_fraction: float = 0.25,
 ) -> SyntheticDataset:
-    """Write ``videos/*.mp4``, ``train.txt``, ``val.txt``, ``captions.csv``, ``classes.txt``.
+    """Write ``videos/*.mp4``, ``train.txt``, ``val.txt``, ``captions.csv`` (and its split,
+    ``train_captions.csv``, ``val_captions.csv``), ``classes.txt``.
 
     Video ``i`` has class ``i % 8``; the val split is stratified by class
     (``round(val_fraction * num_videos)`` videos) and both lists use relative
@@ -232,16 +235,19 @@ def write_synthetic_dataset(
         train_list=root / "train.txt",
         val_list=root / "val.txt",
         captions_csv=root / "captions.csv",
+        train_captions=root / "train_captions.csv",
+        val_captions=root / "val_captions.csv",
         classes_txt=root / "classes.txt",
         classes=CLASSES,
     )
     records = [VideoRecord(rel_paths[i], int(labels[i])) for i in range(num_videos)]
     write_video_list(ds.train_list, [r for r, v in zip(records, is_val) if not v])
     write_video_list(ds.val_list, [r for r, v in zip(records, is_val) if v])
-    with open(ds.captions_csv, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "caption"])
-        writer.writerows(zip(rel_paths, captions))
+    for path, keep in ((ds.captions_csv, ~is_val | is_val), (ds.train_captions, ~is_val), (ds.val_captions, is_val)):
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["video", "caption"])
+            writer.writerows((p, c) for p, c, k in zip(rel_paths, captions, keep) if k)
     ds.classes_txt.write_text("".join(f"{c}\n" for c in CLASSES), encoding="utf-8")
     return ds
 

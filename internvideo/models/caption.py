@@ -84,3 +84,12 @@ class CaptionDecoder(nn.Module):
         """Mean cross-entropy of each next token; padding is not predicted."""
         logits = self(visual, tokens[:, :-1])
         return F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), ignore_index=self.config.pad_id)
+
+    def loss_per_caption(self, visual: Tensor, tokens: Tensor) -> Tensor:
+        """Each caption's mean next-token cross-entropy (B,). Their mean weighs every caption alike
+        however the batch is split, which a mean over all tokens of a micro-batch does not."""
+        logits = self(visual, tokens[:, :-1])
+        targets = tokens[:, 1:]
+        per_token = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=self.config.pad_id,
+                                    reduction="none")  # (B, N-1), 0 at padding
+        return per_token.sum(dim=1) / (targets != self.config.pad_id).sum(dim=1).clamp(min=1)

@@ -95,6 +95,11 @@ class VideoCLIPConfig(BaseModel):
         return self
 
 
+# What a plain CLIP checkpoint lacks: the UniBlocks and the local temporal MHRA (zero-initialised,
+# so a model loaded from CLIP starts as CLIP).
+UNIBLOCK_KEYS = ("visual.transformer.dpe.*", "visual.transformer.dec.*", "visual.transformer.temporal_cls_token",
+                 "visual.transformer.balance", "visual.transformer.resblocks.*.lmhra.*")
+
 # Published OpenAI CLIP shapes.
 CLIP_SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "ViT-B/16": {"visual": {"width": 768, "layers": 12, "heads": 12, "patch_size": 16, "output_dim": 512},
@@ -291,6 +296,15 @@ class VideoCLIPVisual(nn.Module):
 
     def forward(self, video: Tensor) -> Tensor:
         """Embeddings (B, output_dim) of normalised clips (B, 3, T, H, W); an image is T = 1."""
+        return self._run(video)[0]
+
+    def encode(self, video: Tensor) -> tuple[Tensor, Tensor]:
+        """The embeddings (B, output_dim) and the last layer's tokens of every frame, normalised
+        (B, T·(1 + H'·W'), width): what a caption decoder or another model attends to."""
+        embedding, tokens = self._run(video)
+        return embedding, self.ln_post(tokens)
+
+    def _run(self, video: Tensor) -> tuple[Tensor, Tensor]:
         b, _, t, _, _ = video.shape
         frames = video.transpose(1, 2).flatten(0, 1)  # (B·T, 3, H, W)
         x = self.conv1(frames).flatten(2).transpose(1, 2)  # (B·T, H'·W', C)
@@ -301,7 +315,7 @@ class VideoCLIPVisual(nn.Module):
         if query is not None:  # fused with the UniBlocks' video token through the learned balance
             weight = torch.sigmoid(self.transformer.balance)
             video = (1 - weight) * query[:, 0] + weight * video
-        return self.ln_post(video) @ self.proj  # (B, output_dim)
+        return self.ln_post(video) @ self.proj, x.reshape(b, -1, x.shape[-1])
 
 
 class CLIPText(nn.Module):
@@ -335,7 +349,9 @@ class VideoCLIP(nn.Module):
         self.config = config
         self.visual = VideoCLIPVisual(config.visual)
         self.text = CLIPText(config.text)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        # Shape (1,), not CLIP's 0-d scalar: DeepSpeed cannot broadcast a 0-d parameter (the loader
+        # maps either shape onto the other).
+        self.logit_scale = nn.Parameter(torch.full((1,), math.log(1 / 0.07)))
 
     def encode_video(self, video: Tensor) -> Tensor:
         return F.normalize(self.visual(video), dim=-1)
@@ -345,7 +361,7 @@ class VideoCLIP(nn.Module):
 
     def temperature(self) -> Tensor:
         """exp(logit_scale), clamped at 100 as CLIP does."""
-        return self.logit_scale.exp().clamp(max=100.0)
+        return self.logit_scale.exp().clamp(max=100.0).squeeze(0)
 
     def forward(self, video: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Normalised video and text embeddings and the logit scale."""

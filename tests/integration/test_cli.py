@@ -99,6 +99,6 @@ def test_data_synth_writes_a_trainable_dataset(tmp_path):
     entries = [line for line in train + val if line]
     assert len(entries) == 16
     assert all((tmp_path / "synth" / line.split()[0]).stat().st_size > 0 for line in entries)
-    assert (tmp_path / "synth" / "captions.csv").read_text().startswith("path,caption")
+    assert (tmp_path / "synth" / "captions.csv").read_text().startswith("video,caption")
     untrimmed = read_activitynet(tmp_path / "synth" / "untrimmed" / "activitynet.json")
     assert len(untrimmed) == 3 and all(Path(v.path).stat().st_size > 0 and v.segments for v in untrimmed)

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from internvideo.data.decode import DecodeError, read_clip
+from internvideo.data.formats import read_video_text
 from internvideo.data.lists import VideoRecord, read_video_list, write_video_list
 from internvideo.data.masking import num_masked_tokens, tube_mask
 from internvideo.data.pipeline import PretrainClipSpec, load_pretrain_clip
@@ -91,9 +92,12 @@ def test_synthetic_classes_balanced_and_files_well_formed(dataset):
     assert dataset.classes_txt.read_text().splitlines() == list(CLASSES) == list(dataset.classes)
     with open(dataset.captions_csv, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 64 and rows[0]["path"] == "videos/000000.mp4"
+    assert len(rows) == 64 and rows[0]["video"] == "videos/000000.mp4"
+    train_captions = read_video_text(dataset.train_captions)
+    assert {v.path for v in train_captions} == {r.path for r in read_video_list(dataset.train_list)}
+    assert {v.path for v in read_video_text(dataset.val_captions)} == {r.path for r in val}
     for row in rows:
-        label = int(Path(row["path"]).stem) % 8
+        label = int(Path(row["video"]).stem) % 8
         words = {"move_left": "left", "move_right": "right", "move_up": "up", "move_down": "down",
                  "grow": "grows", "shrink": "shrinks", "fade_in": "in", "fade_out": "out"}
         assert row["caption"].split()[-1] == words[CLASSES[label]]
