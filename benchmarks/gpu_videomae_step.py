@@ -24,6 +24,7 @@ import torch
 from internvideo.data.masking import tube_mask
 from internvideo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from internvideo.models.videomae import VideoMAEPretrain, videomae_config
+from internvideo.optim import param_groups
 
 PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
 
@@ -137,8 +138,8 @@ def ours_deepspeed(cfg, video, pixels, mask, batch, device, zero_stage: int):
         if not dist.is_initialized():
             ds.init_process_group(master_addr="127.0.0.1", master_port=29511, rank=0, world_size=1, timeout_s=120)
         model = VideoMAEPretrain(cfg)
-        engine = ds.build_engine(model, micro_batch=batch, accumulation=1, world_size=1, lr=1e-4, min_lr=0.0,
-                                 warmup_steps=0, total_steps=1000, weight_decay=0.05, betas=(0.9, 0.95),
+        engine = ds.build_engine(model, param_groups(model, 0.05), micro_batch=batch, accumulation=1, world_size=1,
+                                 lr=1e-4, min_lr=0.0, warmup_steps=0, total_steps=1000, betas=(0.9, 0.95),
                                  grad_clip=0.0, zero_stage=zero_stage)
         dtype = next(engine.module.parameters()).dtype
         inputs = video.to(dtype)

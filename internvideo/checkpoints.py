@@ -173,6 +173,8 @@ def to_model_layout(state: Mapping[str, Tensor], model_keys: Iterable[str]) -> S
         state = from_openai_clip(state)
     else:
         state = dict(state)
+    if any(k.startswith("clip.") for k in state) and not any(k.startswith("clip.") for k in model_keys):
+        state = {k.removeprefix("clip."): v for k, v in state.items()}  # a pretrain-mm job's towers
     wants_encoder_prefix = any(k.startswith("encoder.") for k in model_keys)
     if not wants_encoder_prefix:
         return state

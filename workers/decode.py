@@ -29,7 +29,7 @@ import torch
 from torchdata.nodes import BaseNode, ParallelMapper
 
 from internvideo.data.decode import DecodeError
-from internvideo.data.formats import VideoSource
+from internvideo.data.formats import MergedSource, VideoSource
 from internvideo.data.lists import VideoRecord
 from internvideo.data.order import GlobalBatchPlan, gradient_accumulation
 from internvideo.tasks.base import SampleFn
@@ -88,7 +88,7 @@ class DecodeWorker:
     no hand-offs between threads. Plain class (tests and benchmarks use it directly); the Ray actor is
     ``ray.remote(DecodeWorker)`` with concurrent calls."""
 
-    def __init__(self, job_id: str, pool: str, source: VideoSource, sample: SampleFn, seed: int,
+    def __init__(self, job_id: str, pool: str, source: VideoSource | MergedSource, sample: SampleFn, seed: int,
                  serve_metrics: bool = False, host: str | None = None, threads: int = 1,
                  delay_s: float = 0.0) -> None:
         """``delay_s``: every request takes at least this long (debug.decode_delay_s: slow storage)."""
@@ -164,14 +164,15 @@ class DecodeWorker:
             try:
                 if known is not None:
                     raise known
-                sample = self.sample(record, epoch, candidate)
+                sample = self.sample(self.records, epoch, candidate)
             except DecodeError as err:
                 # First sighting in this worker (another decode thread may have just met it too): count
                 # and log it once; a known-bad path raises its stored error, which must not count again.
-                if known is None and self._bad.setdefault(record.path, err) is err:
+                # The bad video may be another the sample needed (a mixing partner): it is the one named.
+                if known is None and self._bad.setdefault(err.path, err) is err:
                     self._errors(err.reason).inc()
                     log.warning("skipping video (%s): %s", err.reason, err)
-                skipped.append(SkippedSample(candidate, record.path, err.reason, str(err)))
+                skipped.append(SkippedSample(candidate, err.path, err.reason, str(err)))
                 candidate = replacement_sample(self.seed, epoch, sample_id, attempt, len(self.records))
                 continue
             self._clips.inc()
@@ -192,7 +193,7 @@ class PoolSpec:
     """What every decode actor of a job is built from."""
 
     job_id: str
-    source: VideoSource
+    source: VideoSource | MergedSource
     sample: SampleFn  # the job kind's: what one sample is
     seed: int  # the job's: replacements of bad videos are drawn from it
     cpus: float

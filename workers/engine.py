@@ -16,7 +16,7 @@ import deepspeed  # noqa: E402 — after the cache location is set
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from internvideo.optim import param_groups, warmup_cosine  # noqa: E402
+from internvideo.optim import warmup_cosine  # noqa: E402
 
 
 def init_process_group(*, master_addr: str, master_port: int, rank: int, world_size: int,
@@ -32,12 +32,15 @@ def init_process_group(*, master_addr: str, master_port: int, rank: int, world_s
     return backend
 
 
-def build_engine(model: torch.nn.Module, *, micro_batch: int, accumulation: int, world_size: int,
-                 lr: float, min_lr: float, warmup_steps: int, total_steps: int, weight_decay: float,
+def build_engine(model: torch.nn.Module, groups: list[dict[str, Any]], *, micro_batch: int, accumulation: int,
+                 world_size: int, lr: float, min_lr: float, warmup_steps: int, total_steps: int,
                  betas: tuple[float, float], grad_clip: float, zero_stage: int,
                  load_universal: bool = False) -> deepspeed.DeepSpeedEngine:
-    """``load_universal``: the engine will be restored from a universal checkpoint (another world size)."""
-    optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas)
+    """``groups``: the trainable parameters' groups (``internvideo.optim.param_groups``); a group's
+    ``lr_scale`` (layer-wise decay) scales the learning rate all along the schedule.
+    ``load_universal``: the engine will be restored from a universal checkpoint (another world size)."""
+    groups = [{**group, "lr": lr * group.get("lr_scale", 1.0)} for group in groups]
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas)
     # LambdaLR multiplies the base lr; the schedule is written in absolute terms, hence the division.
     schedule = functools.partial(warmup_cosine, warmup_steps=warmup_steps, total_steps=total_steps,
                                  base_lr=lr, min_lr=min_lr)

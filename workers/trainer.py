@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import torch
 
-from internvideo.data.order import GlobalBatchPlan, gradient_accumulation
+from internvideo.data.order import GlobalBatchPlan, gradient_accumulation, micro_batch_seed
 from internvideo.tasks import TaskRef
 from workers import engine as ds
 from workers import telemetry
@@ -63,9 +63,9 @@ class EncoderWorker:
         self.dtype = torch.bfloat16 if backend == "nccl" and torch.cuda.is_bf16_supported() else torch.float32
         self.accumulation = gradient_accumulation(train.global_batch, train.micro_batch, self.world_size)
         self.engine = ds.build_engine(
-            model, micro_batch=train.micro_batch, accumulation=self.accumulation, world_size=self.world_size,
-            lr=train.lr, min_lr=train.min_lr, warmup_steps=train.warmup_steps, total_steps=train.steps,
-            weight_decay=train.weight_decay, betas=train.betas, grad_clip=train.grad_clip,
+            model, self.task.param_groups(model), micro_batch=train.micro_batch, accumulation=self.accumulation,
+            world_size=self.world_size, lr=train.lr, min_lr=train.min_lr, warmup_steps=train.warmup_steps,
+            total_steps=train.steps, betas=train.betas, grad_clip=train.grad_clip,
             zero_stage=train.zero_stage, load_universal=load_universal)
         self.plan = GlobalBatchPlan(num_samples, train.global_batch, train.seed)
         self.stream = ClipStream(decode_actors, self.plan, rank=self.rank, world_size=self.world_size,
@@ -81,9 +81,11 @@ class EncoderWorker:
         start = time.perf_counter()
         if self.stream.state_dict() != {"step": step, "micro": 0}:
             self.stream.reset({"step": step, "micro": 0})  # a redone or skipped-to step: seek
-        feed = _StepFeed(self.stream, step, self.accumulation)
+        feed = _StepFeed(self.stream, step, self.accumulation, first_micro=self.rank * self.accumulation,
+                         seed=self.config.train.seed)
         batches = (self.task.to_tensors(batch, self.device, self.dtype) for batch in feed)
         metrics = self.task.train_step(self.engine, batches)
+        self.task.after_step(self.engine.module)
         if feed.micro != self.accumulation:
             raise RuntimeError(f"{self.task.kind}'s train_step used {feed.micro} of {self.accumulation} micro-batches")
         metrics["lr"] = self.engine.get_lr()[0]
@@ -104,7 +106,8 @@ class EncoderWorker:
         folder = checkpoint_folder(root, step)
         ds.save_checkpoint(self.engine, folder, {"step": step, "world_size": self.world_size,
                                                  "global_batch": self.config.train.global_batch,
-                                                 "data": self.stream.state_dict()})
+                                                 "data": self.stream.state_dict(),
+                                                 "task": self.task.state_dict()})
         return str(folder)
 
     def load_checkpoint(self, folder: str) -> int:
@@ -114,6 +117,7 @@ class EncoderWorker:
             raise ValueError(f"{folder} was trained with global batch {state.get('global_batch')}, "
                              f"this job uses {self.config.train.global_batch}")
         self.stream.reset(state["data"])
+        self.task.load_state_dict(state.get("task", {}))
         return int(state["step"])
 
     def set_decode_actors(self, actors: list) -> None:
@@ -132,8 +136,10 @@ class _StepFeed:
     """This rank's micro-batches of one step, as the kind's ``train_step`` consumes them; counts the
     time spent waiting for them, the samples, and the videos the decode workers had to replace."""
 
-    def __init__(self, stream: ClipStream, step: int, accumulation: int) -> None:
+    def __init__(self, stream: ClipStream, step: int, accumulation: int, *, first_micro: int, seed: int) -> None:
+        """``first_micro``: the index of this rank's first micro-batch in the global batch."""
         self.stream, self.step, self.accumulation = stream, step, accumulation
+        self.first_micro, self.seed = first_micro, seed
         self.micro, self.samples, self.waited = 0, 0, 0.0
         self.skipped: list[dict[str, Any]] = []
         self.sample_ids: list[int] = []
@@ -148,4 +154,7 @@ class _StepFeed:
             self.samples += len(batch["sample_ids"])
             self.skipped += batch["skipped"]
             self.sample_ids += batch["sample_ids"]
+            # Dropout and drop path draw from the global generator: seed it per micro-batch of the global
+            # batch, so that a sample's draws are the same at any world size.
+            torch.manual_seed(micro_batch_seed(self.seed, self.step, self.first_micro + self.micro - 1))
             yield batch

@@ -25,8 +25,8 @@ from typing import Any, Literal
 
 from internvideo.data.lists import VideoRecord, read_video_list
 
-__all__ = ["CaptionedVideo", "Segment", "UntrimmedVideo", "LabelSpace", "VideoSource", "read_ssv2",
-           "read_video_text", "read_activitynet", "merge_label_maps"]
+__all__ = ["CaptionedVideo", "Segment", "UntrimmedVideo", "LabelSpace", "VideoSource", "MergedSource", "read_ssv2",
+           "read_video_text", "read_activitynet", "read_class_names", "merge_label_maps"]
 
 
 @dataclass(frozen=True)
@@ -202,3 +202,33 @@ class VideoSource:
         if not videos:
             raise ValueError(f"{self.path}: no videos{f' in subset {self.subset!r}' if self.subset else ''}")
         return [VideoRecord(v.path, 0) for v in videos]
+
+
+def read_class_names(path: str | Path) -> list[str]:
+    """Class names, one per line; line ``i`` names class ``i``."""
+    names = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not names:
+        raise ValueError(f"{path}: no class names")
+    return names
+
+
+@dataclass(frozen=True)
+class MergedSource:
+    """Several labelled datasets read as one, their classes merged by name (Kinetics-710 style):
+    each part is a source and the file naming its classes (``read_class_names``)."""
+
+    parts: tuple[tuple[VideoSource, str], ...]
+
+    def label_space(self) -> LabelSpace:
+        return merge_label_maps({str(i): read_class_names(classes) for i, (_, classes) in enumerate(self.parts)})
+
+    def read(self) -> list[VideoRecord]:
+        space = self.label_space()
+        records: list[VideoRecord] = []
+        for i, (source, classes) in enumerate(self.parts):
+            part = source.read()
+            known = len(space.maps[str(i)])
+            if any(not 0 <= r.label < known for r in part):
+                raise ValueError(f"{source.path}: labels outside the {known} classes of {classes}")
+            records += space.relabel(str(i), part)
+        return records

@@ -61,3 +61,10 @@ def gradient_accumulation(global_batch: int, micro_batch: int, world_size: int) 
         raise ValueError(f"global batch {global_batch} is not a multiple of micro_batch × world_size "
                          f"= {micro_batch} × {world_size}")
     return global_batch // per_step
+
+
+def micro_batch_seed(seed: int, step: int, index: int) -> int:
+    """The seed of the model's own random draws (dropout, drop path) for micro-batch ``index`` of the
+    global batch of ``step``, counted across ranks (rank · accumulation + micro). Micro-batches hold
+    the same samples at every world size (``micro_batches``), so these draws do not depend on it."""
+    return int(np.random.SeedSequence([seed, step, index]).generate_state(1, dtype=np.uint64)[0] >> 1)

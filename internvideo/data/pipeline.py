@@ -4,6 +4,7 @@ pretraining its tube mask. Every random draw comes from one generator seeded by
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -131,6 +132,6 @@ class MaskedClips:
 
     spec: PretrainClipSpec
 
-    def __call__(self, record: VideoRecord, epoch: int, sample_id: int) -> dict[str, np.ndarray]:
-        clip = load_pretrain_clip(record, self.spec, epoch, sample_id)
+    def __call__(self, records: Sequence[VideoRecord], epoch: int, sample_id: int) -> dict[str, np.ndarray]:
+        clip = load_pretrain_clip(records[sample_id], self.spec, epoch, sample_id)
         return {"video": clip.video, "mask": clip.mask, "label": np.int64(clip.label)}

@@ -112,11 +112,19 @@ CLIP_SIZES: dict[str, dict[str, dict[str, Any]]] = {
 def video_clip_config(size: str, *, visual: dict[str, Any] | None = None,
                       text: dict[str, Any] | None = None) -> VideoCLIPConfig:
     """The published CLIP ``size`` with UniBlocks, ``visual``/``text`` overriding fields."""
+    return VideoCLIPConfig(visual=clip_visual_config(size, **(visual or {})),
+                           text=CLIPTextConfig(**{**_clip_shape(size)["text"], **(text or {})}))
+
+
+def clip_visual_config(size: str, **overrides: Any) -> CLIPVisualConfig:
+    """The video tower of the published CLIP ``size`` alone (a classifier has no text tower)."""
+    return CLIPVisualConfig(**{**_clip_shape(size)["visual"], **overrides})
+
+
+def _clip_shape(size: str) -> dict[str, dict[str, Any]]:
     if size not in CLIP_SIZES:
         raise ValueError(f"unknown CLIP size {size!r}; valid sizes: {', '.join(CLIP_SIZES)}")
-    shape = CLIP_SIZES[size]
-    return VideoCLIPConfig(visual=CLIPVisualConfig(**{**shape["visual"], **(visual or {})}),
-                           text=CLIPTextConfig(**{**shape["text"], **(text or {})}))
+    return CLIP_SIZES[size]
 
 
 # -----------------------------------------------------------------------------
@@ -296,13 +304,18 @@ class VideoCLIPVisual(nn.Module):
 
     def forward(self, video: Tensor) -> Tensor:
         """Embeddings (B, output_dim) of normalised clips (B, 3, T, H, W); an image is T = 1."""
-        return self._run(video)[0]
+        return self.features(video) @ self.proj
+
+    def features(self, video: Tensor) -> Tensor:
+        """The video token before the projection into the joint space (B, width): what a
+        classifier's head reads (UniFormerV2)."""
+        return self.ln_post(self._run(video)[0])
 
     def encode(self, video: Tensor) -> tuple[Tensor, Tensor]:
         """The embeddings (B, output_dim) and the last layer's tokens of every frame, normalised
         (B, T·(1 + H'·W'), width): what a caption decoder or another model attends to."""
-        embedding, tokens = self._run(video)
-        return embedding, self.ln_post(tokens)
+        pooled, tokens = self._run(video)
+        return self.ln_post(pooled) @ self.proj, self.ln_post(tokens)
 
     def _run(self, video: Tensor) -> tuple[Tensor, Tensor]:
         b, _, t, _, _ = video.shape
@@ -315,7 +328,7 @@ class VideoCLIPVisual(nn.Module):
         if query is not None:  # fused with the UniBlocks' video token through the learned balance
             weight = torch.sigmoid(self.transformer.balance)
             video = (1 - weight) * query[:, 0] + weight * video
-        return self.ln_post(video) @ self.proj, x.reshape(b, -1, x.shape[-1])
+        return video, x.reshape(b, -1, x.shape[-1])  # (B, width) pooled, (B, T·(1 + H'·W'), width)
 
 
 class CLIPText(nn.Module):
@@ -339,6 +352,23 @@ class CLIPText(nn.Module):
         x = self.ln_final(self.transformer(x, causal=True)[0])
         end_of_text = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]  # (B, C)
         return end_of_text @ self.text_projection  # (B, output_dim)
+
+
+class CLIPVideoClassifier(nn.Module):
+    """The video encoder with a linear head on its video token (UniFormerV2's classifier): supervised
+    post-pretraining of the multimodal encoder."""
+
+    def __init__(self, config: CLIPVisualConfig, num_classes: int, head_dropout: float = 0.0) -> None:
+        super().__init__()
+        self.visual = VideoCLIPVisual(config)
+        self.head_dropout = nn.Dropout(head_dropout)
+        self.head = nn.Linear(config.width, num_classes)
+        nn.init.normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, video: Tensor) -> Tensor:
+        """Logits (B, num_classes) of normalised clips (B, 3, T, H, W)."""
+        return self.head(self.head_dropout(self.visual.features(video)))
 
 
 class VideoCLIP(nn.Module):

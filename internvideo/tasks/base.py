@@ -16,23 +16,26 @@ through ``SharedConfig`` and what was derived at submit; workers load the kind f
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
 
 from internvideo.data.lists import VideoRecord
+from internvideo.optim import param_groups
 from internvideo.tasks.common import ConfigError, JobConfig
 
 ConfigT = TypeVar("ConfigT", bound=JobConfig)
 
 
 class SampleFn(Protocol):
-    """What a decode worker runs for one sample: named arrays, every random draw a function of
-    ``(seed, epoch, sample_id)``. Must pickle (it travels to the decode actors)."""
+    """What a decode worker runs for sample ``sample_id`` of ``records`` (the whole list: a sample
+    may need another video, a mixing partner say): named arrays, every random draw a function of
+    ``(seed, epoch, sample_id)``. Raises DecodeError naming the video that failed. Must pickle (it
+    travels to the decode actors)."""
 
-    def __call__(self, record: VideoRecord, epoch: int, sample_id: int) -> dict[str, np.ndarray]: ...
+    def __call__(self, records: Sequence[VideoRecord], epoch: int, sample_id: int) -> dict[str, np.ndarray]: ...
 
 
 class StepEngine(Protocol):
@@ -63,7 +66,7 @@ class Task(ABC, Generic[ConfigT]):
         try:
             self.config.data.source().read()
         except (OSError, ValueError) as err:
-            raise ConfigError("data.train_list", str(err)) from None
+            raise ConfigError("data.merge" if self.config.data.merge else "data.train_list", str(err)) from None
 
     # -- model ----------------------------------------------------------------------------------
     @abstractmethod
@@ -73,6 +76,23 @@ class Task(ABC, Generic[ConfigT]):
     @abstractmethod
     def flops_per_sample(self, model: torch.nn.Module) -> float:
         """Matmul FLOPs of one training sample, forward and backward."""
+
+    def param_groups(self, model: torch.nn.Module) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups (weight decay on matrices; a kind may add layer-wise
+        learning-rate decay through ``lr_scale``)."""
+        return param_groups(model, self.config.train.weight_decay)
+
+    # -- state that is the kind's own (a moving average of the weights, say) -------------------------
+    def after_step(self, model: torch.nn.Module) -> None:
+        """Called once the optimizer has stepped (the trainer passes the unwrapped model)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved with every checkpoint, restored by ``load_state_dict``: resume must be exact."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"{self.kind} keeps no state of its own, but the checkpoint holds {sorted(state)}")
 
     # -- data -----------------------------------------------------------------------------------
     @abstractmethod

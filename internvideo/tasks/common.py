@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from internvideo.data.decode import DecodeOptions
-from internvideo.data.formats import SourceFormat, VideoSource
+from internvideo.data.formats import MergedSource, SourceFormat, VideoSource
 
 
 class ConfigError(ValueError):
@@ -29,8 +29,24 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class MergedDataset(Strict):
+    """One dataset of a merged label space: its list, in ``format``, and its class names."""
+
+    train_list: str = Field(min_length=1)
+    classes: str = Field(min_length=1)  # class names, one per line: line i names class i
+    format: Literal["list", "ssv2"] = "list"
+    labels: str | None = None  # ssv2: its labels.json
+    root: str | None = None
+
+    def source(self) -> VideoSource:
+        return VideoSource(self.format, self.train_list, self.root, self.labels)
+
+
 class DataSection(Strict):
-    train_list: str = Field(min_length=1)  # the annotation file, in ``format``
+    # For a merged label space, ``merge``: several datasets read as one, classes with the same name
+    # sharing an id; otherwise ``train_list``, the annotation file, in ``format``.
+    merge: list[MergedDataset] = Field(default_factory=list)
+    train_list: str | None = Field(None, min_length=1, validate_default=True)
     format: SourceFormat = "list"  # list (path label) | ssv2 | video_text | activitynet
     labels: str | None = None  # ssv2: its labels.json
     subset: str | None = None  # activitynet: one split
@@ -61,6 +77,16 @@ class DataSection(Strict):
     decode_fallback: bool = True  # a file decord cannot read (GIF, raw H.264, MPEG-TS) is read with PyAV
     video_time_limit_s: float = Field(60.0, gt=0)  # a video taking longer is skipped as "timeout"
 
+    @field_validator("train_list")
+    @classmethod
+    def _one_source(cls, train_list: str | None, info: ValidationInfo) -> str | None:
+        merged = bool(info.data.get("merge"))
+        if train_list is None and not merged:
+            raise ValueError("Field required (the annotation file; or several datasets in data.merge)")
+        if train_list is not None and merged:
+            raise ValueError("give train_list or merge, not both")
+        return train_list
+
     @model_validator(mode="after")
     def _consistent(self) -> "DataSection":
         self.source()  # format and its options agree
@@ -71,7 +97,9 @@ class DataSection(Strict):
             raise ValueError(f"decode_short_side must be >= 2, 'auto' or 'full', got {self.decode_short_side}")
         return self
 
-    def source(self) -> VideoSource:
+    def source(self) -> VideoSource | MergedSource:
+        if self.merge:
+            return MergedSource(tuple((d.source(), d.classes) for d in self.merge))
         return VideoSource(self.format, self.train_list, self.root, self.labels, self.subset)
 
     def decode_options(self, input_size: int) -> DecodeOptions:

@@ -16,7 +16,7 @@ only) exists to show the difference.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -109,8 +109,9 @@ class CaptionedClips:
     spec: ClipSpec
     context_length: int
 
-    def __call__(self, record: VideoRecord, epoch: int, sample_id: int) -> dict[str, np.ndarray]:
+    def __call__(self, records: Sequence[VideoRecord], epoch: int, sample_id: int) -> dict[str, np.ndarray]:
         rng = sample_rng(self.spec.seed, epoch, sample_id)
+        record = records[sample_id]
         video = load_clip(record, self.spec, rng)
         caption = record.captions[int(rng.integers(len(record.captions)))]
         return {"video": video, "tokens": _tokenizer().tokenize(caption, self.context_length)[0].numpy()}

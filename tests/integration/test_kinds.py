@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import torch
 
 from coordinator.client import JobClient, read_config
+from internvideo.data.lists import VideoRecord, read_video_list, write_video_list
 from protos.internvideo.v1 import jobs_pb2 as pb
 from tests.integration.conftest import held, max_difference, release, wait_for, weights
 from tests.integration.test_jobs import bodies, state, worker_pids
@@ -96,3 +98,99 @@ def test_a_killed_pretrain_mm_trainer_resumes_exactly(client, dataset, coordinat
     assert max_difference(weights(job.result.final_checkpoint),
                           weights(uninterrupted_mm["global"][0].result.final_checkpoint)) == 0
     wait_for(lambda: not worker_pids(coordinator, "EncoderWorker"), 10, "the trainers to be gone")
+
+
+FINETUNE = ("train.steps=8", "train.checkpoint_every=4", "regularization.ema_decay=0.9")
+
+
+def finetune_job(client: JobClient, dataset, *overrides: str, workers: int = 2, kind: str = "finetune") -> pb.Job:
+    return client.submit(kind, read_config("tiny-cpu-finetune"),
+                         [f"data.train_list={dataset.train_list}", *FINETUNE, *overrides],
+                         min_workers=workers, max_workers=workers)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_finetune(coordinator, dataset):
+    with JobClient(coordinator.address) as client:
+        return finished(client, finetune_job(client, dataset), coordinator)
+
+
+def test_finetune_with_mixing_rescaled_2_to_1_ends_where_the_uninterrupted_run_does(client, dataset, coordinator,
+                                                                                   uninterrupted_finetune):
+    """Mixup/CutMix partners and λ are drawn per sample: 1 worker × 4 micro-batches mixes the same pairs
+    as 2 × 2. The moving average of the weights travels in the checkpoint."""
+    job, events = uninterrupted_finetune
+    progress = bodies(events, "progress")
+    assert all(set(p.metrics) >= {"loss", "accuracy", "lr", "grad_norm"} for p in progress)
+    rescaled = finetune_job(client, dataset, f"train.resume_from={job.checkpoints[0].path}", workers=1)
+    rescaled, _ = finished(client, rescaled, coordinator)
+    difference = max_difference(weights(rescaled.result.final_checkpoint), weights(job.result.final_checkpoint))
+    averages = [task_state(c)["weight_average"] for c in (rescaled.result.final_checkpoint,
+                                                          job.result.final_checkpoint)]
+    print(f"finetune rescaled 2 → 1 vs uninterrupted: max |Δw| = {difference:.3g}")
+    assert difference < 1e-6 and max_difference(*averages) < 1e-6
+    assert max_difference(averages[1], weights(job.result.final_checkpoint)) > 1e-4  # an average, not a copy
+
+
+def test_a_killed_finetune_trainer_resumes_exactly(client, dataset, coordinator, uninterrupted_finetune):
+    job = finetune_job(client, dataset, "debug.hold_at_steps=[6]")
+    held(client, job.job_id, 6)
+    os.kill(worker_pids(coordinator, "EncoderWorker")[1], signal.SIGKILL)
+    release(coordinator.state_dir, job.job_id, 6)
+    job, events = finished(client, job, coordinator)
+    assert [p.step for p in bodies(events, "progress")] == [1, 2, 3, 4, 5, 6, 5, 6, 7, 8]
+    last = {p.step: dict(p.metrics) for p in bodies(events, "progress")}
+    assert [last[s] for s in range(1, 9)] == [dict(p.metrics) for p in bodies(uninterrupted_finetune[1], "progress")]
+    reference = uninterrupted_finetune[0].result.final_checkpoint
+    assert max_difference(weights(job.result.final_checkpoint), weights(reference)) == 0
+    assert max_difference(task_state(job.result.final_checkpoint)["weight_average"],
+                          task_state(reference)["weight_average"]) == 0
+
+
+def task_state(checkpoint: str) -> dict:
+    (states,) = Path(checkpoint).glob("mp_rank_00_model_states.pt")
+    return torch.load(states, map_location="cpu", weights_only=False)["task"]
+
+
+@pytest.fixture
+def two_label_maps(dataset, tmp_path) -> tuple[Path, Path, Path, Path]:
+    """The synthetic train list as two datasets: the second names the same 8 classes in reverse order."""
+    records = read_video_list(dataset.train_list)
+    first, second = records[: len(records) // 2], records[len(records) // 2:]
+    write_video_list(tmp_path / "a.txt", first)
+    write_video_list(tmp_path / "b.txt", [VideoRecord(r.path, 7 - r.label) for r in second])
+    (tmp_path / "a_classes.txt").write_text("\n".join(dataset.classes))
+    (tmp_path / "b_classes.txt").write_text("\n".join(c.upper().replace("_", " ") for c in reversed(dataset.classes)))
+    return tmp_path / "a.txt", tmp_path / "a_classes.txt", tmp_path / "b.txt", tmp_path / "b_classes.txt"
+
+
+def test_post_pretrain_on_a_merged_label_space_from_a_pretrain_mae_checkpoint(client, dataset, coordinator,
+                                                                             two_label_maps):
+    mae = client.submit("pretrain-mae", read_config("tiny-cpu"), [f"data.train_list={dataset.train_list}",
+                                                                  "train.steps=2"], min_workers=1, max_workers=1)
+    mae, _ = finished(client, mae, coordinator)
+    a, a_classes, b, b_classes = two_label_maps
+    merge = (f"data.merge=[{{train_list: {a}, classes: {a_classes}}}, {{train_list: {b}, classes: {b_classes}}}]")
+    job = client.submit("post-pretrain", read_config("tiny-cpu-finetune"),
+                        [merge, "train.steps=4", f"model.init={mae.result.final_checkpoint}"],
+                        min_workers=2, max_workers=2)
+    job, events = finished(client, job, coordinator)
+    assert len(bodies(events, "progress")) == 4 and "final_accuracy" in job.result.metrics
+    # It started from the pretrained encoder: the first block's weights are the pretraining's, moved by 4 steps.
+    start, end = weights(mae.result.final_checkpoint), weights(job.result.final_checkpoint)
+    name = "encoder.blocks.0.attn.qkv.weight"
+    assert 0 < (start[name] - end[name]).abs().max() < 0.05
+
+
+def test_post_pretrain_of_the_multimodal_encoder_from_a_pretrain_mm_checkpoint(client, dataset, coordinator,
+                                                                              uninterrupted_mm):
+    mm_job_record, _ = uninterrupted_mm["global"]
+    visual = "{width: 64, layers: 2, heads: 2, patch_size: 16, global_layers: 1, output_dim: 32}"
+    job = client.submit("post-pretrain", read_config("tiny-cpu-finetune"), [
+        f"data.train_list={dataset.train_list}", "train.steps=4", "model.encoder=clip", "model.size=ViT-B/16",
+        "model.num_frames=4", f"model.overrides={visual}", f"model.init={mm_job_record.result.final_checkpoint}"],
+        min_workers=2, max_workers=2)
+    job, _ = finished(client, job, coordinator)
+    start, end = weights(mm_job_record.result.final_checkpoint), weights(job.result.final_checkpoint)
+    assert "head.weight" in end and "text.token_embedding.weight" not in end
+    assert 0 < (start["clip.visual.conv1.weight"] - end["visual.conv1.weight"]).abs().max() < 0.05

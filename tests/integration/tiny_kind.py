@@ -4,6 +4,7 @@ VideoMAE's (a clip and its label, no mask), a loss with a named metric — and t
 runs it knowing nothing but its name."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,9 +32,9 @@ class ColourProbeConfig(JobConfig):
 class LabelledClips:
     spec: ClipSpec
 
-    def __call__(self, record: VideoRecord, epoch: int, sample_id: int) -> dict[str, np.ndarray]:
-        video = load_clip(record, self.spec, sample_rng(self.spec.seed, epoch, sample_id))
-        return {"video": video, "label": np.int64(record.label)}
+    def __call__(self, records: Sequence[VideoRecord], epoch: int, sample_id: int) -> dict[str, np.ndarray]:
+        video = load_clip(records[sample_id], self.spec, sample_rng(self.spec.seed, epoch, sample_id))
+        return {"video": video, "label": np.int64(records[sample_id].label)}
 
 
 @register_task

@@ -1,0 +1,250 @@
+"""Supervised video classification, the base of the ``post-pretrain`` and ``finetune`` kinds (each a
+module that registers it with its own defaults; this module registers no kind).
+
+Either encoder: VideoMAE's ViT (mean-pooled tokens, ``fc_norm``, head) or the multimodal encoder,
+CLIP's image tower with UniBlocks (head on its video token). Initial weights come from a file in
+any layout ``internvideo.checkpoints`` reads or from a committed checkpoint of an earlier job; a
+pretraining decoder in it is dropped, a missing head is initialised, and any other key that does
+not fit fails the job at start, naming the keys.
+
+Regularisation follows VideoMAE's fine-tuning: label smoothing, Mixup/CutMix (drawn per sample,
+``internvideo.data.mixing``, so the pairs do not depend on the world size), drop path, layer-wise
+learning-rate decay, and an exponential moving average of the weights saved with each checkpoint.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
+from internvideo.checkpoints import load_pretrained
+from internvideo.data.lists import VideoRecord
+from internvideo.data.mixing import MixSpec, apply_mix, draw_mix, soft_target
+from internvideo.data.pipeline import ClipSpec, load_clip, sample_rng
+from internvideo.data.transforms import normalize_clips
+from internvideo.models.clip import CLIPVideoClassifier, CLIPVisualConfig, clip_visual_config
+from internvideo.models.vit import ClassifierConfig, VideoClassifier, classifier_config, transformer_flops
+from internvideo.optim import WeightAverage, param_groups
+from internvideo.tasks.base import StepEngine, Task, array_to_tensor, unwrap
+from internvideo.tasks.common import ConfigError, JobConfig, Strict
+
+# What a pretraining checkpoint has that a classifier does not (dropped), and what a classifier has
+# that a pretrained encoder does not (initialised here).
+PRETRAINING_ONLY = ("decoder.*", "encoder_to_decoder.*", "mask_token", "encoder.norm.*",  # VideoMAE
+                    "text.*", "caption.*", "logit_scale", "visual.proj")  # pretrain-mm
+HEAD_KEYS = ("fc_norm.*", "head.*")
+
+
+class ClassifierModel(Strict):
+    """The encoder (``videomae``: a ViT size tiny…giant; ``clip``: ViT-B/16 or ViT-L/14, with
+    UniBlocks) and ``overrides`` of its config fields, the number of classes, initial weights."""
+
+    encoder: Literal["videomae", "clip"] = "videomae"
+    size: str = "base"
+    img_size: int = Field(224, gt=0)
+    num_frames: int = Field(16, gt=0)
+    num_classes: int = Field(gt=1)
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    head_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    init: str | None = None  # a checkpoint file in any supported layout, or a committed checkpoint folder
+
+    def videomae_config(self, drop_path: float) -> ClassifierConfig:
+        config = classifier_config(self.size, self.num_classes, img_size=self.img_size, num_frames=self.num_frames,
+                                   drop_path_rate=drop_path, **self.overrides)
+        return config.model_copy(update={"head_dropout": self.head_dropout})
+
+    def clip_config(self, drop_path: float) -> CLIPVisualConfig:
+        visual = {"image_size": self.img_size, "num_frames": self.num_frames, "drop_path_rate": drop_path,
+                  **self.overrides}
+        return clip_visual_config(self.size, **visual)
+
+
+class Regularization(Strict):
+    """VideoMAE's fine-tuning recipe by default; a kind may change the defaults."""
+
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    mixup_alpha: float = Field(0.8, ge=0.0)
+    cutmix_alpha: float = Field(1.0, ge=0.0)
+    mix_prob: float = Field(1.0, ge=0.0, le=1.0)
+    switch_prob: float = Field(0.5, ge=0.0, le=1.0)
+    drop_path: float = Field(0.1, ge=0.0, lt=1.0)
+    layer_decay: float = Field(0.75, gt=0.0, le=1.0)  # 1: one learning rate for every layer
+    ema_decay: float | None = Field(0.9999, gt=0.0, lt=1.0)  # None: no moving average
+
+    def mix(self) -> MixSpec:
+        return MixSpec(self.mixup_alpha, self.cutmix_alpha, self.mix_prob, self.switch_prob)
+
+
+class ClassificationConfig(JobConfig):
+    model: ClassifierModel
+    regularization: Regularization = Field(default_factory=Regularization)
+
+    @model_validator(mode="after")
+    def _buildable(self) -> "ClassificationConfig":
+        drop_path = self.regularization.drop_path
+        try:  # a bad size or override fails at submit
+            self.model.videomae_config(drop_path) if self.model.encoder == "videomae" else self.model.clip_config(
+                drop_path)
+        except ValueError as err:
+            raise ValueError(f"model: {err}") from None
+        if self.regularization.ema_decay is not None and self.train.zero_stage == 3:
+            raise ValueError("regularization.ema_decay needs the whole weights on every rank: ZeRO stage ≤ 2")
+        return self
+
+
+@dataclass(frozen=True)
+class LabelledClips:
+    """The sample of supervised classification: ``video`` uint8 (T, S, S, 3), mixed with a partner
+    clip when ``mix`` draws one, and ``target`` float32 (num_classes,), the smoothed (mixed) labels."""
+
+    spec: ClipSpec
+    num_classes: int
+    smoothing: float
+    mix: MixSpec
+
+    def __call__(self, records: Sequence[VideoRecord], epoch: int, sample_id: int) -> dict[str, np.ndarray]:
+        rng = sample_rng(self.spec.seed, epoch, sample_id)
+        record = records[sample_id]
+        video = load_clip(record, self.spec, rng)
+        mix = draw_mix(self.mix, rng, len(records), sample_id)
+        if mix is None:
+            return {"video": video, "target": soft_target(record.label, self.num_classes, self.smoothing)}
+        partner = records[mix.partner]
+        other = load_clip(partner, self.spec, sample_rng(self.spec.seed, epoch, mix.partner))
+        video, lam = apply_mix(video, other, mix)
+        return {"video": video,
+                "target": soft_target(record.label, self.num_classes, self.smoothing, partner.label, lam)}
+
+
+class Classification(Task[ClassificationConfig]):
+    """Supervised classification; ``post-pretrain`` and ``finetune`` register it with their defaults."""
+
+    encoder = "classifier"
+    config_type = ClassificationConfig
+
+    def __init__(self, config: ClassificationConfig) -> None:
+        super().__init__(config)
+        self._average: WeightAverage | None = None
+
+    def check_inputs(self) -> None:
+        super().check_inputs()
+        labels = {r.label for r in self.config.data.source().read()}
+        if max(labels) >= self.config.model.num_classes or min(labels) < 0:
+            raise ConfigError("model.num_classes", f"{self.config.model.num_classes} classes, but the data has "
+                                                   f"labels from {min(labels)} to {max(labels)}")
+        init = self.config.model.init
+        if init is not None and not Path(init).exists():
+            raise ConfigError("model.init", f"no such file or checkpoint folder: {init}")
+
+    # -- model ----------------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        torch.manual_seed(self.config.train.seed)  # identical initial weights on every rank and every run
+        model, drop_path = self.config.model, self.config.regularization.drop_path
+        classifier: nn.Module = (VideoClassifier(model.videomae_config(drop_path)) if model.encoder == "videomae"
+                                 else CLIPVideoClassifier(model.clip_config(drop_path), model.num_classes,
+                                                          model.head_dropout))
+        if model.init is not None:
+            load_pretrained(classifier, read_weights(model.init), allow_missing=HEAD_KEYS,
+                            allow_unexpected=PRETRAINING_ONLY)
+        if self.config.regularization.ema_decay is not None:
+            self._average = WeightAverage(classifier, self.config.regularization.ema_decay)
+        return classifier
+
+    def flops_per_sample(self, model: nn.Module) -> float:
+        model = unwrap(model)
+        if isinstance(model, VideoClassifier):
+            return model.flops_per_clip(training=True)
+        visual = model.visual.config
+        forward = visual.num_frames * transformer_flops(visual.width, visual.layers, visual.grid**2 + 1,
+                                                        visual.mlp_ratio)
+        return 3.0 * (forward + 2.0 * visual.width * self.config.model.num_classes)
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        decay = self.config.regularization.layer_decay
+        return param_groups(model, self.config.train.weight_decay, decay, _layer_of(model) if decay < 1 else None)
+
+    # -- data -----------------------------------------------------------------------------------
+    def sample_fn(self) -> LabelledClips:
+        model, data = self.config.model, self.config.data
+        spec = ClipSpec(num_frames=model.num_frames, sampling_rate=data.sampling_rate, input_size=model.img_size,
+                        seed=self.config.train.seed, decode=data.decode_options(model.img_size),
+                        sampler=data.sampler, crop=data.crop, flip=data.flip)
+        regularization = self.config.regularization
+        return LabelledClips(spec, model.num_classes, regularization.label_smoothing, regularization.mix())
+
+    def to_tensors(self, batch: dict[str, np.ndarray], device: torch.device,
+                   dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+        video = array_to_tensor(batch["video"], device)
+        return {"video": normalize_clips(video, self.config.data.normalization).to(dtype),
+                "target": array_to_tensor(batch["target"], device)}
+
+    # -- training -------------------------------------------------------------------------------
+    def loss(self, model: StepEngine | nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Cross-entropy against the soft target; accuracy against its largest class (the sample's
+        own label unless a mix gave the partner more)."""
+        logits = model(batch["video"]).float()
+        target = batch["target"]
+        loss = -(target * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
+        accuracy = (logits.argmax(dim=-1) == target.argmax(dim=-1)).float().mean()
+        return loss, {"accuracy": accuracy.detach()}
+
+    def after_step(self, model: nn.Module) -> None:
+        if self._average is not None:
+            self._average.update(model)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"weight_average": self._average.state_dict()} if self._average is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self._average is not None and "weight_average" in state:
+            self._average.load_state_dict(state["weight_average"])
+        elif state or self._average is not None:
+            raise ValueError(f"checkpoint state {sorted(state)} does not fit regularization.ema_decay="
+                             f"{self.config.regularization.ema_decay}")
+
+
+def read_weights(path: str) -> dict[str, Tensor]:
+    """A state dict from a checkpoint file, or from a committed DeepSpeed checkpoint folder (its
+    ``mp_rank_00_model_states.pt``: the whole model, saved by rank 0)."""
+    source = Path(path)
+    if source.is_dir():
+        files = sorted(source.glob("mp_rank_00_model_states.pt"))
+        if not files:
+            raise FileNotFoundError(f"{source} holds no DeepSpeed model states (mp_rank_00_model_states.pt)")
+        source = files[0]
+    return torch.load(source, map_location="cpu", weights_only=False)
+
+
+_BLOCK = re.compile(r"(?:encoder\.blocks|visual\.transformer\.resblocks)\.(\d+)\.")
+_UNIBLOCK = re.compile(r"visual\.transformer\.(?:dpe|dec)\.(\d+)\.")
+_EMBEDDING = ("encoder.patch_embed.", "encoder.pos_embed", "visual.conv1.", "visual.class_embedding",
+              "visual.positional_embedding", "visual.ln_pre.")
+
+
+def _layer_of(model: nn.Module):
+    """Layer ids for layer-wise decay: 0 the embeddings, ``i + 1`` block ``i`` (a UniBlock counts with
+    the block it follows), ``depth + 1`` the rest (final norms, the head)."""
+    model = unwrap(model)
+    if isinstance(model, VideoClassifier):
+        depth, global_layers = model.config.encoder.depth, 0
+    else:
+        depth, global_layers = model.visual.config.layers, model.visual.config.global_layers
+
+    def layer_of(name: str) -> tuple[int, int]:
+        if name.startswith(_EMBEDDING):
+            return 0, depth + 2
+        if block := _BLOCK.match(name):
+            return int(block.group(1)) + 1, depth + 2
+        if uniblock := _UNIBLOCK.match(name):
+            return depth - global_layers + int(uniblock.group(1)) + 1, depth + 2
+        return depth + 1, depth + 2
+
+    return layer_of
