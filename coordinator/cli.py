@@ -78,6 +78,43 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit_recipe(args: argparse.Namespace) -> int:
+    from coordinator.client import JobClient, read_recipe
+    with JobClient(args.address) as client:
+        jobs = client.submit_recipe(read_recipe(args.recipe), args.set, priority=args.priority,
+                                    request_id=args.request_id)
+        for job in jobs:
+            print(f"{job.job_id}  {job.name}  {job.kind}" + (f"  after {', '.join(job.depends_on)}"
+                                                               if job.depends_on else ""))
+        if not args.watch:
+            return 0
+        for job in jobs:
+            print(f"\n== {job.name} ({job.job_id})")
+            for event in client.watch(job.job_id):
+                render_event(event)
+        ended = [client.get(job.job_id) for job in jobs]
+        print()
+        print(recipe_table(client, ended))
+    return 0 if all(_state_name(j.state) == "SUCCEEDED" for j in ended) else 1
+
+
+def recipe_table(client, jobs) -> str:
+    """One line per stage: state, time from start to end, throughput, and its headline numbers
+    (the final loss and whatever validation it reported, ``val_*``)."""
+    rows = [("stage", "kind", "state", "time", "clips/s", "result")]
+    for job in jobs:
+        times = [e.time.ToSeconds() for e in client.watch(job.job_id, follow=False)
+                 if e.WhichOneof("body") == "state_changed" and _state_name(e.state_changed.to_state) != "QUEUED"]
+        metrics = job.result.metrics
+        headline = {k: v for k, v in metrics.items() if k.startswith("val_")} or {
+            k: metrics[k] for k in ("final_loss", "final_accuracy") if k in metrics}
+        rows.append((job.name, job.kind, _state_name(job.state), f"{times[-1] - times[0]:.0f}s" if times else "-",
+                     f"{metrics['clips_per_second']:.1f}" if "clips_per_second" in metrics else "-",
+                     " ".join(f"{k}={v:.4g}" for k, v in sorted(headline.items())) or job.message[:60]))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + "  " + row[-1] for row in rows)
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     from coordinator.client import JobClient
     from protos.internvideo.v1 import jobs_pb2 as pb
@@ -178,6 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="")
     p.add_argument("--request-id", default=None, help="idempotency key (default: random)")
     p.add_argument("--watch", action="store_true", help="stream progress until the job ends")
+
+    p = client_command("submit-recipe", cmd_submit_recipe, "submit a recipe: a chain of jobs, one per stage")
+    p.add_argument("recipe", help="a recipe YAML file, or a packaged recipe's name (tiny-cpu, paper)")
+    p.add_argument("--set", action="append", default=[], metavar="STAGE:KEY=VALUE",
+                   help="override one field of one stage's config (repeatable)")
+    p.add_argument("--priority", type=int, default=0)
+    p.add_argument("--request-id", default=None, help="idempotency key (default: random)")
+    p.add_argument("--watch", action="store_true", help="stream every stage until the last ends, then a table")
 
     p = client_command("jobs", cmd_jobs, "list jobs")
     p.add_argument("--state", action="append", default=[], help="filter by state (repeatable)")

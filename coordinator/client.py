@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Iterator
 
 import grpc
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.internvideo.v1 import jobs_pb2 as pb
@@ -24,6 +25,23 @@ def read_config(config: str) -> str:
         return preset.read_text()
     known = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
     raise FileNotFoundError(f"{config!r} is neither a file nor a preset (presets: {known})")
+
+
+def read_recipe(recipe: str) -> str:
+    """A recipe file, or the name of a packaged one (``internvideo/configs/recipes``), with each
+    stage's ``config`` — a preset name or a YAML file — inlined: the coordinator reads no files of
+    the client's."""
+    path = Path(recipe)
+    if not path.is_file():
+        path = PRESETS / "recipes" / f"{recipe}.yaml"
+        if not path.is_file():
+            known = ", ".join(sorted(p.stem for p in (PRESETS / "recipes").glob("*.yaml")))
+            raise FileNotFoundError(f"{recipe!r} is neither a file nor a packaged recipe (recipes: {known})")
+    loaded = yaml.safe_load(path.read_text())
+    for stage in loaded.get("stages", []) if isinstance(loaded, dict) else []:
+        if isinstance(stage, dict) and isinstance(stage.get("config"), str):
+            stage["config"] = yaml.safe_load(read_config(stage["config"]))
+    return yaml.safe_dump(loaded, sort_keys=False)
 
 
 class JobClient:
@@ -56,6 +74,13 @@ class JobClient:
             request_id=request_id or uuid.uuid4().hex, kind=kind, config_yaml=config_yaml,
             overrides=list(overrides), min_workers=min_workers, max_workers=max_workers,
             priority=priority, name=name), timeout=self.timeout_s)
+
+    def submit_recipe(self, recipe_yaml: str, overrides: list[str] = (), *, priority: int = 0,
+                      request_id: str | None = None) -> list[pb.Job]:
+        """One job per stage, each after the stages it names."""
+        return list(self.stub.SubmitRecipe(pb.SubmitRecipeRequest(
+            request_id=request_id or uuid.uuid4().hex, recipe_yaml=recipe_yaml, overrides=list(overrides),
+            priority=priority), timeout=self.timeout_s * 4).jobs)
 
     def get(self, job_id: str) -> pb.Job:
         return self.stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=self.timeout_s)

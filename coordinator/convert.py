@@ -58,7 +58,8 @@ def job_to_proto(job: JobRecord, checkpoints: list[CheckpointRecord],
         progress=progress_to_proto(job.progress), result=result_to_proto(job.result),
         checkpoints=[checkpoint_to_proto(c) for c in checkpoints],
         skipped_videos=[skipped_to_proto(s) for s in skipped],
-        created_at=timestamp(job.created_at), updated_at=timestamp(job.updated_at))
+        created_at=timestamp(job.created_at), updated_at=timestamp(job.updated_at),
+        depends_on=list(job.needs.depends_on) if job.needs else [])
 
 
 def event_to_proto(event: JobEvent) -> pb.JobEvent:

@@ -26,7 +26,8 @@ from coordinator.recovery import Decision, FailurePolicy
 from coordinator.state import InvalidTransition, JobState
 from coordinator.store import JobEvent, JobNeeds, JobRecord, JobStore
 from coordinator.submission import derive_needs
-from internvideo.tasks import TaskRef
+from internvideo.tasks import Task, TaskRef
+from internvideo.tasks.common import SharedConfig, replace_job_refs
 from workers.calls import PlacementTimeout, WorkerGroupError, kill_actors
 from workers.checkpoint import UNIVERSAL, checkpoint_folder, commit, read_commit, to_universal
 from workers.decode import DataError, DecodePool, PoolSpec
@@ -114,11 +115,10 @@ class JobRunner(threading.Thread):
         its pool may change size. Without it the pool may grow to its configured maximum."""
         super().__init__(name=f"runner-{job.job_id}", daemon=True)
         self.store, self.job, self.settings = store, job, settings
-        # The kind, loaded through the registry: the runner only calls the Task interface.
-        self.task_ref = TaskRef.of(job.kind, job.config)
-        self.task = self.task_ref.load()
-        self.config = self.task.config
+        self.config = SharedConfig.model_validate(job.config)  # what any kind has; the rest is the kind's
         self.needs = job.needs or derive_needs(self.config, job.min_workers, job.max_workers)
+        self.task_ref: TaskRef | None = None  # loaded when the job starts (its job:<id> weights resolved)
+        self.task: Task | None = None
         self.world_size = world_size
         self.metrics_endpoints: dict[str, list[str]] = {}  # component → host:port of each /metrics
         self.decode_workers = self.config.data.decode_workers  # the pool's size (kept across attempts)
@@ -167,6 +167,9 @@ class JobRunner(threading.Thread):
     def run(self) -> None:
         outcome = (JobState.SUCCEEDED, "")
         try:
+            # The kind, through the registry: the runner only calls the Task interface.
+            self.task_ref = TaskRef.of(self.job.kind, replace_job_refs(self.job.config, self._final_checkpoint))
+            self.task = self.task_ref.load()
             num_samples = len(self.config.data.source().read())
             resume = self._resume_point()
             while True:
@@ -196,6 +199,13 @@ class JobRunner(threading.Thread):
                 self.store.transition(self.job_id, *outcome, world_size=0)
             except InvalidTransition as err:  # cancelled while it was releasing: the cancel stands
                 log.info("job %s: %s", self.job_id, err)
+
+    def _final_checkpoint(self, job_id: str) -> str:
+        """Where job ``job_id`` ended: the checkpoint a ``job:<id>`` in this job's config means."""
+        checkpoints = self.store.checkpoints(job_id)
+        if not checkpoints:
+            raise RuntimeError(f"job {job_id}, which this job starts from, committed no checkpoint")
+        return checkpoints[-1].path
 
     def _resume_point(self) -> Path | None:
         """The job's newest committed checkpoint (it ran before: requeued or restarted), else the

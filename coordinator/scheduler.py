@@ -15,7 +15,7 @@ from typing import Callable
 from coordinator.metrics import ScrapeTargets
 from coordinator.runner import JobRunner, RunnerSettings, resource_demand
 from coordinator.state import InvalidTransition, JobState
-from coordinator.store import JobNeeds, JobRecord, JobStore
+from coordinator.store import JobNeeds, JobNotFound, JobRecord, JobStore
 from coordinator.submission import derive_needs
 from internvideo.tasks.common import SharedConfig
 
@@ -100,6 +100,8 @@ class Scheduler:
         for job in self.store.queue():
             if self._stop.is_set():
                 return
+            if not self._dependencies_succeeded(job):
+                continue  # it waits for jobs that are themselves queued or running: it blocks nobody
             world = self._fitting_world_size(job, free)
             if world is None:
                 self._note_waiting(job, free)
@@ -118,6 +120,32 @@ class Scheduler:
             for key, amount in runner.demand.items():
                 free[key] = free.get(key, 0.0) - amount
             runner.start()
+
+    def _dependencies_succeeded(self, job: JobRecord) -> bool:
+        """Whether every job it starts from (``job:<id>``) has succeeded. One that failed or was
+        cancelled fails it, saying why; one still on its way makes it wait, saying for what."""
+        for dependency in self._needs(job).depends_on:
+            try:
+                state, message = (d := self.store.get_job(dependency)).state, d.message
+            except JobNotFound:
+                state, message = JobState.FAILED, "it no longer exists"
+            if state is JobState.SUCCEEDED:
+                continue
+            if state.terminal:
+                self._end_queued(job, JobState.FAILED, f"job {dependency}, which it starts from, "
+                                                       f"{state.value.lower()}: {message}")
+            elif job.message != (waiting := f"waiting for job {dependency} ({state.value}) to succeed"):
+                self.store.update_job(job.job_id, message=waiting)
+            return False
+        return True
+
+    def _end_queued(self, job: JobRecord, state: JobState, message: str) -> None:
+        with self._lock:  # atomic with cancel(), as admission is
+            try:
+                self.store.transition(job.job_id, state, message, world_size=0)
+            except InvalidTransition:
+                pass  # cancelled meanwhile: that stands
+        self.wake()  # its own dependants learn at the next tick
 
     def _preempt_for(self, job: JobRecord, free: dict[str, float]) -> None:
         """Preempt the fewest lowest-priority (then most recently started) running jobs whose

@@ -7,8 +7,9 @@ import grpc
 import ray
 
 from coordinator import convert
+from coordinator.recipe import plan_recipe
 from coordinator.scheduler import Scheduler
-from coordinator.state import InvalidTransition
+from coordinator.state import InvalidTransition, JobState
 from coordinator.store import JobNotFound, JobStore
 from coordinator.submission import InvalidSubmission, validate_submission
 from protos.internvideo.v1 import jobs_pb2 as pb
@@ -30,18 +31,35 @@ class JobService(pb_grpc.JobServiceServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, f"job_id: no job {job_id!r}")
         return convert.job_to_proto(job, self.store.checkpoints(job_id), self.store.skipped_videos(job_id))
 
+    def _job_state(self, job_id: str) -> JobState | None:
+        try:
+            return self.store.get_job(job_id).state
+        except JobNotFound:
+            return None
+
     def SubmitJob(self, request: pb.SubmitJobRequest, context: grpc.ServicerContext) -> pb.Job:
         try:
             spec = validate_submission(
                 kind=request.kind, config_text=request.config_yaml, overrides=list(request.overrides),
                 min_workers=request.min_workers, max_workers=request.max_workers, priority=request.priority,
-                name=request.name, request_id=request.request_id)
+                name=request.name, request_id=request.request_id, job_state=self._job_state)
         except InvalidSubmission as err:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         job, created = self.store.create_job(spec)
         if created:
             self.scheduler.wake()
         return self._job(job.job_id, context)
+
+    def SubmitRecipe(self, request: pb.SubmitRecipeRequest, context: grpc.ServicerContext) -> pb.SubmitRecipeResponse:
+        try:
+            specs = plan_recipe(request.recipe_yaml, list(request.overrides), job_state=self._job_state,
+                                priority=request.priority, request_id=request.request_id)
+        except InvalidSubmission as err:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        jobs, created = self.store.create_jobs(specs)
+        if created:
+            self.scheduler.wake()
+        return pb.SubmitRecipeResponse(jobs=[self._job(job.job_id, context) for job in jobs])
 
     def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.Job:
         return self._job(request.job_id, context)

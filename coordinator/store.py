@@ -70,6 +70,10 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
+def new_job_id() -> str:
+    return f"job-{uuid.uuid4().hex[:12]}"
+
+
 class JobNotFound(KeyError):
     pass
 
@@ -77,21 +81,24 @@ class JobNotFound(KeyError):
 @dataclass(frozen=True)
 class JobNeeds:
     """What the scheduler needs of a job, derived from its config once, at submit: the world sizes
-    that split its global batch, and its decode pool's starting size and CPUs per worker."""
+    that split its global batch, its decode pool's starting size and CPUs per worker, and the jobs
+    whose checkpoints it starts from (it runs once they have succeeded)."""
 
     world_sizes: tuple[int, ...]
     decode_workers: int
     decode_cpus: float
+    depends_on: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"world_sizes": list(self.world_sizes), "decode_workers": self.decode_workers,
-                "decode_cpus": self.decode_cpus}
+                "decode_cpus": self.decode_cpus, "depends_on": list(self.depends_on)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "JobNeeds | None":
         if not data:
             return None  # stored before needs were: the scheduler derives them once
-        return cls(tuple(data["world_sizes"]), int(data["decode_workers"]), float(data["decode_cpus"]))
+        return cls(tuple(data["world_sizes"]), int(data["decode_workers"]), float(data["decode_cpus"]),
+                   tuple(data.get("depends_on", ())))
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,7 @@ class JobSpec:
     priority: int = 0
     name: str = ""
     request_id: str = ""
+    job_id: str = ""  # assigned by the caller (a recipe's jobs name each other); "": the store picks one
 
 
 @dataclass(frozen=True)
@@ -202,24 +210,33 @@ class JobStore:
 
     def create_job(self, spec: JobSpec) -> tuple[JobRecord, bool]:
         """Store a QUEUED job; returns ``(job, created)``. A known request_id returns its job."""
-        def create(db: sqlite3.Connection) -> tuple[str, bool]:
-            if spec.request_id:
-                row = db.execute("SELECT job_id FROM jobs WHERE request_id = ?", (spec.request_id,)).fetchone()
-                if row:
-                    return row["job_id"], False
-            job_id = f"job-{uuid.uuid4().hex[:12]}"
-            now = time.time()
-            db.execute(
-                "INSERT INTO jobs (job_id, request_id, name, kind, state, config_json, min_workers,"
-                " max_workers, priority, created_at, updated_at, needs_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (job_id, spec.request_id or None, spec.name or job_id, spec.kind, JobState.QUEUED.value,
-                 json.dumps(spec.config), spec.min_workers, spec.max_workers, spec.priority, now, now,
-                 json.dumps(spec.needs.to_json())))
-            self._append(db, job_id, "state", {"from": "", "to": JobState.QUEUED.value, "message": "submitted"})
-            return job_id, True
+        jobs, created = self.create_jobs([spec])
+        return jobs[0], created
 
-        job_id, created = self._write(create)
-        return self.get_job(job_id), created
+    def create_jobs(self, specs: list[JobSpec]) -> tuple[list[JobRecord], bool]:
+        """Store QUEUED jobs all together or none (a recipe's stages); returns ``(jobs, created)``.
+        If the first one's request_id is known, the jobs first made with these request_ids return."""
+        def create(db: sqlite3.Connection) -> tuple[list[str], bool]:
+            known = [db.execute("SELECT job_id FROM jobs WHERE request_id = ?", (spec.request_id,)).fetchone()
+                     if spec.request_id else None for spec in specs]
+            if known[0] is not None:
+                return [row["job_id"] for row in known if row is not None], False
+            return [self._insert(db, spec) for spec in specs], True
+
+        job_ids, created = self._write(create)
+        return [self.get_job(job_id) for job_id in job_ids], created
+
+    def _insert(self, db: sqlite3.Connection, spec: JobSpec) -> str:
+        job_id = spec.job_id or new_job_id()
+        now = time.time()
+        db.execute(
+            "INSERT INTO jobs (job_id, request_id, name, kind, state, config_json, min_workers,"
+            " max_workers, priority, created_at, updated_at, needs_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (job_id, spec.request_id or None, spec.name or job_id, spec.kind, JobState.QUEUED.value,
+             json.dumps(spec.config), spec.min_workers, spec.max_workers, spec.priority, now, now,
+             json.dumps(spec.needs.to_json())))
+        self._append(db, job_id, "state", {"from": "", "to": JobState.QUEUED.value, "message": "submitted"})
+        return job_id
 
     def transition(self, job_id: str, new: JobState, message: str = "", **columns: Any) -> JobRecord:
         """Change a job's state (checked by the state machine) and record the event atomically."""

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
+from coordinator.state import JobState
 from coordinator.store import JobNeeds, JobSpec
 from internvideo.tasks import ConfigError, Task, get_task_type
-from internvideo.tasks.common import SharedConfig
+from internvideo.tasks.common import SharedConfig, job_refs
 from workers.checkpoint import read_commit
 
 
@@ -51,10 +53,25 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
     return config
 
 
-def derive_needs(config: SharedConfig, min_workers: int, max_workers: int) -> JobNeeds:
+def derive_needs(config: SharedConfig, min_workers: int, max_workers: int,
+                 depends_on: tuple[str, ...] = ()) -> JobNeeds:
     """What the scheduler needs of a job, once, at submit."""
     return JobNeeds(world_sizes=tuple(config.valid_world_sizes(min_workers, max_workers)),
-                    decode_workers=config.data.decode_workers, decode_cpus=config.data.decode_cpus)
+                    decode_workers=config.data.decode_workers, decode_cpus=config.data.decode_cpus,
+                    depends_on=depends_on)
+
+
+def _check_job_refs(raw: dict[str, Any], job_state: Callable[[str], JobState | None]) -> tuple[str, ...]:
+    """The jobs a config starts from (``job:<id>``): each must exist and not have ended without a
+    checkpoint to give (``job_state`` answers None for a job that does not exist)."""
+    refs = job_refs(raw)
+    for path, job_id in refs.items():
+        state = job_state(job_id)
+        if state is None:
+            raise InvalidSubmission(f"config.{path}", f"no job {job_id!r}")
+        if state in (JobState.FAILED, JobState.CANCELLED):
+            raise InvalidSubmission(f"config.{path}", f"job {job_id} {state.value.lower()}: it has no final checkpoint")
+    return tuple(dict.fromkeys(refs.values()))
 
 
 def _check_inputs(task: Task) -> None:
@@ -72,7 +89,11 @@ def _check_inputs(task: Task) -> None:
 
 
 def validate_submission(*, kind: str, config_text: str, overrides: list[str], min_workers: int,
-                        max_workers: int, priority: int = 0, name: str = "", request_id: str = "") -> JobSpec:
+                        max_workers: int, priority: int = 0, name: str = "", request_id: str = "",
+                        job_state: Callable[[str], JobState | None] = lambda job_id: None,
+                        job_id: str = "") -> JobSpec:
+    """``job_state``: the state of a job a config names as ``job:<id>`` (None: no such job).
+    ``job_id``: the id to store the job under (a recipe assigns them before any is stored)."""
     try:
         task_type = get_task_type(kind)
     except KeyError as err:
@@ -89,12 +110,14 @@ def validate_submission(*, kind: str, config_text: str, overrides: list[str], mi
         first = err.errors()[0]
         field = ".".join(str(p) for p in ("config", *first["loc"]))
         raise InvalidSubmission(field, first["msg"]) from None
+    depends_on = _check_job_refs(raw, job_state)
     _check_inputs(task_type(config))
-    needs = derive_needs(config, min_workers, max_workers)
+    needs = derive_needs(config, min_workers, max_workers, depends_on)
     if not needs.world_sizes:
         raise InvalidSubmission(
             "config.train.global_batch",
             f"{config.train.global_batch} cannot be split into micro-batches of {config.train.micro_batch} "
             f"over any world size in [{min_workers}, {max_workers}]")
     return JobSpec(kind=kind, config=config.model_dump(mode="json"), min_workers=min_workers,
-                   max_workers=max_workers, needs=needs, priority=priority, name=name, request_id=request_id)
+                   max_workers=max_workers, needs=needs, priority=priority, name=name, request_id=request_id,
+                   job_id=job_id)

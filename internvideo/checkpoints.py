@@ -29,6 +29,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
@@ -186,6 +187,17 @@ def to_model_layout(state: Mapping[str, Tensor], model_keys: Iterable[str]) -> S
             key = "encoder." + key
         out[key] = value
     return out
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint file, or a committed DeepSpeed checkpoint folder of one of our jobs (its
+    ``mp_rank_00_model_states.pt``, which rank 0 writes with the whole model under ``module``)."""
+    source = Path(path)
+    if source.is_dir():
+        source = source / "mp_rank_00_model_states.pt"
+        if not source.is_file():
+            raise FileNotFoundError(f"{path} holds no DeepSpeed model states (mp_rank_00_model_states.pt)")
+    return torch.load(source, map_location="cpu", weights_only=False)
 
 
 def to_official(state: Mapping[str, Tensor]) -> StateDict:

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
 
+from internvideo.checkpoints import CheckpointMismatch, load_pretrained, read_checkpoint
 from internvideo.data.lists import VideoRecord
 from internvideo.optim import param_groups
-from internvideo.tasks.common import ConfigError, JobConfig
+from internvideo.tasks.common import ConfigError, JobConfig, is_job_ref
 
 ConfigT = TypeVar("ConfigT", bound=JobConfig)
 
@@ -131,6 +133,24 @@ def array_to_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
     """A decoded array on ``device``. Arrays from Ray's object store are read-only, and torch
     wants to own writable memory: copy only when needed."""
     return torch.from_numpy(np.require(array, requirements="W")).to(device, non_blocking=True)
+
+
+def check_weights_path(field: str, path: str) -> None:
+    """At submit: initial weights that name a file or folder must exist (``job:<id>`` is checked by
+    the coordinator, and resolved when the job starts)."""
+    if not is_job_ref(path) and not Path(path).exists():
+        raise ConfigError(field, f"no such checkpoint file or folder: {path}")
+
+
+def load_initial_weights(model: torch.nn.Module, path: str, *, field: str = "model.init",
+                         allow_missing: Iterable[str] = (), allow_unexpected: Iterable[str] = ()) -> None:
+    """Load ``path`` (a file in any layout ``internvideo.checkpoints`` reads, or a committed checkpoint
+    folder) into ``model``; a file that is missing or does not fit fails as the config field's error,
+    naming the keys, before any step runs."""
+    try:
+        load_pretrained(model, read_checkpoint(path), allow_missing=allow_missing, allow_unexpected=allow_unexpected)
+    except (OSError, CheckpointMismatch) as err:
+        raise ConfigError(field, f"{path}: {err}") from None
 
 
 def unwrap(model: StepEngine | torch.nn.Module) -> torch.nn.Module:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -25,7 +24,6 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from internvideo.checkpoints import load_pretrained
 from internvideo.data.lists import VideoRecord
 from internvideo.data.mixing import MixSpec, apply_mix, draw_mix, soft_target
 from internvideo.data.pipeline import ClipSpec, load_clip, sample_rng
@@ -33,7 +31,14 @@ from internvideo.data.transforms import normalize_clips
 from internvideo.models.clip import CLIPVideoClassifier, CLIPVisualConfig, clip_visual_config
 from internvideo.models.vit import ClassifierConfig, VideoClassifier, classifier_config, transformer_flops
 from internvideo.optim import WeightAverage, param_groups
-from internvideo.tasks.base import StepEngine, Task, array_to_tensor, unwrap
+from internvideo.tasks.base import (
+    StepEngine,
+    Task,
+    array_to_tensor,
+    check_weights_path,
+    load_initial_weights,
+    unwrap,
+)
 from internvideo.tasks.common import ConfigError, JobConfig, Strict
 
 # What a pretraining checkpoint has that a classifier does not (dropped), and what a classifier has
@@ -140,9 +145,8 @@ class Classification(Task[ClassificationConfig]):
         if max(labels) >= self.config.model.num_classes or min(labels) < 0:
             raise ConfigError("model.num_classes", f"{self.config.model.num_classes} classes, but the data has "
                                                    f"labels from {min(labels)} to {max(labels)}")
-        init = self.config.model.init
-        if init is not None and not Path(init).exists():
-            raise ConfigError("model.init", f"no such file or checkpoint folder: {init}")
+        if self.config.model.init is not None:
+            check_weights_path("model.init", self.config.model.init)
 
     # -- model ----------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -152,8 +156,7 @@ class Classification(Task[ClassificationConfig]):
                                  else CLIPVideoClassifier(model.clip_config(drop_path), model.num_classes,
                                                           model.head_dropout))
         if model.init is not None:
-            load_pretrained(classifier, read_weights(model.init), allow_missing=HEAD_KEYS,
-                            allow_unexpected=PRETRAINING_ONLY)
+            load_initial_weights(classifier, model.init, allow_missing=HEAD_KEYS, allow_unexpected=PRETRAINING_ONLY)
         if self.config.regularization.ema_decay is not None:
             self._average = WeightAverage(classifier, self.config.regularization.ema_decay)
         return classifier
@@ -209,18 +212,6 @@ class Classification(Task[ClassificationConfig]):
         elif state or self._average is not None:
             raise ValueError(f"checkpoint state {sorted(state)} does not fit regularization.ema_decay="
                              f"{self.config.regularization.ema_decay}")
-
-
-def read_weights(path: str) -> dict[str, Tensor]:
-    """A state dict from a checkpoint file, or from a committed DeepSpeed checkpoint folder (its
-    ``mp_rank_00_model_states.pt``: the whole model, saved by rank 0)."""
-    source = Path(path)
-    if source.is_dir():
-        files = sorted(source.glob("mp_rank_00_model_states.pt"))
-        if not files:
-            raise FileNotFoundError(f"{source} holds no DeepSpeed model states (mp_rank_00_model_states.pt)")
-        source = files[0]
-    return torch.load(source, map_location="cpu", weights_only=False)
 
 
 _BLOCK = re.compile(r"(?:encoder\.blocks|visual\.transformer\.resblocks)\.(\d+)\.")

@@ -6,7 +6,8 @@ kind's own sections: it schedules, checkpoints and recovers without knowing the 
 """
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -21,6 +22,32 @@ class ConfigError(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field, self.message = field, message
+
+
+JOB_REF = "job:"  # a config value "job:<id>": that job's final committed checkpoint
+
+
+def is_job_ref(value: object) -> bool:
+    return isinstance(value, str) and value.startswith(JOB_REF) and len(value) > len(JOB_REF)
+
+
+def job_refs(config: Any, path: str = "") -> dict[str, str]:
+    """Every ``job:<id>`` value in a config, by its dotted path (``model.init`` → ``job-1a2b…``):
+    the jobs whose checkpoints a job starts from, whatever its kind calls the field."""
+    if isinstance(config, dict):
+        return {k: v for key, value in config.items() for k, v in job_refs(value, f"{path}.{key}".lstrip(".")).items()}
+    if isinstance(config, list):
+        return {k: v for i, value in enumerate(config) for k, v in job_refs(value, f"{path}.{i}").items()}
+    return {path: config.removeprefix(JOB_REF)} if is_job_ref(config) else {}
+
+
+def replace_job_refs(config: Any, checkpoint_of: Callable[[str], str]) -> Any:
+    """The config with each ``job:<id>`` replaced by ``checkpoint_of(id)``."""
+    if isinstance(config, dict):
+        return {key: replace_job_refs(value, checkpoint_of) for key, value in config.items()}
+    if isinstance(config, list):
+        return [replace_job_refs(value, checkpoint_of) for value in config]
+    return checkpoint_of(config.removeprefix(JOB_REF)) if is_job_ref(config) else config
 
 
 class Strict(BaseModel):

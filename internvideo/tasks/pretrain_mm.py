@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from internvideo.checkpoints import load_pretrained
 from internvideo.data.lists import VideoRecord
 from internvideo.data.pipeline import ClipSpec, load_clip, sample_rng
 from internvideo.data.transforms import normalize_clips
@@ -37,7 +36,7 @@ from internvideo.models.contrastive import contrastive_loss, embedding_gradients
 from internvideo.models.tokenizer import CLIPTokenizer
 from internvideo.models.vit import transformer_flops
 from internvideo.tasks import register_task
-from internvideo.tasks.base import StepEngine, Task, array_to_tensor
+from internvideo.tasks.base import StepEngine, Task, array_to_tensor, check_weights_path, load_initial_weights
 from internvideo.tasks.common import ConfigError, JobConfig, Strict
 
 
@@ -129,20 +128,15 @@ class PretrainMM(Task[PretrainMMConfig]):
         if not all(r.captions for r in records):
             raise ConfigError("data.format", f"{self.kind} trains on captions: use format video_text "
                                              f"(got {self.config.data.format!r}, whose records have none)")
-        init = self.config.model.init
-        if init is not None:
-            try:
-                open(init, "rb").close()
-            except OSError as err:
-                raise ConfigError("model.init", str(err)) from None
+        if self.config.model.init is not None:
+            check_weights_path("model.init", self.config.model.init)
 
     def build_model(self) -> VideoLanguageModel:
         torch.manual_seed(self.config.train.seed)  # identical initial weights on every rank and every run
         model = VideoLanguageModel(self.config.model.clip_config(), self.config.model.caption_config())
         if self.config.model.init is not None:
             # A CLIP checkpoint has no UniBlocks (nor local MHRA): those start from their zero-init.
-            load_pretrained(model.clip, torch.load(self.config.model.init, map_location="cpu", weights_only=True),
-                            allow_missing=UNIBLOCK_KEYS)
+            load_initial_weights(model.clip, self.config.model.init, allow_missing=UNIBLOCK_KEYS)
         return model
 
     def flops_per_sample(self, model: nn.Module) -> float:

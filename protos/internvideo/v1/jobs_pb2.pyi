@@ -53,6 +53,24 @@ class SubmitJobRequest(_message.Message):
     name: str
     def __init__(self, request_id: _Optional[str] = ..., kind: _Optional[str] = ..., config_yaml: _Optional[str] = ..., overrides: _Optional[_Iterable[str]] = ..., min_workers: _Optional[int] = ..., max_workers: _Optional[int] = ..., priority: _Optional[int] = ..., name: _Optional[str] = ...) -> None: ...
 
+class SubmitRecipeRequest(_message.Message):
+    __slots__ = ("request_id", "recipe_yaml", "overrides", "priority")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_YAML_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    recipe_yaml: str
+    overrides: _containers.RepeatedScalarFieldContainer[str]
+    priority: int
+    def __init__(self, request_id: _Optional[str] = ..., recipe_yaml: _Optional[str] = ..., overrides: _Optional[_Iterable[str]] = ..., priority: _Optional[int] = ...) -> None: ...
+
+class SubmitRecipeResponse(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[Job]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ...) -> None: ...
+
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
@@ -168,7 +186,7 @@ class JobResult(_message.Message):
     def __init__(self, metrics: _Optional[_Mapping[str, float]] = ..., final_checkpoint: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "name", "kind", "state", "message", "request_id", "config_json", "min_workers", "max_workers", "world_size", "priority", "progress", "result", "checkpoints", "skipped_videos", "created_at", "updated_at")
+    __slots__ = ("job_id", "name", "kind", "state", "message", "request_id", "config_json", "min_workers", "max_workers", "world_size", "priority", "progress", "result", "checkpoints", "skipped_videos", "created_at", "updated_at", "depends_on")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +204,7 @@ class Job(_message.Message):
     SKIPPED_VIDEOS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    DEPENDS_ON_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     name: str
     kind: str
@@ -203,7 +222,8 @@ class Job(_message.Message):
     skipped_videos: _containers.RepeatedCompositeFieldContainer[SkippedVideo]
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ..., request_id: _Optional[str] = ..., config_json: _Optional[str] = ..., min_workers: _Optional[int] = ..., max_workers: _Optional[int] = ..., world_size: _Optional[int] = ..., priority: _Optional[int] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., checkpoints: _Optional[_Iterable[_Union[Checkpoint, _Mapping]]] = ..., skipped_videos: _Optional[_Iterable[_Union[SkippedVideo, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    depends_on: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ..., request_id: _Optional[str] = ..., config_json: _Optional[str] = ..., min_workers: _Optional[int] = ..., max_workers: _Optional[int] = ..., world_size: _Optional[int] = ..., priority: _Optional[int] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., checkpoints: _Optional[_Iterable[_Union[Checkpoint, _Mapping]]] = ..., skipped_videos: _Optional[_Iterable[_Union[SkippedVideo, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., depends_on: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WatchJobRequest(_message.Message):
     __slots__ = ("job_id", "after_seq", "history_only")

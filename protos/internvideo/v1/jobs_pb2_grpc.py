@@ -39,6 +39,11 @@ class JobServiceStub:
                 request_serializer=protos_dot_internvideo_dot_v1_dot_jobs__pb2.SubmitJobRequest.SerializeToString,
                 response_deserializer=protos_dot_internvideo_dot_v1_dot_jobs__pb2.Job.FromString,
                 _registered_method=True)
+        self.SubmitRecipe = channel.unary_unary(
+                '/internvideo.v1.JobService/SubmitRecipe',
+                request_serializer=protos_dot_internvideo_dot_v1_dot_jobs__pb2.SubmitRecipeRequest.SerializeToString,
+                response_deserializer=protos_dot_internvideo_dot_v1_dot_jobs__pb2.SubmitRecipeResponse.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/internvideo.v1.JobService/GetJob',
                 request_serializer=protos_dot_internvideo_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
@@ -71,6 +76,14 @@ class JobServiceServicer:
 
     def SubmitJob(self, request, context):
         """Submit a job. A repeated request_id returns the job first created with it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitRecipe(self, request, context):
+        """Submit a recipe: one job per stage, each starting once the stages it names have succeeded.
+        All are stored or none; a repeated request_id returns the jobs first created with it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,6 +127,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.SubmitJob,
                     request_deserializer=protos_dot_internvideo_dot_v1_dot_jobs__pb2.SubmitJobRequest.FromString,
                     response_serializer=protos_dot_internvideo_dot_v1_dot_jobs__pb2.Job.SerializeToString,
+            ),
+            'SubmitRecipe': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitRecipe,
+                    request_deserializer=protos_dot_internvideo_dot_v1_dot_jobs__pb2.SubmitRecipeRequest.FromString,
+                    response_serializer=protos_dot_internvideo_dot_v1_dot_jobs__pb2.SubmitRecipeResponse.SerializeToString,
             ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
@@ -168,6 +186,33 @@ class JobService:
             '/internvideo.v1.JobService/SubmitJob',
             protos_dot_internvideo_dot_v1_dot_jobs__pb2.SubmitJobRequest.SerializeToString,
             protos_dot_internvideo_dot_v1_dot_jobs__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitRecipe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/internvideo.v1.JobService/SubmitRecipe',
+            protos_dot_internvideo_dot_v1_dot_jobs__pb2.SubmitRecipeRequest.SerializeToString,
+            protos_dot_internvideo_dot_v1_dot_jobs__pb2.SubmitRecipeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,93 @@
+"""Recipes through the real coordinator: one submission, stages that wait for the stages they name,
+failures that fail their dependants with the reason, and weights named by job id."""
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from coordinator.client import read_config, read_recipe
+from protos.internvideo.v1 import jobs_pb2 as pb
+from tests.integration.test_jobs import bodies, state
+
+pytestmark = pytest.mark.integration
+STAGES = ("mae", "mm", "post-mae", "post-mm", "interaction")
+
+
+def short(dataset, steps: int = 2) -> list[str]:
+    data = {"mae": dataset.train_list, "mm": dataset.train_captions}
+    return [f"{s}:data.train_list={data.get(s, dataset.train_list)}" for s in STAGES] + \
+        [f"{s}:train.steps={steps}" for s in STAGES] + [f"{s}:train.checkpoint_every=0" for s in STAGES]
+
+
+def history(client, job: pb.Job) -> list[pb.JobEvent]:
+    return list(client.watch(job.job_id, follow=False))
+
+
+def moments(events: list[pb.JobEvent], to: str) -> list[int]:
+    return [e.time.ToNanoseconds() for e in events if e.WhichOneof("body") == "state_changed"
+            and pb.JobState.Name(e.state_changed.to_state) == f"JOB_STATE_{to}"]
+
+
+def test_the_recipe_runs_as_one_submission_each_stage_after_those_it_names(client, dataset, coordinator):
+    jobs = client.submit_recipe(read_recipe("tiny-cpu"), short(dataset), request_id="tiny-recipe")
+    assert [j.name for j in jobs] == [f"internvideo-tiny/{s}" for s in STAGES]
+    assert [j.job_id for j in client.submit_recipe(read_recipe("tiny-cpu"), short(dataset),
+                                                   request_id="tiny-recipe")] == [j.job_id for j in jobs]
+    by_name = {j.name.split("/")[1]: j for j in jobs}
+    assert set(by_name["interaction"].depends_on) == {by_name["post-mae"].job_id, by_name["post-mm"].job_id}
+    for job in jobs:
+        list(client.watch(job.job_id))
+    ended = {name: client.get(job.job_id) for name, job in by_name.items()}
+    assert {n: state(j) for n, j in ended.items()} == dict.fromkeys(STAGES, "SUCCEEDED"), \
+        {n: j.message for n, j in ended.items()} | {"log": coordinator.log_tail()}
+    events = {name: history(client, job) for name, job in by_name.items()}
+    for name, job in ended.items():
+        # Nothing ran twice: one start, each step once.
+        assert len(moments(events[name], "STARTING")) == 1
+        assert [p.step for p in bodies(events[name], "progress")] == [1, 2]
+        for dependency in job.depends_on:
+            (finished,) = moments(history(client, client.get(dependency)), "SUCCEEDED")
+            assert moments(events[name], "STARTING")[0] >= finished  # it waited
+    assert "final_accuracy" in ended["interaction"].result.metrics
+
+
+def test_a_failed_stage_fails_its_dependants_with_the_reason(client, dataset, coordinator):
+    # post-mm cannot decode a single video in a microsecond: it fails, and the interaction with it.
+    jobs = client.submit_recipe(read_recipe("tiny-cpu"), [*short(dataset), "post-mm:data.video_time_limit_s=1e-6"])
+    by_name = {j.name.split("/")[1]: j for j in jobs}
+    for job in jobs:
+        list(client.watch(job.job_id))
+    ended = {name: client.get(job.job_id) for name, job in by_name.items()}
+    assert state(ended["post-mm"]) == "FAILED" and state(ended["post-mae"]) == "SUCCEEDED"
+    assert state(ended["interaction"]) == "FAILED"
+    assert ended["interaction"].message.startswith(f"job {by_name['post-mm'].job_id}, which it starts from, failed:")
+    assert "could not be decoded" in ended["interaction"].message
+    assert not moments(history(client, ended["interaction"]), "STARTING")  # it never started
+
+
+def test_weights_named_by_job_id_and_checkpoints_that_do_not_fit(client, dataset, coordinator):
+    def refused(*overrides: str) -> str:
+        with pytest.raises(grpc.RpcError) as err:
+            client.submit("post-pretrain", read_config("tiny-cpu-finetune"),
+                          [f"data.train_list={dataset.train_list}", *overrides])
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        return err.value.details()
+
+    before = len(client.list(page_size=1000).jobs)
+    assert refused("model.init=job:job-doesnotexist").startswith("config.model.init: no job 'job-doesnotexist'")
+    assert refused("model.init=/no/such/weights.pt").startswith("config.model.init: no such checkpoint")
+    assert len(client.list(page_size=1000).jobs) == before  # nothing stored
+
+    mm = client.submit("pretrain-mm", read_config("tiny-cpu-mm"), [f"data.train_list={dataset.train_captions}",
+                                                                   "train.steps=1"], min_workers=1)
+    # A VideoMAE classifier from the multimodal towers: accepted at submit (the job has not run yet),
+    # refused when it starts, naming the field and the keys, before any step.
+    wrong = client.submit("post-pretrain", read_config("tiny-cpu-finetune"),
+                          [f"data.train_list={dataset.train_list}", f"model.init=job:{mm.job_id}"], min_workers=1)
+    assert list(wrong.depends_on) == [mm.job_id]
+    events = list(client.watch(wrong.job_id))
+    wrong = client.get(wrong.job_id)
+    assert state(client.get(mm.job_id)) == "SUCCEEDED" and state(wrong) == "FAILED"
+    assert "model.init:" in wrong.message and "checkpoint does not fit the model" in wrong.message
+    assert "missing" in wrong.message and "encoder.blocks.0.attn.qkv.weight" in wrong.message, wrong.message
+    assert not bodies(events, "progress")

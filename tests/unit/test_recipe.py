@@ -1,0 +1,87 @@
+"""Recipes: stages become validated jobs in dependency order, naming each other by job id; bad
+recipes are refused naming what to fix."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from coordinator.client import read_recipe
+from coordinator.recipe import plan_recipe
+from coordinator.state import JobState
+from coordinator.submission import InvalidSubmission
+from internvideo.data.synthetic import write_synthetic_dataset
+from internvideo.tasks import get_task_type
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_synthetic_dataset(tmp_path_factory.mktemp("recipe"), num_videos=16, num_frames=16, size=32, seed=0)
+
+
+def data_overrides(ds) -> list[str]:
+    return [f"mae:data.train_list={ds.train_list}", f"mm:data.train_list={ds.train_captions}",
+            f"post-mae:data.train_list={ds.train_list}", f"post-mm:data.train_list={ds.train_list}",
+            f"interaction:data.train_list={ds.train_list}"]
+
+
+def no_jobs(job_id: str) -> None:
+    return None
+
+
+def test_the_tiny_recipe_becomes_five_jobs_each_after_those_it_names(data):
+    specs = plan_recipe(read_recipe("tiny-cpu"), data_overrides(data), job_state=no_jobs, request_id="r1")
+    names = [s.name.split("/")[1] for s in specs]
+    assert names == ["mae", "mm", "post-mae", "post-mm", "interaction"]
+    ids = {name: s.job_id for name, s in zip(names, specs)}
+    assert specs[2].config["model"]["init"] == f"job:{ids['mae']}"
+    assert specs[4].config["model"]["init"] == f"job:{ids['post-mae']}"
+    assert specs[4].config["model"]["other"]["init"] == f"job:{ids['post-mm']}"
+    assert [s.needs.depends_on for s in specs] == [(), (), (ids["mae"],), (ids["mm"],),
+                                                   (ids["post-mae"], ids["post-mm"])]
+    assert {s.request_id for s in specs} == {f"r1/{n}" for n in names}
+
+
+def test_stages_are_ordered_by_what_they_name_not_by_where_they_stand(data):
+    recipe = yaml.safe_load(read_recipe("tiny-cpu"))
+    recipe["stages"].reverse()
+    specs = plan_recipe(yaml.safe_dump(recipe), data_overrides(data), job_state=no_jobs)
+    order = [s.name.split("/")[1] for s in specs]
+    assert order.index("mae") < order.index("post-mae") < order.index("interaction")
+    assert order.index("mm") < order.index("post-mm") < order.index("interaction")
+
+
+@pytest.mark.parametrize("change, field, words", [
+    (lambda r: r["stages"][0].update(kind="pretrain-xyz"), "recipe.mae.kind", "unknown job kind"),
+    (lambda r: r["stages"][2]["set"].append("model.init=stage:nowhere"), "recipe.stages.2", "unknown stages"),
+    (lambda r: r["stages"][0]["set"].append("model.mask_ratio=stage:interaction"), "recipe.stages", "cycle"),
+    (lambda r: r["stages"][1].update(name="mae"), "recipe.stages", "repeat"),
+    (lambda r: r["stages"][2]["set"].append("model.init=job:job-000000000000"), "recipe.post-mae.config.model.init",
+     "no job"),
+    (lambda r: r["stages"][2]["set"].append("model.init=/no/such/checkpoint.pt"), "recipe.post-mae.config.model.init",
+     "no such checkpoint"),
+    (lambda r: r["stages"][1]["set"].append("train.lr=-1"), "recipe.mm.config.train.lr", "greater than 0"),
+])
+def test_bad_recipes_are_refused_naming_the_field(data, change, field, words):
+    recipe = yaml.safe_load(read_recipe("tiny-cpu"))
+    change(recipe)
+    with pytest.raises(InvalidSubmission) as refused:
+        plan_recipe(yaml.safe_dump(recipe), data_overrides(data), job_state=no_jobs)
+    assert refused.value.field == field and words in str(refused.value), str(refused.value)
+
+
+def test_a_job_reference_to_an_ended_job_without_a_checkpoint_is_refused(data):
+    recipe = yaml.safe_load(read_recipe("tiny-cpu"))
+    recipe["stages"][2]["set"].append("model.init=job:job-123")
+    with pytest.raises(InvalidSubmission, match="job job-123 failed"):
+        plan_recipe(yaml.safe_dump(recipe), data_overrides(data), job_state=lambda job_id: JobState.FAILED)
+    with pytest.raises(InvalidSubmission, match="not STAGE:key=value"):
+        plan_recipe(read_recipe("tiny-cpu"), ["nostage:train.steps=3"], job_state=no_jobs)
+
+
+def test_the_paper_recipe_validates_at_the_papers_sizes():
+    """Its data paths name a cluster's storage; its configs must still be valid as written."""
+    recipe = yaml.safe_load(read_recipe("paper"))
+    for stage in recipe["stages"]:
+        config = {**stage["config"], "data": {**stage["config"]["data"], "train_list": "/data/list"}}
+        validated = get_task_type(stage["kind"]).config_type.model_validate(config)
+        assert validated.valid_world_sizes(stage["min_workers"], stage["max_workers"]), stage["name"]
