@@ -40,6 +40,9 @@ def render_event(event, out=sys.stdout) -> None:
         elif body == "skipped_video":
             v = event.skipped_video
             out.write(f"skipped video {v.path} ({v.reason}): {v.detail}\n")
+        elif body == "validation":
+            metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(event.validation.metrics.items()))
+            out.write(f"validation at step {event.validation.step}: {metrics}\n")
         elif body == "result":
             metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(event.result.metrics.items()))
             out.write(f"result: {metrics}\n")

@@ -80,6 +80,8 @@ def event_to_proto(event: JobEvent) -> pb.JobEvent:
         out.decode_pool_resized.CopyFrom(pb.DecodePoolResized(
             from_workers=p["from"], to_workers=p["to"], data_wait_fraction=p["data_wait_fraction"],
             reason=p["reason"]))
+    elif event.type == "validation":
+        out.validation.CopyFrom(pb.Validation(step=p["step"], metrics=p["metrics"]))
     elif event.type == "result":
         out.result.CopyFrom(result_to_proto(p))
     else:

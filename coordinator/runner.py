@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from coordinator.autoscale import DecodePoolSizer
 from coordinator.recovery import Decision, FailurePolicy
 from coordinator.state import InvalidTransition, JobState
@@ -30,7 +32,7 @@ from internvideo.tasks import Task, TaskRef
 from internvideo.tasks.common import SharedConfig, replace_job_refs
 from workers.calls import PlacementTimeout, WorkerGroupError, kill_actors
 from workers.checkpoint import UNIVERSAL, checkpoint_folder, commit, read_commit, to_universal
-from workers.decode import DataError, DecodePool, PoolSpec
+from workers.decode import DataError, Dataset, DecodePool, PoolSpec
 from workers.group import WorkerGroup
 
 log = logging.getLogger(__name__)
@@ -83,17 +85,19 @@ def resource_demand(needs: JobNeeds, world_size: int, bundle: dict[str, float],
 
 def run_result(events: list[JobEvent], total_steps: int, failures: int) -> dict[str, Any]:
     """What a job did, summed over all its attempts from its event history (a step executed again
-    after a failure or a restart counts again): ``first_loss``, and ``final_<name>`` of every
-    metric the kind reports."""
+    after a failure or a restart counts again): ``first_loss``, ``final_<name>`` of every metric the
+    kind reports, and ``val_<name>`` of its last validation."""
     progress = [e.payload for e in events if e.type == "progress"]
     samples = sum(p["step_samples"] for p in progress)
     seconds = sum(p["step_seconds"] for p in progress)
     start_step = progress[0]["step"] - 1 if progress else total_steps
     checkpoints = [e.payload["path"] for e in events if e.type == "checkpoint"]
+    validations = [e.payload["metrics"] for e in events if e.type == "validation"]
     # Progress stored before metrics were named carries only the loss.
     last = (progress[-1].get("metrics") or {"loss": progress[-1]["loss"]}) if progress else {"loss": float("nan")}
     return {"first_loss": progress[0]["loss"] if progress else float("nan"),
             **{f"final_{name}": value for name, value in last.items()},
+            **{f"val_{name}": value for name, value in (validations[-1] if validations else {}).items()},
             "start_step": start_step, "steps": len(progress), "samples": samples, "train_seconds": seconds,
             "clips_per_second": samples / seconds if seconds else 0.0,
             "final_checkpoint": checkpoints[-1] if checkpoints else "",
@@ -224,8 +228,9 @@ class JobRunner(threading.Thread):
     def _attempt(self, num_samples: int, resume: Path | None) -> None:
         """Start the decode pool and the worker group, restore ``resume``, train to the end."""
         data = self.config.data
+        held_out = Dataset(data.val_source(), self.task.val_sample_fn()) if data.val_list else None
         pool_spec = PoolSpec(job_id=self.job_id, source=data.source(), sample=self.task.sample_fn(),
-                             seed=self.config.train.seed, cpus=data.decode_cpus, threads=data.threads_per_decode_worker, host=self.settings.worker_host,
+                             seed=self.config.train.seed, held_out=held_out, cpus=data.decode_cpus, threads=data.threads_per_decode_worker, host=self.settings.worker_host,
                              restarts=data.decode_restarts, delay_s=self.config.debug.decode_delay_s)
         grown = self.decode_workers  # what an earlier attempt had grown the pool to
         self._pool = DecodePool.create(pool_spec, data.decode_workers, self.settings.start_timeout_s)
@@ -334,6 +339,8 @@ class JobRunner(threading.Thread):
             completed = step + 1
             if completed == train.steps or (train.checkpoint_every and completed % train.checkpoint_every == 0):
                 checkpoint = self._checkpoint(completed)
+                if self.config.data.val_list:
+                    self._validate(completed)
                 target = self._grow_target(self) if self._grow_target and completed < train.steps else 0
                 if target > self.world_size:
                     raise GrowAt(Path(checkpoint), target)
@@ -350,6 +357,21 @@ class JobRunner(threading.Thread):
         while not release.exists() and not self._cancel.wait(0.1):
             pass
         self.store.update_job(self.job_id, message=f"released at step {step}")
+
+    def _validate(self, step: int) -> None:
+        """The kind's metrics on the held-out set, each sample predicted once by one rank."""
+        size = len(self.config.data.val_source().read())
+        shards = self._group.call("validate", size, timeout_s=self.config.train.step_timeout_s)
+        shards = [shard for shard in shards if shard]  # a rank may get no held-out sample at all
+        ids = np.concatenate([shard["sample_ids"] for shard in shards])
+        order = np.argsort(ids)
+        if not np.array_equal(ids[order], np.arange(size)):
+            raise RuntimeError(f"validation covered samples {sorted(ids.tolist())[:10]}…, not each of {size} once")
+        outputs = {name: np.concatenate([shard[name] for shard in shards])[order]
+                   for name in shards[0] if name != "sample_ids"}
+        metrics = self.task.validation_metrics(outputs)
+        log.info("job %s: validation at step %d: %s", self.job_id, step, metrics)
+        self.store.record_validation(self.job_id, {"step": step, "metrics": metrics})
 
     def _size_decode_pool(self, data_wait_fraction: float) -> None:
         """Grow the decode pool while trainers wait for clips, shrink it when they never do (between

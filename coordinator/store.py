@@ -142,7 +142,7 @@ class JobEvent:
     job_id: str
     seq: int
     time: float
-    type: str  # state | progress | checkpoint | skipped_video | result
+    type: str  # state | progress | checkpoint | skipped_video | result | decode_pool | validation
     payload: dict[str, Any] = field(default_factory=dict)
 
 
@@ -262,6 +262,10 @@ class JobStore:
     def record_decode_pool(self, job_id: str, change: dict[str, Any]) -> None:
         """The job's decode pool was resized: ``{"from", "to", "data_wait_fraction", "reason"}``."""
         self._write(lambda db: self._append(db, job_id, "decode_pool", change))
+
+    def record_validation(self, job_id: str, validation: dict[str, Any]) -> None:
+        """The kind's metrics on held-out data at a step: ``{"step", "metrics"}``."""
+        self._write(lambda db: self._append(db, job_id, "validation", validation))
 
     def record_checkpoint(self, job_id: str, step: int, path: str, world_size: int) -> None:
         def write(db: sqlite3.Connection) -> None:

@@ -12,11 +12,15 @@ Conventions:
 * Classification ties count *against* the label: its rank is the number of other classes scoring
   greater than or equal to it, and it is within top-k if that rank is < k. A collapsed model that gives
   every class the same score therefore scores 0, not 100 %. k larger than the class count is clamped.
-* Retrieval ties count *for* the true item, as in the published benchmark code (CLIP4Clip, InternVideo):
-  ranks are 1-based, rank = 1 + the number of candidates with a strictly higher similarity. Text->video
-  ranks each caption's true video among all videos; video->text ranks all captions for each video and
-  keeps the best (smallest) rank among that video's own captions. MdR is ``numpy.median`` of the ranks
-  (the mean of the two middle ranks for an even count), MnR their mean.
+* Retrieval ties count *against* the true item too, so a collapsed model (all similarities equal) gets
+  the worst ranks, not R@1 = 100 %. (This departs from the published benchmark code, CLIP4Clip and
+  InternVideo, which ranks ties in the true item's favour; without ties the two agree.) Ranks are 1-based:
+  a text->video rank is the number of videos whose similarity to the caption is >= its true video's,
+  the true video included, i.e. 1 + the number of *other* videos scoring >= it. For video->text, the rank
+  of each of video v's own captions c is 1 + the number of captions *not belonging to v* whose similarity
+  to v is >= c's; v's other captions are not competitors, since only v's best caption counts. The video's
+  rank is the best (smallest) of these, i.e. that of its most similar own caption. MdR is
+  ``numpy.median`` of the ranks (the mean of the two middle ranks for an even count), MnR their mean.
 * Bad input (shape mismatch, an index out of range, empty input, NaN scores) raises ``ValueError``.
 """
 from __future__ import annotations
@@ -139,7 +143,9 @@ def retrieval_metrics(similarity: torch.Tensor, text_to_video: torch.Tensor) -> 
 
     ``similarity`` is (T, V): row t a caption, column v a video; ``text_to_video[t]`` is the video
     caption t describes. A video may have several captions, and every video needs at least one.
-    Ranks follow the module docstring (1 + strictly higher candidates; a video's best caption counts).
+    Ranks follow the module docstring: ties count against the true item (t->v rank = videos scoring >= the
+    true one; v->t rank = 1 + captions of *other* videos scoring >= the video's best own caption).
+    Memory stays O(T * V): no caption x caption matrix is formed.
     Keys: ``t2v_r1, t2v_r5, t2v_r10, t2v_medr, t2v_meanr`` and the same with ``v2t_``.
     """
     _check_scores("similarity", similarity)
@@ -152,13 +158,20 @@ def retrieval_metrics(similarity: torch.Tensor, text_to_video: torch.Tensor) -> 
         raise ValueError(f"videos {uncaptioned} have no caption in text_to_video; video->text ranks need one")
 
     true_similarity = similarity[torch.arange(num_texts), text_to_video]
-    t2v_ranks = 1 + (similarity > true_similarity[:, None]).sum(dim=1)
-    # A caption's rank within its video's column falls as its similarity rises, so the best rank
-    # among a video's captions is the rank of its most similar caption.
+    # >= includes the true video itself, so this count is already the 1-based rank.
+    t2v_ranks = (similarity >= true_similarity[:, None]).sum(dim=1)
+    # A caption's count of other-video captions scoring >= it falls as its similarity rises, so the best
+    # rank among a video's captions is the rank of its most similar own caption.
     best_caption_similarity = torch.full((num_videos,), -torch.inf, dtype=similarity.dtype).scatter_reduce(
         0, text_to_video, true_similarity, reduce="amax"
     )
-    v2t_ranks = 1 + (similarity > best_caption_similarity[None, :]).sum(dim=0)
+    # Count every caption scoring >= the best, then drop the video's own captions among them (those that
+    # equal its best; at least the best itself), leaving only competitors from other videos.
+    at_least_best = (similarity >= best_caption_similarity[None, :]).sum(dim=0)
+    own_at_least_best = torch.bincount(
+        text_to_video, weights=(true_similarity >= best_caption_similarity[text_to_video]).double(), minlength=num_videos
+    ).long()
+    v2t_ranks = 1 + at_least_best - own_at_least_best
     return {**_rank_summary("t2v", t2v_ranks), **_rank_summary("v2t", v2t_ranks)}
 
 

@@ -55,11 +55,19 @@ class SkippedSample:
     detail: str
 
 
+@dataclass(frozen=True)
+class Dataset:
+    """What a decode worker reads: the records and the job kind's sample function for them."""
+
+    source: VideoSource | MergedSource
+    sample: SampleFn  # the job kind's: what one sample is
+
+
 class _Request:
     """One ``decode_batch`` call on its way through the pipeline: the batch or the error it ends with."""
 
-    def __init__(self, epoch: int, sample_ids: list[int]) -> None:
-        self.epoch, self.sample_ids = epoch, sample_ids
+    def __init__(self, epoch: int, sample_ids: list[int], held_out: bool) -> None:
+        self.epoch, self.sample_ids, self.held_out = epoch, sample_ids, held_out
         self.batch: dict[str, Any] | None = None
         self.error: Exception | None = None
         self.done = threading.Event()
@@ -90,13 +98,16 @@ class DecodeWorker:
 
     def __init__(self, job_id: str, pool: str, source: VideoSource | MergedSource, sample: SampleFn, seed: int,
                  serve_metrics: bool = False, host: str | None = None, threads: int = 1,
-                 delay_s: float = 0.0) -> None:
-        """``delay_s``: every request takes at least this long (debug.decode_delay_s: slow storage)."""
+                 delay_s: float = 0.0, held_out: Dataset | None = None) -> None:
+        """``delay_s``: every request takes at least this long (debug.decode_delay_s: slow storage).
+        ``held_out``: the validation data, decoded for requests that ask for it."""
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(1)  # parallel across requests, not inside one resize
-        self.records: list[VideoRecord] = source.read()
-        self.sample, self.seed, self.delay_s = sample, seed, delay_s
+        self.datasets = {False: (source.read(), sample)}
+        if held_out is not None:
+            self.datasets[True] = (held_out.source.read(), held_out.sample)
+        self.seed, self.delay_s = seed, delay_s
         self._bad: dict[str, DecodeError] = {}  # known-bad paths: fail fast, same outcome
         labels = {"job": job_id, "pool": pool}
         self._clips = telemetry.DECODE_CLIPS.labels(**labels)
@@ -114,16 +125,18 @@ class DecodeWorker:
             log.warning("decode worker of job %s restarted; retrying its requests", job_id)
 
     def info(self) -> dict[str, Any]:
-        return {"num_samples": len(self.records), "metrics_endpoint": self.metrics_endpoint}
+        return {"num_samples": len(self.datasets[False][0]), "metrics_endpoint": self.metrics_endpoint}
 
-    def decode_batch(self, epoch: int, sample_ids: list[int]) -> dict[str, Any]:
+    def decode_batch(self, epoch: int, sample_ids: list[int], held_out: bool = False) -> dict[str, Any]:
         """The samples ``sample_ids``, each of the sample function's arrays stacked (``video`` uint8
         (B, T, S, S, 3), ...), with ``sample_ids`` and the ``skipped`` videos replaced on the way."""
         if not sample_ids:
             raise ValueError("decode_batch needs at least one sample id")
         if not self._collector.is_alive():
             raise RuntimeError("decode worker is closed")
-        request = _Request(epoch, [int(sid) for sid in sample_ids])
+        if held_out not in self.datasets:
+            raise ValueError("this decode worker was given no held-out data")
+        request = _Request(epoch, [int(sid) for sid in sample_ids], held_out)
         self._inbox.put(request)
         request.done.wait()
         if request.error is not None:
@@ -145,7 +158,8 @@ class DecodeWorker:
         time.sleep(self.delay_s)
         try:
             skipped: list[SkippedSample] = []
-            samples = [self._decode_one(request.epoch, sid, skipped) for sid in request.sample_ids]
+            records, sample = self.datasets[request.held_out]
+            samples = [self._decode_one(records, sample, request.epoch, sid, skipped) for sid in request.sample_ids]
             request.batch = {
                 **{name: np.stack([s[name] for s in samples]) for name in samples[0]},
                 "sample_ids": request.sample_ids,  # as asked for, before any replacement
@@ -156,15 +170,16 @@ class DecodeWorker:
         self._seconds.inc(time.perf_counter() - start)
         return request
 
-    def _decode_one(self, epoch: int, sample_id: int, skipped: list[SkippedSample]) -> dict[str, np.ndarray]:
+    def _decode_one(self, records: list[VideoRecord], sample: SampleFn, epoch: int, sample_id: int,
+                    skipped: list[SkippedSample]) -> dict[str, np.ndarray]:
         candidate = sample_id
         for attempt in range(1, MAX_REPLACEMENTS + 1):
-            record = self.records[candidate]
+            record = records[candidate]
             known = self._bad.get(record.path)
             try:
                 if known is not None:
                     raise known
-                sample = self.sample(self.records, epoch, candidate)
+                arrays = sample(records, epoch, candidate)
             except DecodeError as err:
                 # First sighting in this worker (another decode thread may have just met it too): count
                 # and log it once; a known-bad path raises its stored error, which must not count again.
@@ -173,12 +188,12 @@ class DecodeWorker:
                     self._errors(err.reason).inc()
                     log.warning("skipping video (%s): %s", err.reason, err)
                 skipped.append(SkippedSample(candidate, err.path, err.reason, str(err)))
-                candidate = replacement_sample(self.seed, epoch, sample_id, attempt, len(self.records))
+                candidate = replacement_sample(self.seed, epoch, sample_id, attempt, len(records))
                 continue
             self._clips.inc()
-            if "video" in sample:
-                self._frames.inc(sample["video"].shape[0])
-            return sample
+            if "video" in arrays:
+                self._frames.inc(arrays["video"].shape[0])
+            return arrays
         raise DataError(f"{MAX_REPLACEMENTS} videos in a row could not be decoded while looking for a "
                         f"replacement of sample {sample_id}; last: {skipped[-1].path} ({skipped[-1].reason})")
 
@@ -201,6 +216,7 @@ class PoolSpec:
     host: str | None
     restarts: int = 0  # how often Ray restarts each actor after it dies, retrying its requests
     delay_s: float = 0.0  # debug.decode_delay_s
+    held_out: Dataset | None = None  # validation data
 
 
 class DecodePool:
@@ -233,7 +249,7 @@ class DecodePool:
                    "max_restarts": p.restarts, "max_task_retries": MAX_REQUEST_RETRIES if p.restarts else 0}
         actor_cls = ray.remote(DecodeWorker).options(**options)
         actors = [actor_cls.remote(p.job_id, f"{p.job_id}-decode", p.source, p.sample, p.seed, True, p.host,
-                                   p.threads, p.delay_s) for _ in range(count)]
+                                   p.threads, p.delay_s, p.held_out) for _ in range(count)]
         probes = {a.info.remote(): a for a in actors}
         ready, pending = ray.wait(list(probes), num_returns=len(probes), timeout=timeout_s)
         started, endpoints = [], []
@@ -268,6 +284,20 @@ class DecodePool:
     def shutdown(self) -> None:
         kill_actors(self.actors)
         self.actors = []
+
+
+def held_out_batches(actors: list[ray.actor.ActorHandle], sample_ids: list[int], micro_batch: int,
+                     max_in_flight: int, timeout_s: float) -> Iterator[dict[str, Any]]:
+    """Held-out samples ``sample_ids`` from the decode pool, ``micro_batch`` at a time, in order, with at
+    most ``max_in_flight`` requests outstanding (spread over the actors)."""
+    chunks = [sample_ids[i:i + micro_batch] for i in range(0, len(sample_ids), micro_batch)]
+    pending: collections.deque[ray.ObjectRef] = collections.deque()
+    for index, chunk in enumerate(chunks):
+        pending.append(actors[index % len(actors)].decode_batch.remote(0, chunk, True))
+        if len(pending) >= max_in_flight:
+            yield ray.get(pending.popleft(), timeout=timeout_s)
+    while pending:
+        yield ray.get(pending.popleft(), timeout=timeout_s)
 
 
 @dataclass

@@ -9,12 +9,14 @@ What the model is, what a sample holds and how a step computes its loss is the k
 """
 from __future__ import annotations
 
+import collections
 import os
 import socket
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 
 from internvideo.data.order import GlobalBatchPlan, gradient_accumulation, micro_batch_seed
@@ -22,7 +24,7 @@ from internvideo.tasks import TaskRef
 from workers import engine as ds
 from workers import telemetry
 from workers.checkpoint import checkpoint_folder
-from workers.decode import ClipStream
+from workers.decode import ClipStream, held_out_batches
 
 
 class EncoderWorker:
@@ -100,6 +102,24 @@ class EncoderWorker:
         self._flops.inc(feed.samples * self.flops_per_clip)
         return {"step": step, "metrics": metrics, "samples": feed.samples, "seconds": seconds,
                 "data_wait_seconds": feed.waited, "skipped": feed.skipped, "sample_ids": feed.sample_ids}
+
+    def validate(self, num_samples: int) -> dict[str, np.ndarray]:
+        """The kind's per-sample outputs for this rank's share of the held-out set (samples ``rank``,
+        ``rank + world``, ...: each exactly once over the ranks), in eval mode, with their ids."""
+        outputs: dict[str, list[np.ndarray]] = collections.defaultdict(list)
+        data = self.config.data
+        self.engine.eval()
+        try:
+            with torch.no_grad():
+                for batch in held_out_batches(self.stream.actors, list(range(self.rank, num_samples, self.world_size)),
+                                              self.config.train.micro_batch, data.max_in_flight, data.decode_timeout_s):
+                    predictions = self.task.predict(self.engine, self.task.to_tensors(batch, self.device, self.dtype))
+                    for name, value in predictions.items():
+                        outputs[name].append(value.cpu().numpy())
+                    outputs["sample_ids"].append(np.asarray(batch["sample_ids"], dtype=np.int64))
+        finally:
+            self.engine.train()
+        return {name: np.concatenate(parts) for name, parts in outputs.items()}
 
     def save_checkpoint(self, root: str, step: int) -> str:
         """``step`` = optimizer steps completed; every rank must call this."""

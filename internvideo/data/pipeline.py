@@ -13,11 +13,11 @@ import numpy as np
 from internvideo.data.decode import DecodeOptions, read_clip
 from internvideo.data.lists import VideoRecord
 from internvideo.data.masking import tube_mask
-from internvideo.data.sampling import dense_indices, segment_indices
-from internvideo.data.transforms import maybe_flip, multi_scale_crop, random_resized_crop
+from internvideo.data.sampling import dense_indices, dense_view_indices, segment_indices
+from internvideo.data.transforms import maybe_flip, multi_scale_crop, random_resized_crop, spatial_views
 
 __all__ = ["ClipSpec", "PretrainClipSpec", "PretrainClip", "MaskedClips", "sample_rng", "load_clip",
-           "load_pretrain_clip"]
+           "load_test_clip", "load_pretrain_clip"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,6 +103,17 @@ def load_clip(record: VideoRecord, spec: ClipSpec, rng: np.random.Generator) -> 
     else:
         video = random_resized_crop(clip, spec.input_size, rng)
     return maybe_flip(video, rng, spec.flip)
+
+
+def load_test_clip(record: VideoRecord, spec: ClipSpec) -> np.ndarray:
+    """The single test view of a clip, uint8 (T, S, S, 3): the centre window (or each segment's middle
+    frame), the short side resized to the input size and the centre square cut. No random draw."""
+    def frames(n: int) -> np.ndarray:
+        if spec.sampler == "dense":
+            return dense_view_indices(n, spec.num_frames, spec.sampling_rate, 1)[0]
+        return segment_indices(n, spec.num_frames, None)
+
+    return spatial_views(read_clip(record.path, frames, spec.decode), spec.input_size, 1)[0]
 
 
 def load_pretrain_clip(

@@ -69,6 +69,14 @@ class Task(ABC, Generic[ConfigT]):
             self.config.data.source().read()
         except (OSError, ValueError) as err:
             raise ConfigError("data.merge" if self.config.data.merge else "data.train_list", str(err)) from None
+        val = self.config.data.val_source()
+        if val is not None:
+            if not self.validates:
+                raise ConfigError("data.val_list", f"{self.kind} reports no validation")
+            try:
+                val.read()
+            except (OSError, ValueError) as err:
+                raise ConfigError("data.val_list", str(err)) from None
 
     # -- model ----------------------------------------------------------------------------------
     @abstractmethod
@@ -83,6 +91,21 @@ class Task(ABC, Generic[ConfigT]):
         """The optimizer's parameter groups (weight decay on matrices; a kind may add layer-wise
         learning-rate decay through ``lr_scale``)."""
         return param_groups(model, self.config.train.weight_decay)
+
+    # -- validation (a kind that reports none leaves these) ---------------------------------------------
+    validates: ClassVar[bool] = False
+
+    def val_sample_fn(self) -> SampleFn:
+        """What the decode workers run for a held-out sample: its single test view, no random draw."""
+        raise NotImplementedError(f"{self.kind} reports no validation")
+
+    def predict(self, model: StepEngine | torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-sample outputs of a held-out micro-batch (rows in the batch's order), in eval mode."""
+        raise NotImplementedError(f"{self.kind} reports no validation")
+
+    def validation_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+        """The metrics of every held-out sample's outputs, rows in sample-id order."""
+        raise NotImplementedError(f"{self.kind} reports no validation")
 
     # -- state that is the kind's own (a moving average of the weights, say) -------------------------
     def after_step(self, model: torch.nn.Module) -> None:

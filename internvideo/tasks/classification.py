@@ -26,8 +26,9 @@ from torch import Tensor, nn
 
 from internvideo.data.lists import VideoRecord
 from internvideo.data.mixing import MixSpec, apply_mix, draw_mix, soft_target
-from internvideo.data.pipeline import ClipSpec, load_clip, sample_rng
+from internvideo.data.pipeline import ClipSpec, load_clip, load_test_clip, sample_rng
 from internvideo.data.transforms import normalize_clips
+from internvideo.metrics import topk_accuracy
 from internvideo.models.clip import CLIPVideoClassifier, CLIPVisualConfig, clip_visual_config
 from internvideo.models.vit import ClassifierConfig, VideoClassifier, classifier_config, transformer_flops
 from internvideo.optim import WeightAverage, param_groups
@@ -129,11 +130,24 @@ class LabelledClips:
                 "target": soft_target(record.label, self.num_classes, self.smoothing, partner.label, lam)}
 
 
+@dataclass(frozen=True)
+class TestClips:
+    """A held-out sample: its single test view and its label (``video`` uint8, ``label`` int64)."""
+
+    spec: ClipSpec
+
+    def __call__(self, records: Sequence[VideoRecord], epoch: int, sample_id: int) -> dict[str, np.ndarray]:
+        record = records[sample_id]
+        return {"video": load_test_clip(record, self.spec), "label": np.int64(record.label)}
+
+
 class Classification(Task[ClassificationConfig]):
-    """Supervised classification; ``post-pretrain`` and ``finetune`` register it with their defaults."""
+    """Supervised classification; ``post-pretrain`` and ``finetune`` register it with their defaults.
+    Validation: top-1 and top-5 accuracy (fractions) of the single test view of each held-out video."""
 
     encoder = "classifier"
     config_type = ClassificationConfig
+    validates = True
 
     def __init__(self, config: ClassificationConfig) -> None:
         super().__init__(config)
@@ -175,19 +189,31 @@ class Classification(Task[ClassificationConfig]):
         return param_groups(model, self.config.train.weight_decay, decay, _layer_of(model) if decay < 1 else None)
 
     # -- data -----------------------------------------------------------------------------------
-    def sample_fn(self) -> LabelledClips:
+    def _clip_spec(self) -> ClipSpec:
         model, data = self.config.model, self.config.data
-        spec = ClipSpec(num_frames=model.num_frames, sampling_rate=data.sampling_rate, input_size=model.img_size,
+        return ClipSpec(num_frames=model.num_frames, sampling_rate=data.sampling_rate, input_size=model.img_size,
                         seed=self.config.train.seed, decode=data.decode_options(model.img_size),
                         sampler=data.sampler, crop=data.crop, flip=data.flip)
+
+    def sample_fn(self) -> LabelledClips:
         regularization = self.config.regularization
-        return LabelledClips(spec, model.num_classes, regularization.label_smoothing, regularization.mix())
+        return LabelledClips(self._clip_spec(), self.config.model.num_classes, regularization.label_smoothing,
+                             regularization.mix())
+
+    def val_sample_fn(self) -> TestClips:
+        return TestClips(self._clip_spec())
 
     def to_tensors(self, batch: dict[str, np.ndarray], device: torch.device,
                    dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
         video = array_to_tensor(batch["video"], device)
-        return {"video": normalize_clips(video, self.config.data.normalization).to(dtype),
-                "target": array_to_tensor(batch["target"], device)}
+        labels = {name: array_to_tensor(batch[name], device) for name in ("target", "label") if name in batch}
+        return {"video": normalize_clips(video, self.config.data.normalization).to(dtype), **labels}
+
+    def predict(self, model: StepEngine | nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {"logits": model(batch["video"]).float(), "label": batch["label"]}
+
+    def validation_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+        return topk_accuracy(torch.from_numpy(outputs["logits"]), torch.from_numpy(outputs["label"]), ks=(1, 5))
 
     # -- training -------------------------------------------------------------------------------
     def loss(self, model: StepEngine | nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:

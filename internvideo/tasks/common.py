@@ -74,6 +74,9 @@ class DataSection(Strict):
     # sharing an id; otherwise ``train_list``, the annotation file, in ``format``.
     merge: list[MergedDataset] = Field(default_factory=list)
     train_list: str | None = Field(None, min_length=1, validate_default=True)
+    # Held-out data in the same format: a kind that validates reports its metrics on it at every
+    # checkpoint and at the end (its single test view of each video, sharded over the workers).
+    val_list: str | None = Field(None, min_length=1)
     format: SourceFormat = "list"  # list (path label) | ssv2 | video_text | activitynet
     labels: str | None = None  # ssv2: its labels.json
     subset: str | None = None  # activitynet: one split
@@ -128,6 +131,9 @@ class DataSection(Strict):
         if self.merge:
             return MergedSource(tuple((d.source(), d.classes) for d in self.merge))
         return VideoSource(self.format, self.train_list, self.root, self.labels, self.subset)
+
+    def val_source(self) -> VideoSource | None:
+        return VideoSource(self.format, self.val_list, self.root, self.labels, self.subset) if self.val_list else None
 
     def decode_options(self, input_size: int) -> DecodeOptions:
         """How the decode workers read videos for a model input of ``input_size`` pixels a side."""

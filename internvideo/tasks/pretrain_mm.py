@@ -28,8 +28,9 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from internvideo.data.lists import VideoRecord
-from internvideo.data.pipeline import ClipSpec, load_clip, sample_rng
+from internvideo.data.pipeline import ClipSpec, load_clip, load_test_clip, sample_rng
 from internvideo.data.transforms import normalize_clips
+from internvideo.metrics import retrieval_metrics
 from internvideo.models.caption import CaptionDecoder, CaptionDecoderConfig
 from internvideo.models.clip import UNIBLOCK_KEYS, VideoCLIP, VideoCLIPConfig, video_clip_config
 from internvideo.models.contrastive import contrastive_loss, embedding_gradients
@@ -116,11 +117,28 @@ class CaptionedClips:
         return {"video": video, "tokens": _tokenizer().tokenize(caption, self.context_length)[0].numpy()}
 
 
+@dataclass(frozen=True)
+class CaptionedTestClips:
+    """A held-out pair: the video's single test view and its first caption."""
+
+    spec: ClipSpec
+    context_length: int
+
+    def __call__(self, records: Sequence[VideoRecord], epoch: int, sample_id: int) -> dict[str, np.ndarray]:
+        record = records[sample_id]
+        return {"video": load_test_clip(record, self.spec),
+                "tokens": _tokenizer().tokenize(record.captions[0], self.context_length)[0].numpy()}
+
+
 @register_task
 class PretrainMM(Task[PretrainMMConfig]):
+    """Validation: zero-shot text→video retrieval among the held-out videos (R@1/5/10 in percent,
+    median rank), each video's first caption as its query, and video→text R@1."""
+
     kind = "pretrain-mm"
     encoder = "uniformerv2-clip"
     config_type = PretrainMMConfig
+    validates = True
 
     def check_inputs(self) -> None:
         super().check_inputs()
@@ -155,12 +173,26 @@ class PretrainMM(Task[PretrainMMConfig]):
             flops += 2 * n * caption.width * caption.vocab_size
         return 3 * flops
 
-    def sample_fn(self) -> CaptionedClips:
+    def _clip_spec(self) -> ClipSpec:
         visual, data = self.config.model.clip_config().visual, self.config.data
-        spec = ClipSpec(num_frames=visual.num_frames, sampling_rate=data.sampling_rate, input_size=visual.image_size,
+        return ClipSpec(num_frames=visual.num_frames, sampling_rate=data.sampling_rate, input_size=visual.image_size,
                         seed=self.config.train.seed, decode=data.decode_options(visual.image_size),
                         sampler=data.sampler, crop=data.crop, flip=data.flip)
-        return CaptionedClips(spec, self.config.model.clip_config().text.context_length)
+
+    def sample_fn(self) -> CaptionedClips:
+        return CaptionedClips(self._clip_spec(), self.config.model.clip_config().text.context_length)
+
+    def val_sample_fn(self) -> CaptionedTestClips:
+        return CaptionedTestClips(self._clip_spec(), self.config.model.clip_config().text.context_length)
+
+    def predict(self, model: StepEngine | nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        video, text, _, _ = model(batch["video"], batch["tokens"], with_caption=False)
+        return {"video": video.float(), "text": text.float()}
+
+    def validation_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+        video, text = torch.from_numpy(outputs["video"]), torch.from_numpy(outputs["text"])
+        metrics = retrieval_metrics(text @ video.t(), torch.arange(len(video)))
+        return {k: metrics[k] for k in ("t2v_r1", "t2v_r5", "t2v_r10", "t2v_medr", "v2t_r1")}
 
     def to_tensors(self, batch: dict[str, np.ndarray], device: torch.device,
                    dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:

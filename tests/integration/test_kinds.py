@@ -21,7 +21,8 @@ MM = ("train.steps=8", "train.checkpoint_every=4")
 
 def mm_job(client: JobClient, dataset, *overrides: str, workers: int = 2) -> pb.Job:
     return client.submit("pretrain-mm", read_config("tiny-cpu-mm"),
-                         [f"data.train_list={dataset.train_captions}", *MM, *overrides],
+                         [f"data.train_list={dataset.train_captions}", f"data.val_list={dataset.val_captions}",
+                          *MM, *overrides],
                          min_workers=workers, max_workers=workers)
 
 
@@ -64,6 +65,12 @@ def test_pretrain_mm_trains_and_reports_its_losses(uninterrupted_mm):
     assert progress[0].metrics["temperature"] == pytest.approx(1 / 0.07, rel=1e-6)  # CLIP's initial scale
     assert progress[-1].metrics["contrastive"] < progress[0].metrics["contrastive"]
     assert [c.step for c in job.checkpoints] == [4, 8]
+    # Held-out text→video retrieval at each checkpoint, in the result as val_*.
+    validations = bodies(events, "validation")
+    assert [v.step for v in validations] == [4, 8]
+    assert all(set(v.metrics) == {"t2v_r1", "t2v_r5", "t2v_r10", "t2v_medr", "v2t_r1"} for v in validations)
+    assert all(0 <= v.metrics["t2v_r1"] <= v.metrics["t2v_r5"] <= v.metrics["t2v_r10"] <= 100 for v in validations)
+    assert job.result.metrics["val_t2v_r1"] == validations[-1].metrics["t2v_r1"]
 
 
 def test_pretrain_mm_rescaled_2_to_1_ends_where_the_uninterrupted_run_does(client, dataset, coordinator,
@@ -105,7 +112,8 @@ FINETUNE = ("train.steps=8", "train.checkpoint_every=4", "regularization.ema_dec
 
 def finetune_job(client: JobClient, dataset, *overrides: str, workers: int = 2, kind: str = "finetune") -> pb.Job:
     return client.submit(kind, read_config("tiny-cpu-finetune"),
-                         [f"data.train_list={dataset.train_list}", *FINETUNE, *overrides],
+                         [f"data.train_list={dataset.train_list}", f"data.val_list={dataset.val_list}", *FINETUNE,
+                          *overrides],
                          min_workers=workers, max_workers=workers)
 
 
@@ -123,7 +131,11 @@ def test_finetune_with_mixing_rescaled_2_to_1_ends_where_the_uninterrupted_run_d
     progress = bodies(events, "progress")
     assert all(set(p.metrics) >= {"loss", "accuracy", "lr", "grad_norm"} for p in progress)
     rescaled = finetune_job(client, dataset, f"train.resume_from={job.checkpoints[0].path}", workers=1)
-    rescaled, _ = finished(client, rescaled, coordinator)
+    rescaled, rescaled_events = finished(client, rescaled, coordinator)
+    # Validation is sharded over the workers: 1 and 2 workers predict every held-out video once.
+    (validation,) = [v for v in bodies(events, "validation") if v.step == 8]
+    assert validation.metrics.keys() == {"top1", "top5"} and 0 <= validation.metrics["top1"] <= 1
+    assert dict(bodies(rescaled_events, "validation")[-1].metrics) == dict(validation.metrics)
     difference = max_difference(weights(rescaled.result.final_checkpoint), weights(job.result.final_checkpoint))
     averages = [task_state(c)["weight_average"] for c in (rescaled.result.final_checkpoint,
                                                           job.result.final_checkpoint)]

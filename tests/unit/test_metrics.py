@@ -107,51 +107,99 @@ def test_average_views_averages_softmax_probabilities():
 def test_retrieval_by_hand():
     similarity = torch.tensor([[0.9, 0.1], [0.2, 0.5], [0.4, 0.4]])
     text_to_video = torch.tensor([0, 0, 1])  # video 0 has captions 0 and 1, video 1 has caption 2
-    # t2v: caption 0 -> video 0 is highest: rank 1; caption 1 -> video 1 (0.5) beats video 0 (0.2): rank 2;
-    #      caption 2 -> video 1 ties with video 0, a tie is not strictly higher: rank 1. Ranks [1, 2, 1].
-    # v2t: video 0's column [0.9, 0.2, 0.4]: caption 0 ranks 1, caption 1 ranks 3 -> best 1;
-    #      video 1's column [0.1, 0.5, 0.4]: its caption 2 (0.4) is below caption 1 (0.5): rank 2. Ranks [1, 2].
+    # t2v rank = number of videos scoring >= the true one (itself included):
+    #   caption 0 -> video 0 (0.9): only itself is >= 0.9: rank 1;
+    #   caption 1 -> video 0 (0.2): itself and video 1 (0.5) are >= 0.2: rank 2;
+    #   caption 2 -> video 1 (0.4): itself and video 0 (0.4, a tie, which counts against it): rank 2.
+    #   Ranks [1, 2, 2]: R@1 = 1/3, R@5 = R@10 = 3/3, median 2, mean 5/3.
+    # v2t rank = 1 + captions of *other* videos scoring >= the video's best own caption:
+    #   video 0's column [0.9, 0.2, 0.4], best own caption 0 (0.9); caption 2 (0.4) is below it: rank 1;
+    #   video 1's column [0.1, 0.5, 0.4], own caption 2 (0.4); caption 1 (0.5) is >= it, caption 0 not: rank 2.
+    #   Ranks [1, 2]: R@1 = 1/2, median = mean = 1.5.
     assert retrieval_metrics(similarity, text_to_video) == pytest.approx(
         {
-            "t2v_r1": 200 / 3, "t2v_r5": 100.0, "t2v_r10": 100.0, "t2v_medr": 1.0, "t2v_meanr": 4 / 3,
+            "t2v_r1": 100 / 3, "t2v_r5": 100.0, "t2v_r10": 100.0, "t2v_medr": 2.0, "t2v_meanr": 5 / 3,
+            "v2t_r1": 50.0, "v2t_r5": 100.0, "v2t_r10": 100.0, "v2t_medr": 1.5, "v2t_meanr": 1.5,
+        }
+    )
+
+
+def test_retrieval_v2t_ignores_own_captions_but_counts_ties_with_others():
+    similarity = torch.tensor([[0.7, 0.2], [0.7, 0.3], [0.1, 0.3]])
+    text_to_video = torch.tensor([0, 0, 1])  # video 0 has captions 0 and 1, video 1 has caption 2
+    # t2v: caption 0 -> 0.7 vs 0.2, caption 1 -> 0.7 vs 0.3, caption 2 -> 0.3 vs 0.1: only the true video
+    #   is >= each, so ranks [1, 1, 1].
+    # v2t: video 0's column [0.7, 0.7, 0.1]: its own captions 0 and 1 tie, but a video's own captions are not
+    #   competitors; the only other caption (2, 0.1) is below 0.7: rank 1 (counting own captions would give 2).
+    #   Video 1's column [0.2, 0.3, 0.3]: caption 1 (video 0's) ties its own caption 2 at 0.3: rank 2.
+    #   Ranks [1, 2]: R@1 = 1/2, median = mean = 1.5.
+    assert retrieval_metrics(similarity, text_to_video) == pytest.approx(
+        {
+            "t2v_r1": 100.0, "t2v_r5": 100.0, "t2v_r10": 100.0, "t2v_medr": 1.0, "t2v_meanr": 1.0,
             "v2t_r1": 50.0, "v2t_r5": 100.0, "v2t_r10": 100.0, "v2t_medr": 1.5, "v2t_meanr": 1.5,
         }
     )
 
 
 def test_retrieval_recall_boundaries_by_hand():
-    # 12 captions, caption t describes video t. similarity[t][v] = 1 if v < t else 0, so caption t's true
-    # video scores 0 and the t videos before it score 1: t2v rank t + 1, i.e. ranks 1..12 (the zeros tie).
-    # Video v's column is 1 for captions t > v: 11 - v captions beat its own caption, rank 12 - v: 12..1.
+    # 12 captions, caption t describes video t. similarity[t][v] = 1 if v <= t else 0, so caption t's true
+    # video scores 1 and ties with the t videos before it, which count against it: t2v rank t + 1, i.e. 1..12.
+    # Video v's column is 1 for captions t >= v: its own caption v plus the 11 - v later captions of other
+    # videos, which tie it and count against it: rank 12 - v, i.e. 12..1.
     # Over ranks 1..12: R@1 = 1/12, R@5 = 5/12, R@10 = 10/12 (in %), median = mean = 6.5.
     n = 12
-    similarity = torch.tensor([[1.0 if v < t else 0.0 for v in range(n)] for t in range(n)])
+    similarity = torch.tensor([[1.0 if v <= t else 0.0 for v in range(n)] for t in range(n)])
     expected = {"r1": 100 / 12, "r5": 500 / 12, "r10": 1000 / 12, "medr": 6.5, "meanr": 6.5}
     result = retrieval_metrics(similarity, torch.arange(n))
     assert result == pytest.approx({f"{d}_{m}": value for d in ("t2v", "v2t") for m, value in expected.items()})
     assert list(result) == RETRIEVAL_KEYS
 
 
-def test_retrieval_ties_count_for_the_true_item():
-    # Every similarity equal: nothing is strictly higher than the true item, so every rank is 1.
-    result = retrieval_metrics(torch.ones(6, 3), torch.tensor([0, 1, 2, 0, 1, 2]))
-    assert result == {key: (1.0 if key.endswith("r") else 100.0) for key in RETRIEVAL_KEYS}
+@pytest.mark.parametrize(
+    "text_to_video",
+    [[0, 1, 2, 0, 1, 2], [0, 0, 0, 1, 1, 2, 2], list(range(12)), [0, 0, 0, 0]],
+    ids=["2-captions-each", "uneven-captions", "1-caption-each", "single-video"],
+)
+def test_retrieval_ties_count_against_the_true_item(text_to_video):
+    # A collapsed model: every embedding equal, so every similarity is equal. Every video ties the true one,
+    # so each t2v rank is V; every caption of another video ties a video's best own caption, so video v's
+    # v2t rank is (T - its caption count) + 1. Only the trivial single video still ranks first.
+    num_texts, num_videos = len(text_to_video), max(text_to_video) + 1
+    embedding = torch.ones(8)
+    similarity = (embedding.repeat(num_texts, 1) @ embedding.repeat(num_videos, 1).T) / 8
+    result = retrieval_metrics(similarity, torch.tensor(text_to_video))
+    t2v_ranks = [num_videos] * num_texts
+    v2t_ranks = [num_texts - text_to_video.count(v) + 1 for v in range(num_videos)]
+    for prefix, ranks in (("t2v", t2v_ranks), ("v2t", v2t_ranks)):
+        for k in (1, 5, 10):
+            assert result[f"{prefix}_r{k}"] == pytest.approx(100.0 * sum(rank <= k for rank in ranks) / len(ranks))
+        assert result[f"{prefix}_medr"] == pytest.approx(statistics.median(ranks))
+        assert result[f"{prefix}_meanr"] == pytest.approx(statistics.mean(ranks))
+    if num_videos == 1:
+        assert result["t2v_r1"] == result["v2t_r1"] == 100.0
+    else:
+        assert result["t2v_r1"] == result["v2t_r1"] == 0.0
 
 
 def brute_force_retrieval(similarity: list[list[float]], text_to_video: list[int]) -> dict[str, float]:
-    """The documented definitions with plain loops: per-caption ranks, then each video's best caption."""
+    """The documented definitions with plain loops: per-caption ranks, then each video's best caption.
+
+    Ties count against the true item (>=); for video->text a video's own captions are not competitors.
+    """
     num_texts, num_videos = len(similarity), len(similarity[0])
     t2v_ranks = []
     for t in range(num_texts):
         true = similarity[t][text_to_video[t]]
-        t2v_ranks.append(1 + sum(1 for v in range(num_videos) if similarity[t][v] > true))
+        # The true video itself satisfies >=, so this count is the 1-based rank.
+        t2v_ranks.append(sum(1 for v in range(num_videos) if similarity[t][v] >= true))
     v2t_ranks = []
     for v in range(num_videos):
         caption_ranks = []
         for t in range(num_texts):
             if text_to_video[t] == v:
                 own = similarity[t][v]
-                caption_ranks.append(1 + sum(1 for other in range(num_texts) if similarity[other][v] > own))
+                competitors = [other for other in range(num_texts) if text_to_video[other] != v]
+                caption_ranks.append(1 + sum(1 for other in competitors if similarity[other][v] >= own))
         v2t_ranks.append(min(caption_ranks))
     result = {}
     for prefix, ranks in (("t2v", t2v_ranks), ("v2t", v2t_ranks)):

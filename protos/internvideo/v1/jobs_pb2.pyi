@@ -146,6 +146,21 @@ class DecodePoolResized(_message.Message):
     reason: str
     def __init__(self, from_workers: _Optional[int] = ..., to_workers: _Optional[int] = ..., data_wait_fraction: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
 
+class Validation(_message.Message):
+    __slots__ = ("step", "metrics")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    metrics: _containers.ScalarMap[str, float]
+    def __init__(self, step: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
 class Checkpoint(_message.Message):
     __slots__ = ("step", "path", "world_size", "created_at")
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -246,7 +261,7 @@ class StateChanged(_message.Message):
     def __init__(self, from_state: _Optional[_Union[JobState, str]] = ..., to_state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class JobEvent(_message.Message):
-    __slots__ = ("job_id", "seq", "time", "state_changed", "progress", "checkpoint", "skipped_video", "result", "decode_pool_resized")
+    __slots__ = ("job_id", "seq", "time", "state_changed", "progress", "checkpoint", "skipped_video", "result", "decode_pool_resized", "validation")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -256,6 +271,7 @@ class JobEvent(_message.Message):
     SKIPPED_VIDEO_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     DECODE_POOL_RESIZED_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     seq: int
     time: _timestamp_pb2.Timestamp
@@ -265,7 +281,8 @@ class JobEvent(_message.Message):
     skipped_video: SkippedVideo
     result: JobResult
     decode_pool_resized: DecodePoolResized
-    def __init__(self, job_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_changed: _Optional[_Union[StateChanged, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., skipped_video: _Optional[_Union[SkippedVideo, _Mapping]] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., decode_pool_resized: _Optional[_Union[DecodePoolResized, _Mapping]] = ...) -> None: ...
+    validation: Validation
+    def __init__(self, job_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_changed: _Optional[_Union[StateChanged, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., skipped_video: _Optional[_Union[SkippedVideo, _Mapping]] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., decode_pool_resized: _Optional[_Union[DecodePoolResized, _Mapping]] = ..., validation: _Optional[_Union[Validation, _Mapping]] = ...) -> None: ...
 
 class GetClusterStatusRequest(_message.Message):
     __slots__ = ()
