@@ -32,7 +32,7 @@ proto: $(STAMP)
 	$(BIN)/python -m protos.generate
 
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.learning
 
 clean:
 	rm -rf $(VENV) .demo

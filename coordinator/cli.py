@@ -247,9 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also N untrimmed videos with action segments, annotated in ActivityNet JSON")
     p.set_defaults(fn=cmd_data_synth)
 
-    p = sub.add_parser("demo", help="serve, make data, run a tiny pretraining job end to end")
+    p = sub.add_parser("demo", help="serve, make data, run InternVideo's chain of stages end to end")
     p.add_argument("--workdir", default=".demo")
-    p.add_argument("--steps", type=int, default=None, help="shorten the job (default: the preset's)")
+    p.add_argument("--steps", type=int, default=None, help="shorten every stage (default: the recipe's)")
     p.set_defaults(fn=cmd_demo)
     return parser
 

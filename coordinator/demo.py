@@ -1,60 +1,67 @@
-"""``internvideo demo``: a real job end to end on the embedded default.
+"""``internvideo demo``: InternVideo's whole chain end to end on the embedded default.
 
-Starts the coordinator as its own process, writes a synthetic dataset, submits a tiny
-``pretrain-mae`` job with 2 trainers (data parallel through DeepSpeed) and 2 decode
-workers, streams its progress, and prints the outcome.
+Starts the coordinator as its own process, writes a synthetic dataset (videos of shapes that
+move, grow or fade, with captions), submits the ``tiny-cpu`` recipe as one request — masked video
+pretraining and video–language pretraining, each encoder's supervised post-pretraining, then the
+interaction of the two frozen encoders — streams every stage, and ends with one table: each
+stage's state, time, throughput and headline numbers (validation on the held-out split).
 """
 from __future__ import annotations
 
 import signal
-import statistics
 import subprocess
 import time
 from pathlib import Path
 
-from coordinator.cli import _state_name, render_event
-from coordinator.client import JobClient, read_config
+from coordinator.cli import recipe_table, render_event
+from coordinator.client import JobClient, read_recipe
 from coordinator.launch import launch_coordinator
 from internvideo.data.synthetic import write_synthetic_dataset
+from protos.internvideo.v1 import jobs_pb2 as pb
+
+STAGES = ("mae", "mm", "post-mae", "post-mm", "interaction")
+
+
+def data_overrides(dataset) -> list[str]:
+    """Each stage's training and held-out data (masked pretraining validates nothing)."""
+    lists = {"mm": (dataset.train_captions, dataset.val_captions)}
+    overrides = []
+    for stage in STAGES:
+        train, val = lists.get(stage, (dataset.train_list, dataset.val_list))
+        overrides.append(f"{stage}:data.train_list={train}")
+        if stage != "mae":
+            overrides.append(f"{stage}:data.val_list={val}")
+    return overrides
 
 
 def run_demo(workdir: Path, steps: int | None = None) -> int:
-    """``steps``: shorten the job (the test suite's smoke run); None: the preset's."""
+    """``steps``: shorten every stage (the test suite's smoke run); None: the recipe's."""
     workdir = workdir.resolve()
     log_path = workdir / "coordinator.log"
     print(f"starting the coordinator (embedded Ray + SQLite in {workdir / 'state'}; log: {log_path})", flush=True)
     server, endpoints = launch_coordinator(workdir / "state", log_path)
-    address = endpoints["grpc"]
-    print(f"coordinator serving on {address}, metrics on {endpoints['metrics']}", flush=True)
+    print(f"coordinator serving on {endpoints['grpc']}, metrics on {endpoints['metrics']}", flush=True)
     try:
         dataset = write_synthetic_dataset(workdir / "data", num_videos=64, num_frames=32, size=64, seed=0)
-        print(f"wrote a synthetic dataset of 64 videos to {dataset.root}", flush=True)
-        with JobClient(address) as client:
+        print(f"wrote a synthetic dataset of 64 captioned videos in 8 classes to {dataset.root}", flush=True)
+        shorten = [f"{s}:{k}" for s in STAGES for k in (f"train.steps={steps}", "train.checkpoint_every=0")
+                   ] if steps else []
+        with JobClient(endpoints["grpc"]) as client:
             started = time.monotonic()
-            job = client.submit("pretrain-mae", read_config("tiny-cpu"),
-                                [f"data.train_list={dataset.train_list}",
-                                 *([f"train.steps={steps}"] if steps else [])], min_workers=2, max_workers=2,
-                                name="demo-tiny-mae")
-            print(f"submitted {job.job_id}: pretrain-mae, tiny-cpu preset, 2 trainers + 2 decode workers", flush=True)
-            losses = []
-            for event in client.watch(job.job_id):
-                render_event(event)
-                if event.WhichOneof("body") == "progress":
-                    losses.append(event.progress.loss)
-            job = client.get(job.job_id)
-        metrics = job.result.metrics
-        print(f"\njob {job.job_id}: {_state_name(job.state)} {job.message}")
-        if _state_name(job.state) != "SUCCEEDED":
-            print(f"see {log_path}")
+            jobs = client.submit_recipe(read_recipe("tiny-cpu"), [*data_overrides(dataset), *shorten])
+            print(f"submitted the tiny-cpu recipe: {len(jobs)} jobs, each starting once those it names succeed",
+                  flush=True)
+            for job in jobs:
+                print(f"\n== {job.name} ({job.kind}, {job.job_id})", flush=True)
+                for event in client.watch(job.job_id):
+                    render_event(event)
+            ended = [client.get(job.job_id) for job in jobs]
+            print(f"\nrecipe finished in {time.monotonic() - started:.0f}s\n")
+            print(recipe_table(client, ended))
+        failed = [job for job in ended if job.state != pb.JOB_STATE_SUCCEEDED]
+        if failed:
+            print(f"\n{len(failed)} stage(s) did not succeed; see {log_path}")
             return 1
-        window = min(10, len(losses))
-        print(f"  loss: first step {metrics['first_loss']:.4f} → last step {metrics['final_loss']:.4f}; "
-              f"mean of the first {window} steps {statistics.fmean(losses[:window]):.4f} → "
-              f"of the last {window} {statistics.fmean(losses[-window:]):.4f}")
-        print(f"  throughput: {metrics['clips_per_second']:.1f} clips/s over {int(metrics['steps'])} steps "
-              f"({int(metrics['samples'])} clips, {metrics['train_seconds']:.0f}s training, "
-              f"{time.monotonic() - started:.0f}s from submit)")
-        print(f"  checkpoint: {job.result.final_checkpoint}")
         return 0
     finally:
         server.send_signal(signal.SIGTERM)

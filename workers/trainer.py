@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from internvideo.data.order import GlobalBatchPlan, gradient_accumulation, micro_batch_seed
+from internvideo.models.layers import set_activation_checkpointing
 from internvideo.tasks import TaskRef
 from workers import engine as ds
 from workers import telemetry
@@ -61,6 +62,8 @@ class EncoderWorker:
                                         world_size=self.world_size, timeout_s=timeout_s)
         self.device = torch.device("cuda", 0) if backend == "nccl" else torch.device("cpu")
         model = self.task.build_model()
+        if train.activation_checkpointing and not set_activation_checkpointing(model, True):
+            raise ValueError(f"train.activation_checkpointing: {self.task.kind}'s model has no block stack to checkpoint")
         self.flops_per_clip = self.task.flops_per_sample(model)
         self.dtype = torch.bfloat16 if backend == "nccl" and torch.cuda.is_bf16_supported() else torch.float32
         self.accumulation = gradient_accumulation(train.global_batch, train.micro_batch, self.world_size)

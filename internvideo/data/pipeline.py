@@ -85,14 +85,29 @@ def sample_rng(seed: int, epoch: int, sample_id: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, sample_id])
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def is_image(path: str) -> bool:
+    """An image file: read as a still clip, its one frame repeated (image–text pairs batch with
+    video–text pairs that way; PyAV decodes it)."""
+    return path.lower().endswith(IMAGE_SUFFIXES)
+
+
+def _still(spec: ClipSpec) -> np.ndarray:
+    return np.zeros(spec.num_frames, dtype=np.int64)
+
+
 def load_clip(record: VideoRecord, spec: ClipSpec, rng: np.random.Generator) -> np.ndarray:
     """Decode, crop and (maybe) flip one clip, uint8 (T, S, S, 3), drawing frame indices, crop
-    box and flip from ``rng`` in that order.
+    box and flip from ``rng`` in that order. An image is a still clip.
 
     Raises:
         DecodeError: the video is missing, empty, corrupt, too short or over its time limit.
     """
     def frames(n: int) -> np.ndarray:
+        if is_image(record.path):
+            return _still(spec)
         if spec.sampler == "dense":
             return dense_indices(n, spec.num_frames, spec.sampling_rate, rng)
         return segment_indices(n, spec.num_frames, rng)
@@ -109,6 +124,8 @@ def load_test_clip(record: VideoRecord, spec: ClipSpec) -> np.ndarray:
     """The single test view of a clip, uint8 (T, S, S, 3): the centre window (or each segment's middle
     frame), the short side resized to the input size and the centre square cut. No random draw."""
     def frames(n: int) -> np.ndarray:
+        if is_image(record.path):
+            return _still(spec)
         if spec.sampler == "dense":
             return dense_view_indices(n, spec.num_frames, spec.sampling_rate, 1)[0]
         return segment_indices(n, spec.num_frames, None)

@@ -82,6 +82,23 @@ class SyntheticDataset:
     classes: tuple[str, ...]
 
 
+def write_image(path: str | Path, frame: np.ndarray) -> None:
+    """Write one uint8 (H, W, 3) RGB frame as a PNG (lossless) or JPEG, by the path's suffix."""
+    import av  # only the writer needs PyAV
+
+    if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
+        raise ValueError(f"expected uint8 (H, W, 3), got {frame.dtype} {frame.shape}")
+    png = str(path).lower().endswith(".png")
+    with av.open(str(path), mode="w", format="image2") as out:
+        stream = out.add_stream("png" if png else "mjpeg")
+        stream.width, stream.height = frame.shape[1], frame.shape[0]
+        stream.pix_fmt = "rgb24" if png else "yuvj420p"
+        for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
 def write_mp4(
     path: str | Path, frames: np.ndarray, fps: int = 8, crf: int = 18, faststart: bool = False
 ) -> None:

@@ -63,6 +63,7 @@ class CaptionDecoder(nn.Module):
     def __init__(self, config: CaptionDecoderConfig) -> None:
         super().__init__()
         self.config = config
+        self.use_checkpoint = config.use_checkpoint
         self.pooler = AttentionPooler(config.width, config.visual_dim, config.heads, config.num_queries)
         self.token_embedding = nn.Embedding(config.vocab_size, config.width)
         self.positional_embedding = nn.Parameter(torch.randn(config.context_length, config.width) * 0.01)
@@ -77,7 +78,7 @@ class CaptionDecoder(nn.Module):
         pooled = self.pooler(visual)  # (B, Q, D)
         x = self.token_embedding(tokens) + self.positional_embedding[: tokens.shape[1]]
         for block in self.blocks:
-            x = run_block(block, x, pooled, use_checkpoint=self.config.use_checkpoint)
+            x = run_block(block, x, pooled, use_checkpoint=self.use_checkpoint)
         return self.lm_head(self.ln_final(x))
 
     def loss(self, visual: Tensor, tokens: Tensor) -> Tensor:

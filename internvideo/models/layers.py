@@ -205,3 +205,12 @@ def run_block(block: nn.Module, *args: Any, use_checkpoint: bool) -> Tensor:
     if use_checkpoint and torch.is_grad_enabled():
         return checkpoint(block, *args, use_reentrant=False)
     return block(*args)
+
+
+def set_activation_checkpointing(model: nn.Module, enabled: bool) -> int:
+    """Turn activation checkpointing on or off in every block stack of ``model`` (the modules with a
+    ``use_checkpoint`` switch); returns how many there are."""
+    stacks = [m for m in model.modules() if hasattr(m, "use_checkpoint")]
+    for stack in stacks:
+        stack.use_checkpoint = enabled
+    return len(stacks)

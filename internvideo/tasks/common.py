@@ -167,7 +167,9 @@ class TrainSection(Strict):
     seed: int = 0
     checkpoint_every: int = Field(0, ge=0)  # 0: only at the end
     keep_checkpoints: int = Field(0, ge=0)  # keep the newest K committed checkpoints; 0: keep all
-    zero_stage: Literal[0, 1, 2] = 2
+    zero_stage: Literal[0, 1, 2, 3] = 2  # 3 partitions the weights too: the large sizes
+    # Recompute each block's activations in the backward pass instead of keeping them (memory for FLOPs).
+    activation_checkpointing: bool = False
     step_timeout_s: float = Field(600.0, gt=0)
     max_failures: int = Field(3, ge=0)  # worker losses survived by restarting from the last checkpoint
     record_samples: bool = False  # debug: log the sample ids of every step to <job>/samples.jsonl

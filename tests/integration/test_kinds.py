@@ -90,16 +90,22 @@ def test_pretrain_mm_rescaled_2_to_1_ends_where_the_uninterrupted_run_does(clien
     assert differences["micro"] > 100 * max(differences["global"], 1e-8)
 
 
-def test_a_killed_pretrain_mm_trainer_resumes_exactly(client, dataset, coordinator, uninterrupted_mm):
-    job = mm_job(client, dataset, "debug.hold_at_steps=[6]")
+def killed_at_step_6_and_finished(client: JobClient, coordinator, job: pb.Job, rank: int) -> tuple[pb.Job, list]:
+    """Hold ``job`` (submitted with debug.hold_at_steps=[6]) after step 6, SIGKILL one trainer, let it go on:
+    it recovers from its step-4 checkpoint and redoes steps 5 and 6."""
     held(client, job.job_id, 6)
-    os.kill(worker_pids(coordinator, "EncoderWorker")[0], signal.SIGKILL)
+    os.kill(worker_pids(coordinator, "EncoderWorker")[rank], signal.SIGKILL)
     release(coordinator.state_dir, job.job_id, 6)
     job, events = finished(client, job, coordinator)
-    progress = bodies(events, "progress")
-    assert [p.step for p in progress] == [1, 2, 3, 4, 5, 6, 5, 6, 7, 8]
+    assert [p.step for p in bodies(events, "progress")] == [1, 2, 3, 4, 5, 6, 5, 6, 7, 8]
     assert job.result.metrics["failures"] == 1
-    last = {p.step: dict(p.metrics) for p in progress}
+    return job, events
+
+
+def test_a_killed_pretrain_mm_trainer_resumes_exactly(client, dataset, coordinator, uninterrupted_mm):
+    job, events = killed_at_step_6_and_finished(client, coordinator, mm_job(client, dataset, "debug.hold_at_steps=[6]"),
+                                                rank=0)
+    last = {p.step: dict(p.metrics) for p in bodies(events, "progress")}
     expected = bodies(uninterrupted_mm["global"][1], "progress")
     assert [{k: v for k, v in last[s].items()} for s in range(1, 9)] == [dict(p.metrics) for p in expected]
     assert max_difference(weights(job.result.final_checkpoint),
@@ -145,12 +151,8 @@ def test_finetune_with_mixing_rescaled_2_to_1_ends_where_the_uninterrupted_run_d
 
 
 def test_a_killed_finetune_trainer_resumes_exactly(client, dataset, coordinator, uninterrupted_finetune):
-    job = finetune_job(client, dataset, "debug.hold_at_steps=[6]")
-    held(client, job.job_id, 6)
-    os.kill(worker_pids(coordinator, "EncoderWorker")[1], signal.SIGKILL)
-    release(coordinator.state_dir, job.job_id, 6)
-    job, events = finished(client, job, coordinator)
-    assert [p.step for p in bodies(events, "progress")] == [1, 2, 3, 4, 5, 6, 5, 6, 7, 8]
+    job, events = killed_at_step_6_and_finished(client, coordinator,
+                                                finetune_job(client, dataset, "debug.hold_at_steps=[6]"), rank=1)
     last = {p.step: dict(p.metrics) for p in bodies(events, "progress")}
     assert [last[s] for s in range(1, 9)] == [dict(p.metrics) for p in bodies(uninterrupted_finetune[1], "progress")]
     reference = uninterrupted_finetune[0].result.final_checkpoint
@@ -206,3 +208,21 @@ def test_post_pretrain_of_the_multimodal_encoder_from_a_pretrain_mm_checkpoint(c
     start, end = weights(mm_job_record.result.final_checkpoint), weights(job.result.final_checkpoint)
     assert "head.weight" in end and "text.token_embedding.weight" not in end
     assert 0 < (start["clip.visual.conv1.weight"] - end["visual.conv1.weight"]).abs().max() < 0.05
+
+
+def test_zero_3_with_activation_checkpointing_trains_like_zero_2_and_resumes(client, dataset, coordinator):
+    """The large sizes' settings on the tiny model: weights partitioned over the ranks (ZeRO-3) and
+    each block's activations recomputed in the backward pass — the same steps as ZeRO-2."""
+    def run(*overrides: str) -> tuple[pb.Job, list]:
+        job = client.submit("pretrain-mae", read_config("tiny-cpu"), [
+            f"data.train_list={dataset.train_list}", "train.steps=4", "train.checkpoint_every=2", *overrides],
+            min_workers=2, max_workers=2)
+        return finished(client, job, coordinator)
+
+    _, plain = run()
+    zero3, partitioned = run("train.zero_stage=3", "train.activation_checkpointing=true")
+    losses = [p.loss for p in bodies(plain, "progress")]
+    assert [p.loss for p in bodies(partitioned, "progress")] == pytest.approx(losses, rel=1e-5)
+    _, resumed = run("train.zero_stage=3", "train.activation_checkpointing=true",
+                     f"train.resume_from={zero3.checkpoints[0].path}")
+    assert [p.loss for p in bodies(resumed, "progress")] == [p.loss for p in bodies(partitioned, "progress")][2:]

@@ -2,6 +2,7 @@
 the batch is split into micro-batches; micro-batch-local negatives do not."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from internvideo.tasks.pretrain_mm import PretrainMM, PretrainMMConfig
@@ -79,3 +80,22 @@ def test_micro_batch_negatives_give_another_gradient():
     got, _ = gradients(task("micro"), micro=2)
     error = (got["clip.visual.proj"] - expected["clip.visual.proj"]).abs().max() / expected["clip.visual.proj"].abs().max()
     assert error > 1e-2
+
+
+def test_image_text_pairs_are_still_clips_beside_video_text_pairs(tmp_path):
+    from internvideo.data.formats import VideoSource
+    from internvideo.data.synthetic import write_image, write_synthetic_dataset
+
+    ds = write_synthetic_dataset(tmp_path / "v", num_videos=2, num_frames=16, size=32, seed=0)
+    frame = (np.random.default_rng(0).random((40, 48, 3)) * 255).astype(np.uint8)
+    write_image(tmp_path / "still.png", frame)
+    write_image(tmp_path / "still.jpg", frame)
+    (tmp_path / "pairs.csv").write_text(ds.captions_csv.read_text().replace("videos/", f"{ds.root}/videos/")
+                                        + f"{tmp_path}/still.png,a noisy picture\n{tmp_path}/still.jpg,the same\n")
+    records = VideoSource("video_text", str(tmp_path / "pairs.csv")).read()
+    sample = task().sample_fn()
+    clips = [sample(records, 0, i) for i in range(len(records))]
+    assert {c["video"].shape for c in clips} == {(2, 16, 16, 3)}  # one batch shape for videos and images
+    for still in clips[2:]:
+        assert np.array_equal(still["video"][0], still["video"][1])  # the image, repeated
+    assert not np.array_equal(clips[0]["video"][0], clips[0]["video"][1])  # a video moves
