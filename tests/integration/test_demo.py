@@ -16,7 +16,9 @@ def test_the_demo_runs_the_whole_chain_and_ends_with_a_table(tmp_path):
     run = subprocess.run([sys.executable, "-m", "coordinator.cli", "demo", "--workdir", str(tmp_path / "demo"),
                           "--steps", "2"], capture_output=True, text=True, timeout=900, cwd=REPO)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    table = run.stdout.split("recipe finished in ")[1].splitlines()[2:]
+    lines = run.stdout.split("recipe finished in ")[1].splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("stage "))
+    table = lines[header + 1:]
     assert [line.split()[0] for line in table] == [f"internvideo-tiny/{s}" for s in
                                                    ("mae", "mm", "post-mae", "post-mm", "interaction")]
     assert all(line.split()[2] == "SUCCEEDED" for line in table), table

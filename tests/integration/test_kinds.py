@@ -124,9 +124,16 @@ def finetune_job(client: JobClient, dataset, *overrides: str, workers: int = 2, 
 
 
 @pytest.fixture(scope="module")
-def uninterrupted_finetune(coordinator, dataset):
+def uninterrupted_classifiers(coordinator, dataset):
+    """Uninterrupted 2-worker runs of both supervised kinds (finetune: with Mixup/CutMix and the average)."""
     with JobClient(coordinator.address) as client:
-        return finished(client, finetune_job(client, dataset), coordinator)
+        return {kind: finished(client, finetune_job(client, dataset, kind=kind), coordinator)
+                for kind in ("finetune", "post-pretrain")}
+
+
+@pytest.fixture
+def uninterrupted_finetune(uninterrupted_classifiers):
+    return uninterrupted_classifiers["finetune"]
 
 
 def test_finetune_with_mixing_rescaled_2_to_1_ends_where_the_uninterrupted_run_does(client, dataset, coordinator,
@@ -150,15 +157,18 @@ def test_finetune_with_mixing_rescaled_2_to_1_ends_where_the_uninterrupted_run_d
     assert max_difference(averages[1], weights(job.result.final_checkpoint)) > 1e-4  # an average, not a copy
 
 
-def test_a_killed_finetune_trainer_resumes_exactly(client, dataset, coordinator, uninterrupted_finetune):
-    job, events = killed_at_step_6_and_finished(client, coordinator,
-                                                finetune_job(client, dataset, "debug.hold_at_steps=[6]"), rank=1)
+@pytest.mark.parametrize("kind", ["finetune", "post-pretrain"])
+def test_a_killed_classifier_trainer_resumes_exactly(kind, client, dataset, coordinator, uninterrupted_classifiers):
+    job, events = killed_at_step_6_and_finished(
+        client, coordinator, finetune_job(client, dataset, "debug.hold_at_steps=[6]", kind=kind), rank=1)
+    reference, reference_events = uninterrupted_classifiers[kind]
     last = {p.step: dict(p.metrics) for p in bodies(events, "progress")}
-    assert [last[s] for s in range(1, 9)] == [dict(p.metrics) for p in bodies(uninterrupted_finetune[1], "progress")]
-    reference = uninterrupted_finetune[0].result.final_checkpoint
-    assert max_difference(weights(job.result.final_checkpoint), weights(reference)) == 0
-    assert max_difference(task_state(job.result.final_checkpoint)["weight_average"],
-                          task_state(reference)["weight_average"]) == 0
+    assert [last[s] for s in range(1, 9)] == [dict(p.metrics) for p in bodies(reference_events, "progress")]
+    assert max_difference(weights(job.result.final_checkpoint), weights(reference.result.final_checkpoint)) == 0
+    assert task_state(job.result.final_checkpoint).keys() == task_state(reference.result.final_checkpoint).keys()
+    if kind == "finetune":  # its moving average resumed exactly too
+        assert max_difference(task_state(job.result.final_checkpoint)["weight_average"],
+                              task_state(reference.result.final_checkpoint)["weight_average"]) == 0
 
 
 def task_state(checkpoint: str) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+import yaml
 
 from coordinator.client import read_config, read_recipe
 from protos.internvideo.v1 import jobs_pb2 as pb
@@ -91,3 +92,18 @@ def test_weights_named_by_job_id_and_checkpoints_that_do_not_fit(client, dataset
     assert "model.init:" in wrong.message and "checkpoint does not fit the model" in wrong.message
     assert "missing" in wrong.message and "encoder.blocks.0.attn.qkv.weight" in wrong.message, wrong.message
     assert not bodies(events, "progress")
+
+
+def test_a_bad_recipe_is_refused_whole_naming_the_field(client, dataset):
+    before = len(client.list(page_size=1000).jobs)
+    recipe = yaml.safe_load(read_recipe("tiny-cpu"))
+    recipe["stages"][0]["set"].append("model.mask_ratio=stage:interaction")  # mae ← … ← interaction ← mae
+    for text, overrides, field in ((yaml.safe_dump(recipe), short(dataset), "recipe.stages"),
+                                   (read_recipe("tiny-cpu"), [*short(dataset), "post-mm:model.init=stage:nope"],
+                                    "recipe.stages.3"),
+                                   (read_recipe("tiny-cpu"), short(dataset)[1:], "recipe.mae.config.data.train_list")):
+        with pytest.raises(grpc.RpcError) as err:
+            client.submit_recipe(text, overrides)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().startswith(f"{field}:"), err.value.details()
+    assert len(client.list(page_size=1000).jobs) == before  # no stage of any of them was stored
