@@ -33,7 +33,7 @@ from internvideo.data.formats import VideoSource
 from internvideo.data.order import GlobalBatchPlan
 from internvideo.data.pipeline import MaskedClips, PretrainClipSpec
 from internvideo.tasks.pretrain_mae import PretrainMAEConfig
-from workers.decode import ClipStream, DecodePool, PoolSpec
+from workers.decode import ClipStream, Dataset, DecodePool, PoolSpec
 
 ACCUMULATION = 4  # micro-batches per step of the plan
 
@@ -62,7 +62,7 @@ def run_pool(source: VideoSource, spec: PretrainClipSpec, plan: GlobalBatchPlan,
     """``workers`` actors of ``threads`` decode threads and as many CPUs each."""
     ray.init(num_cpus=workers * threads, include_dashboard=False, log_to_driver=False)
     try:
-        pool = DecodePool.create(PoolSpec(job_id="bench", source=source, sample=MaskedClips(spec), seed=spec.seed,
+        pool = DecodePool.create(PoolSpec(job_id="bench", data=Dataset(source, MaskedClips(spec)), seed=spec.seed,
                                           cpus=float(threads),
                                           threads=threads, host="127.0.0.1"), workers, timeout_s=120)
         stream = ClipStream(pool.actors, plan, rank=0, world_size=1, micro_batch=micro, end_step=steps,

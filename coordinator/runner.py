@@ -229,7 +229,7 @@ class JobRunner(threading.Thread):
         """Start the decode pool and the worker group, restore ``resume``, train to the end."""
         data = self.config.data
         held_out = Dataset(data.val_source(), self.task.val_sample_fn()) if data.val_list else None
-        pool_spec = PoolSpec(job_id=self.job_id, source=data.source(), sample=self.task.sample_fn(),
+        pool_spec = PoolSpec(job_id=self.job_id, data=Dataset(data.source(), self.task.sample_fn()),
                              seed=self.config.train.seed, held_out=held_out, cpus=data.decode_cpus, threads=data.threads_per_decode_worker, host=self.settings.worker_host,
                              restarts=data.decode_restarts, delay_s=self.config.debug.decode_delay_s)
         grown = self.decode_workers  # what an earlier attempt had grown the pool to

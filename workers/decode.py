@@ -96,15 +96,15 @@ class DecodeWorker:
     no hand-offs between threads. Plain class (tests and benchmarks use it directly); the Ray actor is
     ``ray.remote(DecodeWorker)`` with concurrent calls."""
 
-    def __init__(self, job_id: str, pool: str, source: VideoSource | MergedSource, sample: SampleFn, seed: int,
-                 serve_metrics: bool = False, host: str | None = None, threads: int = 1,
-                 delay_s: float = 0.0, held_out: Dataset | None = None) -> None:
-        """``delay_s``: every request takes at least this long (debug.decode_delay_s: slow storage).
-        ``held_out``: the validation data, decoded for requests that ask for it."""
+    def __init__(self, job_id: str, pool: str, data: Dataset, seed: int, serve_metrics: bool = False,
+                 host: str | None = None, threads: int = 1, delay_s: float = 0.0,
+                 held_out: Dataset | None = None) -> None:
+        """``data``: the training data; ``held_out``: the validation data, decoded for requests that ask
+        for it. ``delay_s``: every request takes at least this long (debug.decode_delay_s: slow storage)."""
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(1)  # parallel across requests, not inside one resize
-        self.datasets = {False: (source.read(), sample)}
+        self.datasets = {False: (data.source.read(), data.sample)}
         if held_out is not None:
             self.datasets[True] = (held_out.source.read(), held_out.sample)
         self.seed, self.delay_s = seed, delay_s
@@ -208,8 +208,7 @@ class PoolSpec:
     """What every decode actor of a job is built from."""
 
     job_id: str
-    source: VideoSource | MergedSource
-    sample: SampleFn  # the job kind's: what one sample is
+    data: Dataset  # the training data and the job kind's sample function
     seed: int  # the job's: replacements of bad videos are drawn from it
     cpus: float
     threads: int
@@ -248,8 +247,8 @@ class DecodePool:
         options = {"num_cpus": p.cpus, "max_concurrency": self.MAX_CONCURRENT_REQUESTS,
                    "max_restarts": p.restarts, "max_task_retries": MAX_REQUEST_RETRIES if p.restarts else 0}
         actor_cls = ray.remote(DecodeWorker).options(**options)
-        actors = [actor_cls.remote(p.job_id, f"{p.job_id}-decode", p.source, p.sample, p.seed, True, p.host,
-                                   p.threads, p.delay_s, p.held_out) for _ in range(count)]
+        actors = [actor_cls.remote(p.job_id, f"{p.job_id}-decode", p.data, p.seed, True, p.host, p.threads,
+                                   p.delay_s, p.held_out) for _ in range(count)]
         probes = {a.info.remote(): a for a in actors}
         ready, pending = ray.wait(list(probes), num_returns=len(probes), timeout=timeout_s)
         started, endpoints = [], []

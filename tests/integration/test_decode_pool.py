@@ -14,7 +14,7 @@ from internvideo.data.order import GlobalBatchPlan
 from internvideo.data.pipeline import MaskedClips, PretrainClipSpec
 from internvideo.data.synthetic import write_synthetic_dataset
 from workers.calls import kill_actors
-from workers.decode import ClipStream, DecodePool, PoolSpec
+from workers.decode import ClipStream, Dataset, DecodePool, PoolSpec
 
 SPEC = PretrainClipSpec(num_frames=4, sampling_rate=2, input_size=32, patch_size=16, tubelet_size=2,
                         mask_ratio=0.75, seed=11)
@@ -25,7 +25,7 @@ STEPS, GLOBAL_BATCH, MICRO = 4, 8, 2
 def pool_spec(tmp_path_factory):
     ds = write_synthetic_dataset(tmp_path_factory.mktemp("pool"), num_videos=20, num_frames=16, size=48, seed=2)
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield PoolSpec(job_id="pool-test", source=VideoSource("list", str(ds.train_list)), sample=MaskedClips(SPEC),
+    yield PoolSpec(job_id="pool-test", data=Dataset(VideoSource("list", str(ds.train_list)), MaskedClips(SPEC)),
                    seed=SPEC.seed, cpus=0.5,
                    threads=2, host="127.0.0.1", restarts=1)
     ray.shutdown()

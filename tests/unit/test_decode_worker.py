@@ -10,7 +10,7 @@ from internvideo.data.pipeline import MaskedClips, PretrainClipSpec
 from internvideo.data.synthetic import write_synthetic_dataset
 from tests.unit.test_decode_backends import write_video
 from workers import telemetry
-from workers.decode import DataError, DecodeWorker
+from workers.decode import DataError, Dataset, DecodeWorker
 
 SPEC = PretrainClipSpec(num_frames=4, sampling_rate=2, input_size=32, patch_size=16, tubelet_size=2,
                         mask_ratio=0.75, seed=0)
@@ -22,8 +22,8 @@ def open_worker():
     workers = []
 
     def make(list_path, spec=SPEC, threads=1):
-        workers.append(DecodeWorker("job", "pool", VideoSource("list", str(list_path)), MaskedClips(spec), spec.seed,
-                                    threads=threads))
+        data = Dataset(VideoSource("list", str(list_path)), MaskedClips(spec))
+        workers.append(DecodeWorker("job", "pool", data, spec.seed, threads=threads))
         return workers[-1]
 
     yield make
