@@ -27,7 +27,6 @@ from coordinator.autoscale import DecodePoolSizer
 from coordinator.recovery import Decision, FailurePolicy
 from coordinator.state import InvalidTransition, JobState
 from coordinator.store import JobEvent, JobNeeds, JobRecord, JobStore
-from coordinator.submission import derive_needs
 from internvideo.tasks import Task, TaskRef
 from internvideo.tasks.common import SharedConfig, replace_job_refs
 from workers.calls import PlacementTimeout, WorkerGroupError, kill_actors
@@ -120,7 +119,7 @@ class JobRunner(threading.Thread):
         super().__init__(name=f"runner-{job.job_id}", daemon=True)
         self.store, self.job, self.settings = store, job, settings
         self.config = SharedConfig.model_validate(job.config)  # what any kind has; the rest is the kind's
-        self.needs = job.needs or derive_needs(self.config, job.min_workers, job.max_workers)
+        assert job.needs is not None, "the scheduler hands over records with their needs"
         self.task_ref: TaskRef | None = None  # loaded when the job starts (its job:<id> weights resolved)
         self.task: Task | None = None
         self.world_size = world_size
@@ -137,6 +136,7 @@ class JobRunner(threading.Thread):
         self._pool: DecodePool | None = None
         self._group: WorkerGroup | None = None
         self._checkpointed_step = -1
+        self._held_out = 0  # held-out samples (data.val_list), counted once when the job starts
         self._cancel = threading.Event()
         self._preempt_reason = ""
         self._on_exit = on_exit
@@ -147,7 +147,7 @@ class JobRunner(threading.Thread):
 
     @property
     def demand(self) -> dict[str, float]:
-        return resource_demand(self.needs, self.world_size, self.settings.trainer_bundle, self.decode_workers)
+        return resource_demand(self.job.needs, self.world_size, self.settings.trainer_bundle, self.decode_workers)
 
     @property
     def preempting(self) -> bool:
@@ -175,6 +175,8 @@ class JobRunner(threading.Thread):
             self.task_ref = TaskRef.of(self.job.kind, replace_job_refs(self.job.config, self._final_checkpoint))
             self.task = self.task_ref.load()
             num_samples = len(self.config.data.source().read())
+            val = self.config.data.val_source()
+            self._held_out = len(val.read()) if val is not None else 0
             resume = self._resume_point()
             while True:
                 try:
@@ -230,7 +232,8 @@ class JobRunner(threading.Thread):
         data = self.config.data
         held_out = Dataset(data.val_source(), self.task.val_sample_fn()) if data.val_list else None
         pool_spec = PoolSpec(job_id=self.job_id, data=Dataset(data.source(), self.task.sample_fn()),
-                             seed=self.config.train.seed, held_out=held_out, cpus=data.decode_cpus, threads=data.threads_per_decode_worker, host=self.settings.worker_host,
+                             seed=self.config.train.seed, held_out=held_out, cpus=data.decode_cpus,
+                             threads=data.threads_per_decode_worker, host=self.settings.worker_host,
                              restarts=data.decode_restarts, delay_s=self.config.debug.decode_delay_s)
         grown = self.decode_workers  # what an earlier attempt had grown the pool to
         self._pool = DecodePool.create(pool_spec, data.decode_workers, self.settings.start_timeout_s)
@@ -339,7 +342,7 @@ class JobRunner(threading.Thread):
             completed = step + 1
             if completed == train.steps or (train.checkpoint_every and completed % train.checkpoint_every == 0):
                 checkpoint = self._checkpoint(completed)
-                if self.config.data.val_list:
+                if self._held_out:
                     self._validate(completed)
                 target = self._grow_target(self) if self._grow_target and completed < train.steps else 0
                 if target > self.world_size:
@@ -360,7 +363,7 @@ class JobRunner(threading.Thread):
 
     def _validate(self, step: int) -> None:
         """The kind's metrics on the held-out set, each sample predicted once by one rank."""
-        size = len(self.config.data.val_source().read())
+        size = self._held_out
         shards = self._group.call("validate", size, timeout_s=self.config.train.step_timeout_s)
         shards = [shard for shard in shards if shard]  # a rank may get no held-out sample at all
         ids = np.concatenate([shard["sample_ids"] for shard in shards])

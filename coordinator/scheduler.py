@@ -8,6 +8,7 @@ their resources back and wait in the queue, from which they later resume exactly
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from typing import Callable
@@ -15,7 +16,7 @@ from typing import Callable
 from coordinator.metrics import ScrapeTargets
 from coordinator.runner import JobRunner, RunnerSettings, resource_demand
 from coordinator.state import InvalidTransition, JobState
-from coordinator.store import JobNeeds, JobNotFound, JobRecord, JobStore
+from coordinator.store import JobNotFound, JobRecord, JobStore
 from coordinator.submission import derive_needs
 from internvideo.tasks.common import SharedConfig
 
@@ -97,7 +98,7 @@ class Scheduler:
 
     def tick(self) -> None:
         free = self.free_resources()
-        for job in self.store.queue():
+        for job in map(self._with_needs, self.store.queue()):
             if self._stop.is_set():
                 return
             if not self._dependencies_succeeded(job):
@@ -124,7 +125,7 @@ class Scheduler:
     def _dependencies_succeeded(self, job: JobRecord) -> bool:
         """Whether every job it starts from (``job:<id>``) has succeeded. One that failed or was
         cancelled fails it, saying why; one still on its way makes it wait, saying for what."""
-        for dependency in self._needs(job).depends_on:
+        for dependency in job.needs.depends_on:
             try:
                 state, message = (d := self.store.get_job(dependency)).state, d.message
             except JobNotFound:
@@ -195,23 +196,23 @@ class Scheduler:
         free_cpus = max(0.0, self.free_resources().get("CPU", 0.0))
         return runner.decode_workers + int(free_cpus / data.decode_cpus + 1e-9)
 
-    def _needs(self, job: JobRecord) -> JobNeeds:
-        """What was derived at submit; a job stored before needs were gets them derived once, here."""
+    def _with_needs(self, job: JobRecord) -> JobRecord:
+        """The record with what was derived at submit; a job stored before needs were gets them
+        derived once, here, and stored."""
         if job.needs is not None:
-            return job.needs
+            return job
         needs = derive_needs(SharedConfig.model_validate(job.config), job.min_workers, job.max_workers)
         self.store.update_job(job.job_id, needs=needs.to_json())
-        return needs
+        return dataclasses.replace(job, needs=needs)
 
     def _fitting_world_size(self, job: JobRecord, free: dict[str, float]) -> int | None:
-        needs = self._needs(job)
-        sizes = [w for w in needs.world_sizes
+        sizes = [w for w in job.needs.world_sizes
                  if all(free.get(k, 0.0) >= v - 1e-9
-                        for k, v in resource_demand(needs, w, self.settings.trainer_bundle).items())]
+                        for k, v in resource_demand(job.needs, w, self.settings.trainer_bundle).items())]
         return max(sizes) if sizes else None
 
     def _note_waiting(self, job: JobRecord, free: dict[str, float]) -> None:
-        need = resource_demand(self._needs(job), job.min_workers, self.settings.trainer_bundle)
+        need = resource_demand(job.needs, job.min_workers, self.settings.trainer_bundle)
         short = ", ".join(f"{k} {v:g} (free {max(0.0, free.get(k, 0.0)):g})" for k, v in sorted(need.items())
                           if free.get(k, 0.0) < v)
         message = f"waiting for resources: needs {short}"

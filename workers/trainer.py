@@ -90,9 +90,9 @@ class EncoderWorker:
                          seed=self.config.train.seed)
         batches = (self.task.to_tensors(batch, self.device, self.dtype) for batch in feed)
         metrics = self.task.train_step(self.engine, batches)
-        self.task.after_step(self.engine.module)
         if feed.micro != self.accumulation:
             raise RuntimeError(f"{self.task.kind}'s train_step used {feed.micro} of {self.accumulation} micro-batches")
+        self.task.after_step(self.engine.module)
         metrics["lr"] = self.engine.get_lr()[0]
         grad_norm = self.engine.get_global_grad_norm()
         if grad_norm is not None:  # the norm of the global batch's mean gradient, before clipping

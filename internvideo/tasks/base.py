@@ -64,11 +64,12 @@ class Task(ABC, Generic[ConfigT]):
     def check_inputs(self) -> None:
         """Fail with ``ConfigError`` if a file the config names is unusable now (failing at submit
         beats failing after start-up). The data source is checked for every kind; a kind that
-        names more files extends this."""
+        names more files extends this (and ``check_records`` sees the records read here)."""
         try:
-            self.config.data.source().read()
+            records = self.config.data.source().read()
         except (OSError, ValueError) as err:
             raise ConfigError("data.merge" if self.config.data.merge else "data.train_list", str(err)) from None
+        self.check_records(records)
         val = self.config.data.val_source()
         if val is not None:
             if not self.validates:
@@ -77,6 +78,9 @@ class Task(ABC, Generic[ConfigT]):
                 val.read()
             except (OSError, ValueError) as err:
                 raise ConfigError("data.val_list", str(err)) from None
+
+    def check_records(self, records: Sequence[VideoRecord]) -> None:
+        """At submit: whether this kind can train on these records (labels in range, captions present)."""
 
     # -- model ----------------------------------------------------------------------------------
     @abstractmethod

@@ -155,12 +155,14 @@ class Classification(Task[ClassificationConfig]):
 
     def check_inputs(self) -> None:
         super().check_inputs()
-        labels = {r.label for r in self.config.data.source().read()}
+        if self.config.model.init is not None:
+            check_weights_path("model.init", self.config.model.init)
+
+    def check_records(self, records: Sequence[VideoRecord]) -> None:
+        labels = {r.label for r in records}
         if max(labels) >= self.config.model.num_classes or min(labels) < 0:
             raise ConfigError("model.num_classes", f"{self.config.model.num_classes} classes, but the data has "
                                                    f"labels from {min(labels)} to {max(labels)}")
-        if self.config.model.init is not None:
-            check_weights_path("model.init", self.config.model.init)
 
     # -- model ----------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:

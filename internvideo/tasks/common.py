@@ -130,10 +130,13 @@ class DataSection(Strict):
     def source(self) -> VideoSource | MergedSource:
         if self.merge:
             return MergedSource(tuple((d.source(), d.classes) for d in self.merge))
-        return VideoSource(self.format, self.train_list, self.root, self.labels, self.subset)
+        return self._listed(self.train_list)
 
     def val_source(self) -> VideoSource | None:
-        return VideoSource(self.format, self.val_list, self.root, self.labels, self.subset) if self.val_list else None
+        return self._listed(self.val_list) if self.val_list else None
+
+    def _listed(self, path: str) -> VideoSource:
+        return VideoSource(self.format, path, self.root, self.labels, self.subset)
 
     def decode_options(self, input_size: int) -> DecodeOptions:
         """How the decode workers read videos for a model input of ``input_size`` pixels a side."""

@@ -142,12 +142,13 @@ class PretrainMM(Task[PretrainMMConfig]):
 
     def check_inputs(self) -> None:
         super().check_inputs()
-        records = self.config.data.source().read()
+        if self.config.model.init is not None:
+            check_weights_path("model.init", self.config.model.init)
+
+    def check_records(self, records: Sequence[VideoRecord]) -> None:
         if not all(r.captions for r in records):
             raise ConfigError("data.format", f"{self.kind} trains on captions: use format video_text "
                                              f"(got {self.config.data.format!r}, whose records have none)")
-        if self.config.model.init is not None:
-            check_weights_path("model.init", self.config.model.init)
 
     def build_model(self) -> VideoLanguageModel:
         torch.manual_seed(self.config.train.seed)  # identical initial weights on every rank and every run
