@@ -88,6 +88,16 @@ def test_takes_the_largest_world_size_that_fits_and_splits_the_batch(scheduler):
     assert scheduler.free_resources() == {"CPU": 8.0 - 4 - 2}
 
 
+def test_a_job_stored_before_needs_were_gets_them_derived_once(scheduler):
+    job = submit(scheduler, 1, 8)
+    scheduler.store._db.execute("UPDATE jobs SET needs_json = '{}' WHERE job_id = ?", (job,))  # an older row
+    assert scheduler.store.get_job(job).needs is None
+    scheduler.tick()
+    stored = scheduler.store.get_job(job).needs
+    assert stored is not None and stored.world_sizes == (1, 2, 4) and stored.decode_workers == 2
+    assert scheduler.runners[job].world_size == 4 and scheduler.runners[job].job.needs == stored
+
+
 def test_strict_fifo_the_head_blocks_the_queue_and_says_why(scheduler):
     big = submit(scheduler, 8, 8, "train.micro_batch=2")
     small = submit(scheduler, 1, 1)
