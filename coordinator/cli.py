@@ -66,7 +66,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(ServeOptions(host=host, port=int(port), metrics_port=args.metrics_port,
                               state_dir=Path(args.state_dir).expanduser(), ray_address=args.ray_address,
                               num_cpus=args.num_cpus, worker_host=args.worker_host,
-                              placement_timeout_s=args.placement_timeout))
+                              placement_timeout_s=args.placement_timeout,
+                              ray_dashboard_port=None if args.ray_dashboard_port < 0 else args.ray_dashboard_port))
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -180,6 +181,19 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from coordinator.client import JobClient
+    from coordinator.report import efficiency_rows, table, write_report
+    with JobClient(args.address) as client:
+        job, efficiency = client.get(args.job_id), client.efficiency(args.job_id)
+        print(f"{job.name} ({job.kind}, {job.job_id}, {_state_name(job.state)})")
+        print(table(efficiency_rows(efficiency)))
+        if args.out:
+            page = write_report(Path(args.out), job, efficiency, list(client.watch(args.job_id, follow=False)))
+            print(f"report: {page}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from coordinator.demo import run_demo
     return run_demo(Path(args.workdir), args.steps)
@@ -199,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the coordinator (embedded Ray + SQLite by default)")
     p.add_argument("--listen", default="127.0.0.1:50051", help="host:port for the gRPC API")
     p.add_argument("--metrics-port", type=int, default=9464)
+    p.add_argument("--ray-dashboard-port", type=int, default=0,
+                   help="the embedded Ray's dashboard, on 127.0.0.1 (0: 8265 or the next free port, -1: none)")
     p.add_argument("--state-dir", default="~/.internvideo", help="SQLite job store and checkpoints")
     p.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting one")
     p.add_argument("--num-cpus", type=int, default=None, help="logical CPU slots of the embedded Ray")
@@ -234,7 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, fn, help_ in (("status", cmd_status, "show one job"), ("watch", cmd_watch, "stream a job's events"),
                             ("cancel", cmd_cancel, "cancel a job")):
         client_command(name, fn, help_).add_argument("job_id")
-    client_command("cluster", cmd_cluster, "nodes, free trainer slots, running jobs")
+    client_command("cluster", cmd_cluster, "nodes, free trainer slots, running jobs, Ray's dashboard")
+    p = client_command("report", cmd_report, "a job's efficiency: a table; with --out, plots and an HTML page")
+    p.add_argument("job_id")
+    p.add_argument("--out", default="", help="folder for the PNG plots and index.html")
 
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("synth", help="write a synthetic video dataset (H.264 mp4 + lists)")

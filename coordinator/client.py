@@ -97,5 +97,8 @@ class JobClient:
         """The job's events after ``after_seq``; with ``follow``, live ones too until the job ends."""
         return self.stub.WatchJob(pb.WatchJobRequest(job_id=job_id, after_seq=after_seq, history_only=not follow))
 
+    def efficiency(self, job_id: str) -> pb.JobEfficiency:
+        return self.stub.GetJobEfficiency(pb.GetJobRequest(job_id=job_id), timeout=self.timeout_s)
+
     def cluster(self) -> pb.ClusterStatus:
         return self.stub.GetClusterStatus(pb.GetClusterStatusRequest(), timeout=self.timeout_s)

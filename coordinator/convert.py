@@ -6,6 +6,7 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from coordinator.efficiency import Efficiency
 from coordinator.state import JobState
 from coordinator.store import CheckpointRecord, JobEvent, JobRecord, SkippedVideoRecord
 from protos.internvideo.v1 import jobs_pb2 as pb
@@ -82,8 +83,20 @@ def event_to_proto(event: JobEvent) -> pb.JobEvent:
             reason=p["reason"]))
     elif event.type == "validation":
         out.validation.CopyFrom(pb.Validation(step=p["step"], metrics=p["metrics"]))
+    elif event.type == "workers":
+        out.workers_started.CopyFrom(pb.WorkersStarted(workers=[
+            pb.Worker(device_name=w["device_name"], peak_flops=w["peak_flops"] or 0.0, peak=w["peak"],
+                      energy_sources=w["energy_sources"]) for w in p["workers"]]))
     elif event.type == "result":
         out.result.CopyFrom(result_to_proto(p))
     else:
         raise ValueError(f"unknown event type {event.type!r}")
     return out
+
+
+def efficiency_to_proto(job_id: str, efficiency: Efficiency) -> pb.JobEfficiency:
+    figures = efficiency.as_metrics()
+    lost = {name.removeprefix("lost_gpu_seconds_"): figures.pop(name) for name in list(figures)
+            if name.startswith("lost_gpu_seconds_")}
+    return pb.JobEfficiency(job_id=job_id, figures=figures, lost_gpu_seconds=lost,
+                            energy_sources=list(efficiency.energy_sources), peak=efficiency.peak)

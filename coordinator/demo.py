@@ -3,8 +3,10 @@
 Starts the coordinator as its own process, writes a synthetic dataset (videos of shapes that
 move, grow or fade, with captions), submits the ``tiny-cpu`` recipe as one request — masked video
 pretraining and video–language pretraining, each encoder's supervised post-pretraining, then the
-interaction of the two frozen encoders — streams every stage, and ends with one table: each
-stage's state, time, throughput and headline numbers (validation on the held-out split).
+interaction of the two frozen encoders — streams every stage, and ends with two tables: each
+stage's state, time, throughput and headline numbers (validation on the held-out split), and where
+each stage's GPU-time and energy went (goodput, joules per clip, MFU); it writes each stage's
+efficiency report (plots and an HTML page) beside them.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pathlib import Path
 from coordinator.cli import recipe_table, render_event
 from coordinator.client import JobClient, read_recipe
 from coordinator.launch import launch_coordinator
+from coordinator.report import jobs_table, write_report
 from internvideo.data.synthetic import write_synthetic_dataset
 from protos.internvideo.v1 import jobs_pb2 as pb
 
@@ -32,6 +35,11 @@ def data_overrides(dataset) -> list[str]:
         if stage != "mae":
             overrides.append(f"{stage}:data.val_list={val}")
     return overrides
+
+
+def energy_note(efficiencies: list[tuple[str, pb.JobEfficiency]]) -> str:
+    sources = {source for _, e in efficiencies for source in e.energy_sources}
+    return " (energy estimated from declared power: nothing here measures it)" if sources == {"estimate"} else ""
 
 
 def run_demo(workdir: Path, steps: int | None = None) -> int:
@@ -58,6 +66,15 @@ def run_demo(workdir: Path, steps: int | None = None) -> int:
             ended = [client.get(job.job_id) for job in jobs]
             print(f"\nrecipe finished in {time.monotonic() - started:.0f}s\n")
             print(recipe_table(client, ended))
+            efficiencies = [(job.name, client.efficiency(job.job_id)) for job in ended]
+            print(f"\nwhere the GPU-time and energy went{energy_note(efficiencies)}:\n")
+            print(jobs_table(efficiencies))
+            for job, (_, efficiency) in zip(ended, efficiencies):
+                write_report(workdir / "reports" / job.name.split("/")[-1], job, efficiency,
+                             list(client.watch(job.job_id, follow=False)))
+            print(f"\nreports (plots and a page per stage): {workdir / 'reports'}/<stage>/index.html"
+                  f"\ndashboards: deploy/grafana/ (provisioning and JSON) over Prometheus with "
+                  f"deploy/prometheus/prometheus.yml, whose targets file is {workdir / 'state/prometheus/targets.json'}")
         failed = [job for job in ended if job.state != pb.JOB_STATE_SUCCEEDED]
         if failed:
             print(f"\n{len(failed)} stage(s) did not succeed; see {log_path}")

@@ -1,18 +1,40 @@
-"""The coordinator's metrics (jobs by state, read from the store at scrape time) and the
-Prometheus file-based service discovery of every worker's /metrics endpoint."""
+"""The coordinator's metrics: jobs by state and each job's GPU-time and energy by use, read from the
+store at scrape time; rescales, worker failures, queue waits and running jobs' own metrics, as they
+happen. ``coordinator.discovery`` serves them and tells Prometheus where the workers' are."""
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
+import time
 from typing import Iterator
 
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from coordinator.state import JobState
 from coordinator.store import JobStore
+from coordinator.usage import USES
+
+REGISTRY = CollectorRegistry()  # the coordinator's own: its /metrics serves nothing else
+
+RESCALE_CAUSES = ("grow", "failure", "no_room")
+RESCALES = Counter("internvideo_rescales", "Jobs restarted at another world size, by cause", ["cause"],
+                   registry=REGISTRY)
+FAILURE_CAUSES = ("worker_lost", "timeout", "data", "error")
+WORKER_FAILURES = Counter("internvideo_worker_failures", "Failed attempts of jobs' worker groups, by cause",
+                          ["cause"], registry=REGISTRY)
+QUEUE_WAIT = Histogram("internvideo_job_queue_wait_seconds", "Time a job waited in the queue before it started",
+                       registry=REGISTRY, buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600))
+STEP_METRIC = Gauge("internvideo_job_train_metric", "A running job's step metrics as its kind names them (loss, "
+                    "lr, grad_norm, accuracy, ...), averaged over ranks", ["job", "kind", "name"], registry=REGISTRY)
+VALIDATION_METRIC = Gauge("internvideo_job_validation_metric", "A running job's metrics on its held-out set, at its "
+                          "last validation", ["job", "kind", "name"], registry=REGISTRY)
+for cause in RESCALE_CAUSES:  # every cause is a series from the start: a rate over none is 0, not missing
+    RESCALES.labels(cause=cause)
+for cause in FAILURE_CAUSES:
+    WORKER_FAILURES.labels(cause=cause)
+
+# Jobs whose GPU-time is exported: those updated in the last day (a finished job's series end then).
+USAGE_WINDOW_S = 24 * 3600.0
 
 
 class JobsCollector(Collector):
@@ -39,39 +61,18 @@ class JobsCollector(Collector):
                 workers.add_metric([job.job_id, "trainer"], job.progress["world_size"])
                 workers.add_metric([job.job_id, "decode"], job.progress["decode_workers"])
         yield workers
+        yield from self._usage()
 
-
-def serve_coordinator_metrics(store: JobStore, host: str, port: int) -> int:
-    """Serve /metrics for the coordinator; returns the bound port (``port`` 0 picks one)."""
-    registry = CollectorRegistry()
-    registry.register(JobsCollector(store))
-    server, _ = start_http_server(port, addr=host, registry=registry)
-    return server.server_port
-
-
-class ScrapeTargets:
-    """Writes a Prometheus ``file_sd_configs`` file listing every live /metrics endpoint.
-
-    Worker actors listen on ports chosen at start-up, so Prometheus cannot be configured
-    with them in advance: it watches this file instead (deploy/prometheus/prometheus.yml).
-    """
-
-    def __init__(self, path: Path, coordinator_endpoint: str) -> None:
-        self.path = path
-        self.coordinator_endpoint = coordinator_endpoint
-        self._written: list | None = None
-
-    def update(self, jobs: dict[str, dict[str, list[str]]]) -> None:
-        """``jobs``: job id → {"trainer": [host:port, ...], "decode": [...]}; rewrites only on change."""
-        groups = [{"targets": [self.coordinator_endpoint], "labels": {"component": "coordinator"}}]
-        for job_id, components in sorted(jobs.items()):
-            for component, endpoints in sorted(components.items()):
-                if endpoints:
-                    groups.append({"targets": sorted(endpoints), "labels": {"component": component, "job_id": job_id}})
-        if groups == self._written:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(groups, indent=1))
-        os.replace(tmp, self.path)  # Prometheus must never read a half-written file
-        self._written = groups
+    def _usage(self) -> Iterator[Metric]:
+        held = CounterMetricFamily("internvideo_job_gpu_seconds", "GPU-seconds a job's trainers were held",
+                                   labels=["job", "kind"])
+        by_use = CounterMetricFamily("internvideo_job_use_gpu_seconds", "A job's GPU-seconds by use (kept: goodput)",
+                                     labels=["job", "kind", "use"])
+        energy = CounterMetricFamily("internvideo_job_energy_joules", "Energy of a job's trainers' devices by use",
+                                     labels=["job", "kind", "use"])
+        for job_id, (kind, usage) in self.store.usage(updated_since=time.time() - USAGE_WINDOW_S).items():
+            held.add_metric([job_id, kind], usage.held_gpu_seconds)
+            for use in USES:
+                by_use.add_metric([job_id, kind, use], usage.of(use).gpu_seconds)
+                energy.add_metric([job_id, kind, use], usage.of(use).joules)
+        yield from (held, by_use, energy)

@@ -22,11 +22,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from prometheus_client import Gauge
 
+from coordinator import metrics
 from coordinator.autoscale import DecodePoolSizer
-from coordinator.recovery import Decision, FailurePolicy
+from coordinator.efficiency import job_efficiency
+from coordinator.recovery import Decision, FailurePolicy, failure_cause
 from coordinator.state import InvalidTransition, JobState
 from coordinator.store import JobEvent, JobNeeds, JobRecord, JobStore
+from coordinator.usage import JobUsage, Usage, UsageLedger
 from internvideo.tasks import Task, TaskRef
 from internvideo.tasks.common import SharedConfig, replace_job_refs
 from workers.calls import PlacementTimeout, WorkerGroupError, kill_actors
@@ -35,6 +39,9 @@ from workers.decode import DataError, Dataset, DecodePool, PoolSpec
 from workers.group import WorkerGroup
 
 log = logging.getLogger(__name__)
+
+# What the job's record keeps of each worker's set-up answer (its device, for MFU and energy).
+WORKER_FACTS = ("device_name", "peak_flops", "peak", "energy_sources")
 
 
 @dataclass(frozen=True)
@@ -137,6 +144,10 @@ class JobRunner(threading.Thread):
         self._group: WorkerGroup | None = None
         self._checkpointed_step = -1
         self._held_out = 0  # held-out samples (data.val_list), counted once when the job starts
+        self.usage = UsageLedger()  # where the job's GPU-time and energy go (flushed to the store)
+        self._so_far = JobUsage({}, 0.0)  # the job's totals, over all attempts (read when it starts)
+        self._start_use = "startup"  # what bringing the next attempt up counts as ("recovery" after a failure)
+        self._exported: set[tuple[Gauge, str]] = set()  # (gauge, metric name) this job set: removed at its end
         self._cancel = threading.Event()
         self._preempt_reason = ""
         self._on_exit = on_exit
@@ -174,6 +185,7 @@ class JobRunner(threading.Thread):
             # The kind, through the registry: the runner only calls the Task interface.
             self.task_ref = TaskRef.of(self.job.kind, replace_job_refs(self.job.config, self._final_checkpoint))
             self.task = self.task_ref.load()
+            self._so_far = self._usage_so_far()
             num_samples = len(self.config.data.source().read())
             val = self.config.data.val_source()
             self._held_out = len(val.read()) if val is not None else 0
@@ -188,8 +200,8 @@ class JobRunner(threading.Thread):
                     resume = self._recover(err, count_failure=False)
                 except WorkerGroupError as err:
                     resume = self._recover(err)
-            self.store.record_result(self.job_id, run_result(self.store.events_after(self.job_id, 0),
-                                                             self.config.train.steps, self.failures))
+            self._release()  # before the result, so that its GPU-time includes the teardown
+            self.store.record_result(self.job_id, self._result())
         except JobCancelled:
             outcome = (JobState.CANCELLED, "cancelled by request")
         except Requeue as requeue:
@@ -200,11 +212,19 @@ class JobRunner(threading.Thread):
         finally:
             # Release everything before the job is seen to end, so that its end means "resources free".
             self._release()
+            for gauge, name in self._exported:
+                gauge.remove(self.job_id, self.job.kind, name)
             self._on_exit(self)
             try:
                 self.store.transition(self.job_id, *outcome, world_size=0)
             except InvalidTransition as err:  # cancelled while it was releasing: the cancel stands
                 log.info("job %s: %s", self.job_id, err)
+
+    def _result(self) -> dict[str, Any]:
+        events = self.store.events_after(self.job_id, 0)
+        _, usage = self.store.usage([self.job_id]).get(self.job_id, ("", None))
+        efficiency = job_efficiency(events, usage, self.config.train.global_batch)
+        return {**run_result(events, self.config.train.steps, self.failures), **efficiency.as_metrics()}
 
     def _final_checkpoint(self, job_id: str) -> str:
         """Where job ``job_id`` ended: the checkpoint a ``job:<id>`` in this job's config means."""
@@ -249,8 +269,12 @@ class JobRunner(threading.Thread):
             host=self.settings.worker_host, timeout_s=self.settings.start_timeout_s,
             placement_timeout_s=self.settings.placement_timeout_s,
             load_universal=folder is not None and folder.name == UNIVERSAL)
+        self.usage.hold(self.world_size, since=self._group.placed_at)
+        self.usage.charge(self._start_use, self._group.last_call_joules)
+        self.store.record_workers(self.job_id, [{k: info[k] for k in WORKER_FACTS} for info in self._group.infos])
         self.metrics_endpoints = {"trainer": self._group.metrics_endpoints, "decode": self._pool.metrics_endpoints}
         start_step = self._restore(folder)
+        self._start_use = "startup"
         self._check_cancel()
         self.store.transition(self.job_id, JobState.RUNNING,
                               f"{self.world_size} workers, {self.decode_workers} decode workers",
@@ -260,8 +284,12 @@ class JobRunner(threading.Thread):
     def _recover(self, error: WorkerGroupError, count_failure: bool = True) -> Path | None:
         """Tear down, decide, and re-fit; returns the checkpoint the next attempt starts from.
         Below ``min_workers`` the job goes back to the queue instead of holding on."""
+        self.usage.charge("recovery")  # the call that failed
+        if count_failure:
+            self._start_use = "recovery"
         self._release()
         if count_failure:
+            metrics.WORKER_FAILURES.labels(cause=failure_cause(error)).inc()
             self.failures += 1
             self.store.update_job(self.job_id, failures=self.failures)
             if self.policy.decide(error, self.failures) is Decision.FAIL:
@@ -279,6 +307,8 @@ class JobRunner(threading.Thread):
         world = self._fit_world_size(self) if self._fit_world_size else self.world_size
         if not world:
             raise Requeue(f"fewer than min_workers={self.job.min_workers} workers fit after: {what}")
+        if world != self.world_size:
+            metrics.RESCALES.labels(cause="failure" if count_failure else "no_room").inc()
         self.world_size = world
         return resume
 
@@ -286,15 +316,41 @@ class JobRunner(threading.Thread):
         self._release()
         self.store.transition(self.job_id, JobState.RESCALING,
                               f"{self.world_size} → {grow.world_size} workers from {grow.checkpoint}", world_size=0)
+        metrics.RESCALES.labels(cause="grow").inc()
         self.world_size = grow.world_size
         return grow.checkpoint
 
     def _release(self) -> None:
+        self.usage.lost()  # steps no checkpoint holds
         for part in (self._group, self._pool):
             if part is not None:
                 part.shutdown()
+        self.usage.release("teardown")
+        self._flush_usage()
         self._group = self._pool = None
         self.metrics_endpoints = {}
+
+    def _usage_so_far(self) -> JobUsage:
+        """The job's GPU-time by use from earlier attempts; held time a dead coordinator's runner had
+        not charged yet (steps done since its last checkpoint) is charged as redone now."""
+        _, usage = self.store.usage([self.job_id]).get(self.job_id, ("", JobUsage({}, 0.0)))
+        if usage.unaccounted > 1e-6:
+            lost = {"redone": Usage(usage.unaccounted, 0.0)}
+            self.store.add_usage(self.job_id, lost, 0.0)
+            usage = usage.plus(lost, 0.0)
+        return usage
+
+    def _flush_usage(self) -> None:
+        charged, held = self.usage.flush()
+        if charged or held:
+            self.store.add_usage(self.job_id, charged, held)
+            self._so_far = self._so_far.plus(charged, held)
+
+    def _call(self, method: str, *args: Any, use: str, timeout_s: float) -> list[Any]:
+        """``method`` on every worker, its time and energy charged to ``use``."""
+        results = self._group.call(method, *args, timeout_s=timeout_s)
+        self.usage.charge(use, self._group.last_call_joules)
+        return results
 
     def _loadable(self, folder: Path | None) -> Path | None:
         """``folder`` as this world size can load it: converted to the universal layout when it was
@@ -308,7 +364,8 @@ class JobRunner(threading.Thread):
         if folder is None:
             step = 0
         else:
-            steps = set(self._group.call("load_checkpoint", str(folder), timeout_s=self.settings.start_timeout_s))
+            steps = set(self._call("load_checkpoint", str(folder), use=self._start_use,
+                                   timeout_s=self.settings.start_timeout_s))
             if len(steps) != 1:
                 raise RuntimeError(f"ranks restored different steps from {folder}: {sorted(steps)}")
             step = steps.pop()
@@ -322,22 +379,31 @@ class JobRunner(threading.Thread):
             if self._preempt_reason and self._checkpointed_step < step:
                 self._checkpoint(step)  # a preempted job loses no step
             self._check_cancel()
+            self.usage.charge("overhead")  # the runner's own work since the last call
             began = time.perf_counter()
             reports = self._group.call("train_step", step, timeout_s=train.step_timeout_s)
             seconds = time.perf_counter() - began
+            self.usage.step(step, [r["data_wait_seconds"] for r in reports], self._group.last_call_joules)
+            self._flush_usage()
+            so_far = self._so_far
             step_samples = sum(r["samples"] for r in reports)
             self._record_skips(reports, num_samples)
             if train.record_samples:
                 self._log_samples(step, reports)
             wait = max(r["data_wait_seconds"] / r["seconds"] for r in reports)  # the slowest rank gates a step
-            metrics = {name: statistics.fmean(r["metrics"][name] for r in reports) for name in reports[0]["metrics"]}
+            step_metrics = {name: statistics.fmean(r["metrics"][name] for r in reports) for name in reports[0]["metrics"]}
             self.store.record_progress(self.job_id, {
                 "step": step + 1, "total_steps": train.steps, "samples": (step + 1) * train.global_batch,
-                "epoch": step * train.global_batch // num_samples, "loss": metrics["loss"], "metrics": metrics,
+                "epoch": step * train.global_batch // num_samples, "loss": step_metrics["loss"],
+                "metrics": step_metrics,
                 "clips_per_second": step_samples / seconds, "step_seconds": seconds, "step_samples": step_samples,
                 "data_wait_fraction": statistics.fmean(r["data_wait_seconds"] / r["seconds"] for r in reports),
                 "world_size": self.world_size, "decode_workers": self.decode_workers,
+                "model_flops": sum(r["model_flops"] for r in reports), "step_joules": self._group.last_call_joules,
+                "held_gpu_seconds": so_far.held_gpu_seconds, "kept_gpu_seconds": so_far.of("kept").gpu_seconds,
+                "joules": so_far.joules,
             })
+            self._export(metrics.STEP_METRIC, step_metrics)
             self._size_decode_pool(wait)
             completed = step + 1
             if completed == train.steps or (train.checkpoint_every and completed % train.checkpoint_every == 0):
@@ -347,6 +413,7 @@ class JobRunner(threading.Thread):
                 target = self._grow_target(self) if self._grow_target and completed < train.steps else 0
                 if target > self.world_size:
                     raise GrowAt(Path(checkpoint), target)
+            self._flush_usage()
 
     def _hold(self, step: int) -> None:
         """``debug.hold_at_steps``: wait here, ``step`` steps done, until the job's release file exists
@@ -357,14 +424,18 @@ class JobRunner(threading.Thread):
         if release.exists():
             return
         self.store.update_job(self.job_id, message=f"held at step {step} (debug.hold_at_steps) until {release} exists")
+        self.usage.charge("overhead")
         while not release.exists() and not self._cancel.wait(0.1):
             pass
+        # The workers' energy of the hold comes with their next call: a control point of tests and
+        # drills asks them nothing, so that a worker killed in a hold is found by the step after it.
+        self.usage.charge("idle")
         self.store.update_job(self.job_id, message=f"released at step {step}")
 
     def _validate(self, step: int) -> None:
         """The kind's metrics on the held-out set, each sample predicted once by one rank."""
         size = self._held_out
-        shards = self._group.call("validate", size, timeout_s=self.config.train.step_timeout_s)
+        shards = self._call("validate", size, use="validation", timeout_s=self.config.train.step_timeout_s)
         shards = [shard for shard in shards if shard]  # a rank may get no held-out sample at all
         ids = np.concatenate([shard["sample_ids"] for shard in shards])
         order = np.argsort(ids)
@@ -372,9 +443,15 @@ class JobRunner(threading.Thread):
             raise RuntimeError(f"validation covered samples {sorted(ids.tolist())[:10]}…, not each of {size} once")
         outputs = {name: np.concatenate([shard[name] for shard in shards])[order]
                    for name in shards[0] if name != "sample_ids"}
-        metrics = self.task.validation_metrics(outputs)
-        log.info("job %s: validation at step %d: %s", self.job_id, step, metrics)
-        self.store.record_validation(self.job_id, {"step": step, "metrics": metrics})
+        results = self.task.validation_metrics(outputs)
+        log.info("job %s: validation at step %d: %s", self.job_id, step, results)
+        self.store.record_validation(self.job_id, {"step": step, "metrics": results})
+        self._export(metrics.VALIDATION_METRIC, results)
+
+    def _export(self, gauge: Gauge, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            gauge.labels(self.job_id, self.job.kind, name).set(value)
+            self._exported.add((gauge, name))
 
     def _size_decode_pool(self, data_wait_fraction: float) -> None:
         """Grow the decode pool while trainers wait for clips, shrink it when they never do (between
@@ -390,7 +467,7 @@ class JobRunner(threading.Thread):
         removed = self._pool.resize(decision.size, timeout_s=min(timeout_s, 30.0))
         if len(self._pool.actors) == size:
             return  # no room after all: the workers did not start
-        self._group.call("set_decode_actors", self._pool.actors, timeout_s=timeout_s)
+        self._call("set_decode_actors", self._pool.actors, use="data_wait", timeout_s=timeout_s)
         kill_actors(removed)  # no trainer sends them work any more
         self.decode_workers = len(self._pool.actors)
         self.metrics_endpoints["decode"] = self._pool.metrics_endpoints
@@ -428,11 +505,13 @@ class JobRunner(threading.Thread):
 
     def _checkpoint(self, step: int) -> str:
         root = self.settings.job_dir(self.job_id) / "checkpoints"
-        saved = self._group.call("save_checkpoint", str(root), step, timeout_s=self.config.train.step_timeout_s)
+        saved = self._call("save_checkpoint", str(root), step, use="checkpoint",
+                           timeout_s=self.config.train.step_timeout_s)
         folder = checkpoint_folder(root, step)
         assert set(saved) == {str(folder)}, f"ranks saved into {saved}"
         commit(folder, {"job_id": self.job_id, "step": step, "world_size": self.world_size})
         self.store.record_checkpoint(self.job_id, step, str(folder), self.world_size)
+        self.usage.kept(step)
         self._checkpointed_step = step
         self._prune_checkpoints()
         self.metrics_endpoints["decode"] = self._pool.refresh_endpoints(self.config.train.step_timeout_s)

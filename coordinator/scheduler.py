@@ -11,9 +11,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from typing import Callable
 
-from coordinator.metrics import ScrapeTargets
+from coordinator import metrics
+from coordinator.discovery import ScrapeTargets
 from coordinator.runner import JobRunner, RunnerSettings, resource_demand
 from coordinator.state import InvalidTransition, JobState
 from coordinator.store import JobNotFound, JobRecord, JobStore
@@ -108,6 +110,7 @@ class Scheduler:
                 self._note_waiting(job, free)
                 self._preempt_for(job, free)
                 return  # strict order: nothing jumps the head of the queue
+            queued_at = self.store.queued_since(job.job_id)
             runner = self.runner_factory(self.store, job, world, self.settings, on_exit=self._runner_exited,
                                          fit_world_size=self.fit_world_size, grow_target=self.grow_target,
                                          decode_limit=self.decode_limit)
@@ -118,6 +121,7 @@ class Scheduler:
                 except InvalidTransition:
                     continue  # cancelled since the queue was read
                 self.runners[job.job_id] = runner
+            metrics.QUEUE_WAIT.observe(time.time() - queued_at)
             for key, amount in runner.demand.items():
                 free[key] = free.get(key, 0.0) - amount
             runner.start()

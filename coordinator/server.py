@@ -15,7 +15,7 @@ import ray
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from coordinator.metrics import ScrapeTargets, serve_coordinator_metrics
+from coordinator.discovery import MetricsServer, ScrapeTargets
 from coordinator.runner import RunnerSettings
 from coordinator.scheduler import Scheduler
 from coordinator.service import JobService
@@ -39,27 +39,44 @@ class ServeOptions:
     start_timeout_s: float = 300.0
     worker_host: str | None = None  # where workers listen; default: the listen host embedded, each node's address on a cluster
     placement_timeout_s: float = 60.0
+    # The embedded Ray's dashboard, on loopback only (its job API runs commands): 0 lets Ray pick
+    # (8265, or the next free port); None: no dashboard.
+    ray_dashboard_port: int | None = 0
 
 
-def start_ray(options: ServeOptions) -> None:
+def start_ray(options: ServeOptions) -> str:
+    """Connect to (or start) Ray; returns the address of Ray's dashboard ("" without one)."""
     if options.ray_address:
-        ray.init(address=options.ray_address, namespace="internvideo", log_to_driver=False)
-        return
+        return ray.init(address=options.ray_address, namespace="internvideo", log_to_driver=False).dashboard_url or ""
     # Logical CPU slots, not cores: a trainer and a decode worker each hold one, and the
     # demo's 2 + 2 must fit on a 2-core laptop (they time-share the cores).
     num_cpus = options.num_cpus or max(4, os.cpu_count() or 1)
     # On a loaded small machine the local GCS can take longer than Ray's default wait to come up.
     os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "60")
+    services = logging.getLogger("ray._private.services")
     for attempt in range(1, RAY_START_ATTEMPTS + 1):
+        last = attempt == RAY_START_ATTEMPTS
+        # Ray logs a failed start at ERROR (several lines) before raising; a start we retry is one
+        # warning of ours instead, and only the last attempt's failure is shown in full.
+        level = services.level
+        if not last:
+            services.setLevel(logging.CRITICAL)
         try:
-            ray.init(num_cpus=num_cpus, namespace="internvideo", include_dashboard=False, log_to_driver=False)
-            return
+            dashboard = options.ray_dashboard_port is not None
+            context = ray.init(num_cpus=num_cpus, namespace="internvideo", log_to_driver=False,
+                               include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                               dashboard_port=options.ray_dashboard_port or None)
+            return context.dashboard_url or ""
         except Exception as err:  # noqa: BLE001 — Ray raises bare Exception/RuntimeError on slow starts
-            # Start-up timeouts (GCS port file, raylet registration) pass on a second try.
-            if attempt == RAY_START_ATTEMPTS:
+            # Start-up timeouts (GCS port file, raylet registration) and the dashboard process's
+            # rare abort at start (return code -6, about 1 start in 13 on a loaded 2-core machine)
+            # pass on a second try.
+            if last:
                 raise
             log.warning("local Ray did not start (%s); trying again", err)
             ray.shutdown()
+        finally:
+            services.setLevel(level)
 
 
 def cluster_resources() -> dict[str, float]:
@@ -99,27 +116,29 @@ def serve(options: ServeOptions) -> int:
     options.state_dir.mkdir(parents=True, exist_ok=True)
     server, port = bind_server(options.host, options.port)
     store = JobStore(options.state_dir / "jobs.sqlite")
-    metrics_port = serve_coordinator_metrics(store, options.host, options.metrics_port)
-    start_ray(options)
+    metrics_server = MetricsServer(store, options.host, options.metrics_port)
+    metrics_port = metrics_server.port
+    ray_dashboard = start_ray(options)
     # Embedded, every worker runs on this machine: their servers listen where the coordinator does.
     settings = RunnerSettings(state_dir=options.state_dir, trainer_bundle=trainer_bundle(),
                               start_timeout_s=options.start_timeout_s, placement_timeout_s=options.placement_timeout_s,
                               worker_host=options.worker_host or (None if options.ray_address else options.host))
     targets = ScrapeTargets(options.state_dir / "prometheus" / "targets.json", f"{options.host}:{metrics_port}")
+    metrics_server.targets = targets
     scheduler = Scheduler(store, settings, cluster_resources, scrape_targets=targets)
     scheduler.start()
-    health_servicer = add_services(server, JobService(store, scheduler))
+    health_servicer = add_services(server, JobService(store, scheduler, ray_dashboard=ray_dashboard))
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     # Where to find this coordinator (ports may have been picked by the OS with port 0).
     endpoints = options.state_dir / "coordinator.json"
     endpoints.write_text(json.dumps({"grpc": f"{options.host}:{port}", "metrics": f"{options.host}:{metrics_port}",
-                                     "pid": os.getpid()}))
+                                     "ray_dashboard": ray_dashboard, "pid": os.getpid()}))
     log.info("serving on %s:%d (metrics on :%d, state in %s, trainers use %s)",
              options.host, port, metrics_port, options.state_dir, settings.trainer_bundle)
-    print(f"internvideo coordinator listening on {options.host}:{port}; metrics on {options.host}:{metrics_port}",
-          flush=True)
+    print(f"internvideo coordinator listening on {options.host}:{port}; metrics on {options.host}:{metrics_port}"
+          + (f"; Ray dashboard on http://{ray_dashboard}" if ray_dashboard else ""), flush=True)
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -130,6 +149,7 @@ def serve(options: ServeOptions) -> int:
     health_servicer.enter_graceful_shutdown()
     server.stop(grace=5).wait()
     scheduler.stop()
+    metrics_server.close()
     store.close()
     ray.shutdown()
     return 0

@@ -7,6 +7,7 @@ import grpc
 import ray
 
 from coordinator import convert
+from coordinator.efficiency import job_efficiency
 from coordinator.recipe import plan_recipe
 from coordinator.scheduler import Scheduler
 from coordinator.state import InvalidTransition, JobState
@@ -20,8 +21,8 @@ MAX_PAGE_SIZE = 1000
 
 
 class JobService(pb_grpc.JobServiceServicer):
-    def __init__(self, store: JobStore, scheduler: Scheduler, watch_poll_s: float = 1.0) -> None:
-        self.store, self.scheduler = store, scheduler
+    def __init__(self, store: JobStore, scheduler: Scheduler, watch_poll_s: float = 1.0, ray_dashboard: str = "") -> None:
+        self.store, self.scheduler, self.ray_dashboard = store, scheduler, ray_dashboard
         self.watch_poll_s = watch_poll_s
 
     def _job(self, job_id: str, context: grpc.ServicerContext) -> pb.Job:
@@ -63,6 +64,15 @@ class JobService(pb_grpc.JobServiceServicer):
 
     def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.Job:
         return self._job(request.job_id, context)
+
+    def GetJobEfficiency(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.JobEfficiency:
+        try:
+            job = self.store.get_job(request.job_id)
+        except JobNotFound:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"job_id: no job {request.job_id!r}")
+        _, usage = self.store.usage([job.job_id]).get(job.job_id, ("", None))
+        efficiency = job_efficiency(self.store.events_after(job.job_id, 0), usage, job.config["train"]["global_batch"])
+        return convert.efficiency_to_proto(job.job_id, efficiency)
 
     def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.ListJobsResponse:
         try:
@@ -115,7 +125,7 @@ class JobService(pb_grpc.JobServiceServicer):
                                 metrics_endpoints=[e for es in r.metrics_endpoints.values() for e in es])
                 for r in self.scheduler.active_runners()]
         return pb.ClusterStatus(
-            nodes=nodes, trainer_resource=resource, jobs=jobs,
+            nodes=nodes, trainer_resource=resource, jobs=jobs, ray_dashboard=self.ray_dashboard,
             trainer_slots_total=total.get(resource, 0.0) / bundle[resource],
             trainer_slots_free=max(0.0, free.get(resource, 0.0)) / bundle[resource],
             total={k: v for k, v in total.items() if k in ("CPU", "GPU")},

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from coordinator.state import JobState, check_transition
+from coordinator.usage import JobUsage, Usage
 
 # Each entry moves the schema one version up; PRAGMA user_version records how far a file is.
 MIGRATIONS: tuple[str, ...] = (
@@ -67,6 +68,17 @@ MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE jobs ADD COLUMN failures INTEGER NOT NULL DEFAULT 0",
     # What the scheduler needs of a job, derived once at submit ('{}' for jobs stored before).
     "ALTER TABLE jobs ADD COLUMN needs_json TEXT NOT NULL DEFAULT '{}'",
+    # Goodput: each job's GPU-time and energy by use, and the GPU-time its trainers were held.
+    """
+    CREATE TABLE job_usage (
+        job_id      TEXT NOT NULL REFERENCES jobs(job_id),
+        use         TEXT NOT NULL,
+        gpu_seconds REAL NOT NULL,
+        joules      REAL NOT NULL,
+        PRIMARY KEY (job_id, use)
+    );
+    ALTER TABLE jobs ADD COLUMN held_gpu_seconds REAL NOT NULL DEFAULT 0;
+    """,
 )
 
 
@@ -142,7 +154,7 @@ class JobEvent:
     job_id: str
     seq: int
     time: float
-    type: str  # state | progress | checkpoint | skipped_video | result | decode_pool | validation
+    type: str  # state | progress | checkpoint | skipped_video | result | decode_pool | validation | workers
     payload: dict[str, Any] = field(default_factory=dict)
 
 
@@ -289,6 +301,39 @@ class JobStore:
 
         self._write(write)
 
+    def record_workers(self, job_id: str, workers: list[dict[str, Any]]) -> None:
+        """An attempt's workers started: what each one runs on (device, peak FLOP/s, energy source)."""
+        self._write(lambda db: self._append(db, job_id, "workers", {"workers": workers}))
+
+    def add_usage(self, job_id: str, charged: dict[str, Usage], held_gpu_seconds: float) -> None:
+        """Add GPU-time and energy by use (see ``coordinator.usage``) to the job's totals."""
+        def write(db: sqlite3.Connection) -> None:
+            self._row(db, job_id)
+            for use, usage in charged.items():
+                db.execute("INSERT INTO job_usage VALUES (?,?,?,?) ON CONFLICT (job_id, use) DO UPDATE SET"
+                           " gpu_seconds = gpu_seconds + excluded.gpu_seconds, joules = joules + excluded.joules",
+                           (job_id, use, usage.gpu_seconds, usage.joules))
+            db.execute("UPDATE jobs SET held_gpu_seconds = held_gpu_seconds + ? WHERE job_id = ?",
+                       (held_gpu_seconds, job_id))
+
+        self._write(write)
+
+    def usage(self, job_ids: Iterable[str] = (), updated_since: float = 0.0) -> dict[str, tuple[str, JobUsage]]:
+        """job id → (kind, GPU-time and energy by use) of the jobs in ``job_ids`` (all, if empty)
+        updated since ``updated_since`` that have used anything."""
+        job_ids = list(job_ids)
+        where = "updated_at >= ?" + (f" AND job_id IN ({','.join('?' * len(job_ids))})" if job_ids else "")
+        with self._lock:
+            jobs = self._db.execute(f"SELECT job_id, kind, held_gpu_seconds FROM jobs WHERE {where}",
+                                    [updated_since, *job_ids]).fetchall()
+            rows = self._db.execute(f"SELECT u.* FROM job_usage u JOIN jobs USING (job_id) WHERE {where}",
+                                    [updated_since, *job_ids]).fetchall()
+        uses: dict[str, dict[str, Usage]] = {}
+        for r in rows:
+            uses.setdefault(r["job_id"], {})[r["use"]] = Usage(r["gpu_seconds"], r["joules"])
+        return {r["job_id"]: (r["kind"], JobUsage(uses.get(r["job_id"], {}), r["held_gpu_seconds"]))
+                for r in jobs if r["job_id"] in uses or r["held_gpu_seconds"]}
+
     def record_result(self, job_id: str, result: dict[str, Any]) -> None:
         def write(db: sqlite3.Connection) -> None:
             self._update(db, job_id, result=result)
@@ -374,6 +419,16 @@ class JobStore:
         with self._lock:
             rows = self._db.execute("SELECT * FROM skipped_videos WHERE job_id = ? ORDER BY path", (job_id,)).fetchall()
         return [SkippedVideoRecord(r["path"], r["reason"], r["detail"], r["count"]) for r in rows]
+
+    def queued_since(self, job_id: str) -> float:
+        """When the job last entered the queue (submitted or requeued)."""
+        with self._lock:
+            row = self._db.execute("SELECT time FROM events WHERE job_id = ? AND type = 'state' AND "
+                                   "json_extract(payload, '$.to') = ? ORDER BY seq DESC LIMIT 1",
+                                   (job_id, JobState.QUEUED.value)).fetchone()
+        if row is None:
+            raise JobNotFound(job_id)
+        return row["time"]
 
     def count_by_state(self) -> dict[JobState, int]:
         with self._lock:

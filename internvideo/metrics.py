@@ -2,7 +2,8 @@
 
 Here: top-k and per-class classification accuracy, the confusion matrix, multi-view score averaging
 (VideoMAE-style clips x crops testing), text<->video retrieval with several captions per video, the
-dual-softmax re-scoring used by CAMoE/InternVideo retrieval, and multiple-choice accuracy.
+dual-softmax re-scoring used by CAMoE/InternVideo retrieval, multiple-choice accuracy, and temporal
+action detection mAP at tIoU thresholds (ActivityNet's interpolated average precision).
 
 Conventions:
 
@@ -21,11 +22,17 @@ Conventions:
   to v is >= c's; v's other captions are not competitors, since only v's best caption counts. The video's
   rank is the best (smallest) of these, i.e. that of its most similar own caption. MdR is
   ``numpy.median`` of the ranks (the mean of the two middle ranks for an even count), MnR their mean.
+* Detection: segments are ``(start, end)`` in seconds; tIoU is intersection over union of the two
+  intervals. Predictions are matched in descending score (ties in the order given) to the
+  ground truth of their video and class with the highest tIoU not yet matched at that threshold;
+  a class's AP is the area under its precision–recall curve made monotone (ActivityNet's
+  ``interpolated_prec_rec``); a class with ground truth but no prediction has AP 0.
 * Bad input (shape mismatch, an index out of range, empty input, NaN scores) raises ``ValueError``.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -199,3 +206,87 @@ def multiple_choice_accuracy(scores: torch.Tensor, answers: torch.Tensor) -> flo
     _check_scores("scores", scores)
     _check_indices("answers", answers, *scores.shape)
     return topk_accuracy(scores, answers, ks=(1,))["top1"]
+
+
+THUMOS_TIOUS = (0.3, 0.4, 0.5, 0.6, 0.7)
+ACTIVITYNET_TIOUS = tuple(float(t) for t in np.round(np.linspace(0.5, 0.95, 10), 2))
+
+
+@dataclass(frozen=True)
+class Segment:
+    """An action instance (ground truth) or a detection (``score``) in one video, in seconds."""
+
+    video: str
+    label: int
+    start: float
+    end: float
+    score: float = 1.0
+
+
+def temporal_iou(segment: tuple[float, float], segments: np.ndarray) -> np.ndarray:
+    """tIoU of ``(start, end)`` with each row of ``segments`` (N, 2)."""
+    segments = np.asarray(segments, dtype=np.float64).reshape(-1, 2)
+    inter = np.clip(np.minimum(segment[1], segments[:, 1]) - np.maximum(segment[0], segments[:, 0]), 0, None)
+    union = (segment[1] - segment[0]) + (segments[:, 1] - segments[:, 0]) - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def interpolated_average_precision(precision: np.ndarray, recall: np.ndarray) -> float:
+    """Area under the precision–recall curve after making precision non-increasing in recall."""
+    mprec = np.concatenate([[0.0], precision, [0.0]])
+    mrec = np.concatenate([[0.0], recall, [1.0]])
+    mprec = np.maximum.accumulate(mprec[::-1])[::-1]
+    changed = np.flatnonzero(mrec[1:] != mrec[:-1]) + 1
+    return float(np.sum((mrec[changed] - mrec[changed - 1]) * mprec[changed]))
+
+
+def _class_average_precision(truth: Sequence[Segment], detections: Sequence[Segment],
+                             thresholds: Sequence[float]) -> np.ndarray:
+    """AP at each threshold of one class's detections against its ground truth."""
+    if not detections:
+        return np.zeros(len(thresholds))
+    by_video: dict[str, list[int]] = {}
+    for i, t in enumerate(truth):
+        by_video.setdefault(t.video, []).append(i)
+    bounds = np.array([(t.start, t.end) for t in truth], dtype=np.float64).reshape(-1, 2)
+    order = sorted(range(len(detections)), key=lambda i: -detections[i].score)  # stable: ties keep their order
+    tp = np.zeros((len(thresholds), len(order)))
+    matched = np.zeros((len(thresholds), len(truth)), dtype=bool)
+    for rank, i in enumerate(order):
+        candidates = by_video.get(detections[i].video, [])
+        if not candidates:
+            continue
+        tious = temporal_iou((detections[i].start, detections[i].end), bounds[candidates])
+        for t, threshold in enumerate(thresholds):
+            for j in np.argsort(-tious, kind="stable"):
+                if tious[j] < threshold:
+                    break
+                if not matched[t, candidates[j]]:
+                    matched[t, candidates[j]] = True
+                    tp[t, rank] = 1
+                    break
+    tp_cum = np.cumsum(tp, axis=1)
+    precision = tp_cum / np.arange(1, len(order) + 1)
+    recall = tp_cum / len(truth)
+    return np.array([interpolated_average_precision(precision[t], recall[t]) for t in range(len(thresholds))])
+
+
+def detection_map(ground_truth: Sequence[Segment], detections: Sequence[Segment],
+                  tiou_thresholds: Sequence[float] = THUMOS_TIOUS) -> dict[str, float]:
+    """Temporal action detection: ``mAP@<t>`` (fractions) at each tIoU threshold, averaged over the
+    classes that have ground truth, and ``average_mAP`` over the thresholds. Detections of classes
+    without ground truth count nowhere (as in ActivityNet's evaluation)."""
+    if not ground_truth:
+        raise ValueError("ground_truth is empty")
+    if not tiou_thresholds or not all(0 < t <= 1 for t in tiou_thresholds):
+        raise ValueError(f"tIoU thresholds must be in (0, 1], got {list(tiou_thresholds)}")
+    for name, segments in (("ground_truth", ground_truth), ("detections", detections)):
+        bad = [s for s in segments if not (np.isfinite([s.start, s.end, s.score]).all() and s.end >= s.start)]
+        if bad:
+            raise ValueError(f"{name}: {len(bad)} segments with end < start or a non-finite value, e.g. {bad[0]}")
+    classes = sorted({s.label for s in ground_truth})
+    per_class = np.stack([_class_average_precision([s for s in ground_truth if s.label == c],
+                                                   [s for s in detections if s.label == c], tiou_thresholds)
+                          for c in classes])
+    means = per_class.mean(axis=0)
+    return {**{f"mAP@{t:g}": float(m) for t, m in zip(tiou_thresholds, means)}, "average_mAP": float(means.mean())}

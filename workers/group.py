@@ -6,6 +6,7 @@ grouped errors).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,8 @@ class WorkerGroup:
     workers: list[ray.actor.ActorHandle]
     placement: PlacementGroup
     infos: list[dict[str, Any]]
+    placed_at: float  # time.perf_counter() when the placement group was ready: the devices are held
+    last_call_joules: float = 0.0  # of the last call (or of the set-up, after create)
 
     @property
     def world_size(self) -> int:
@@ -43,6 +46,7 @@ class WorkerGroup:
             placement_timeout_s = placement_timeout_s or timeout_s
             if not pg.wait(timeout_seconds=placement_timeout_s):
                 raise PlacementTimeout(f"no room for {world_size} × {bundle} within {placement_timeout_s:.0f}s")
+            placed_at = time.perf_counter()
             actor_cls = ray.remote(EncoderWorker)
             for rank in range(world_size):
                 workers.append(actor_cls.options(
@@ -57,10 +61,14 @@ class WorkerGroup:
         except BaseException:
             _teardown(workers, pg)
             raise
-        return cls(workers, pg, infos)
+        return cls(workers, pg, infos, placed_at, sum(info["energy_joules"] for info in infos))
 
     def call(self, method: str, *args: Any, timeout_s: float) -> list[Any]:
-        return gather([getattr(w, method).remote(*args) for w in self.workers], timeout_s, method)
+        """``method`` on every worker; the joules they used since their previous call are left in
+        ``last_call_joules``."""
+        answers = gather([w.metered.remote(method, *args) for w in self.workers], timeout_s, method)
+        self.last_call_joules = sum(joules for _, joules in answers)
+        return [result for result, _ in answers]
 
     def shutdown(self) -> None:
         _teardown(self.workers, self.placement)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import threading
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from workers.energy import export_node_energy
 
 TRAIN_LABELS = ("job", "kind", "encoder", "rank")
 DECODE_LABELS = ("job", "pool")
@@ -21,6 +23,11 @@ TRAIN_DATA_WAIT = Counter("internvideo_train_data_wait_seconds",
                           "Time a trainer waited for decoded clips", TRAIN_LABELS)
 TRAIN_MODEL_FLOPS = Counter("internvideo_train_model_flops",
                             "Model FLOPs executed (forward + backward), for MFU", TRAIN_LABELS)
+
+ENERGY = Counter("internvideo_energy_joules", "Energy of each worker's device, labelled with where the figure "
+                 "comes from (nvml, nvml_power, rapl, estimate)", (*TRAIN_LABELS, "device", "source"))
+PEAK_FLOPS = Gauge("internvideo_device_peak_flops", "Peak FLOP/s of the worker's device in the dtype it trains "
+                   "in (absent where unknown)", TRAIN_LABELS)
 
 DECODE_CLIPS = Counter("internvideo_decode_clips", "Clips decoded and transformed", DECODE_LABELS)
 DECODE_FRAMES = Counter("internvideo_decode_frames", "Frames decoded", DECODE_LABELS)
@@ -41,10 +48,12 @@ _endpoint_lock = threading.Lock()
 
 
 def serve_metrics(host: str) -> str:
-    """Start this process's /metrics server once (on a free port); returns ``host:port``."""
+    """Start this process's /metrics server once (on a free port), and its bid to export the node's
+    RAPL energy; returns ``host:port``."""
     global _endpoint
     with _endpoint_lock:
         if _endpoint is None:
             server, _ = start_http_server(0, addr=host)
             _endpoint = f"{host}:{server.server_port}"
+            export_node_energy(host)
         return _endpoint

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import os
+import platform
 import socket
 import time
 from pathlib import Path
@@ -26,6 +27,8 @@ from workers import engine as ds
 from workers import telemetry
 from workers.checkpoint import checkpoint_folder
 from workers.decode import ClipStream, held_out_batches
+from workers.energy import EnergyMeter, cpu_worker_meter, gpu_meter
+from workers.peak_flops import device_peak
 
 
 class EncoderWorker:
@@ -37,6 +40,9 @@ class EncoderWorker:
         self.task = task.load()
         self.config = self.task.config
         labels = {"job": job_id, "kind": self.task.kind, "encoder": self.task.encoder, "rank": str(rank)}
+        self._labels = labels
+        self._meter = self._energy_meter()
+        self._joules_read: dict[tuple[str, str, str], float] = {}
         self._samples = telemetry.TRAIN_SAMPLES.labels(**labels)
         self._steps = telemetry.TRAIN_STEPS.labels(**labels)
         self._step_seconds = telemetry.TRAIN_STEP_SECONDS.labels(**labels)
@@ -44,6 +50,30 @@ class EncoderWorker:
         self._flops = telemetry.TRAIN_MODEL_FLOPS.labels(**labels)
         self.metrics_endpoint = telemetry.serve_metrics(self.host) if serve_metrics else ""
         self.engine = None
+
+    def _energy_meter(self) -> EnergyMeter:
+        declared = self.config.telemetry.declared_watts
+        if torch.cuda.is_available():  # Ray gives the actor its GPU through CUDA_VISIBLE_DEVICES
+            return gpu_meter(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0], declared)
+        return cpu_worker_meter(_threads(), declared)
+
+    def joules_since_last_read(self) -> float:
+        """Energy of this worker's device since the previous read (exported as it is read)."""
+        total = 0.0
+        for reading in self._meter.read():
+            key = (reading.device, reading.index, reading.source)
+            # A counter that went back (NVML's, after a driver reload) starts again from its new value.
+            delta = max(0.0, reading.joules - self._joules_read.get(key, 0.0))
+            self._joules_read[key] = reading.joules
+            telemetry.ENERGY.labels(**self._labels, device=reading.device, source=reading.source).inc(delta)
+            total += delta
+        return total
+
+    def metered(self, method: str, *args: Any) -> tuple[Any, float]:
+        """Run ``method`` and return its result with the joules used since the previous read: every
+        call of the job runner comes through here, so all of a worker's energy is charged to a use."""
+        result = getattr(self, method)(*args)
+        return result, self.joules_since_last_read()
 
     def rendezvous_address(self) -> tuple[str, int]:
         """Rank 0 picks the address every rank joins (a free port on its own node)."""
@@ -56,8 +86,7 @@ class EncoderWorker:
         """Join the process group, build the engine and the clip stream. ``load_universal``: the
         engine will be restored from a universal checkpoint (saved at another world size)."""
         train = self.config.train
-        threads = int(float(os.environ.get("OMP_NUM_THREADS", "0") or 0)) or len(os.sched_getaffinity(0))
-        torch.set_num_threads(max(1, threads))
+        torch.set_num_threads(_threads())
         backend = ds.init_process_group(master_addr=master_addr, master_port=master_port, rank=self.rank,
                                         world_size=self.world_size, timeout_s=timeout_s)
         self.device = torch.device("cuda", 0) if backend == "nccl" else torch.device("cpu")
@@ -66,6 +95,10 @@ class EncoderWorker:
             raise ValueError(f"train.activation_checkpointing: {self.task.kind}'s model has no block stack to checkpoint")
         self.flops_per_clip = self.task.flops_per_sample(model)
         self.dtype = torch.bfloat16 if backend == "nccl" and torch.cuda.is_bf16_supported() else torch.float32
+        device_name = torch.cuda.get_device_name(self.device) if backend == "nccl" else platform.processor() or "cpu"
+        peak = device_peak(device_name, self.dtype, self.config.telemetry.peak_flops)
+        if peak.flops is not None:
+            telemetry.PEAK_FLOPS.labels(**self._labels).set(peak.flops)
         self.accumulation = gradient_accumulation(train.global_batch, train.micro_batch, self.world_size)
         self.engine = ds.build_engine(
             model, self.task.param_groups(model), micro_batch=train.micro_batch, accumulation=self.accumulation,
@@ -79,7 +112,10 @@ class EncoderWorker:
                                  timeout_s=self.config.data.decode_timeout_s)
         return {"backend": backend, "device": str(self.device), "accumulation": self.accumulation,
                 "parameters": sum(p.numel() for p in model.parameters()),
-                "flops_per_clip": self.flops_per_clip, "metrics_endpoint": self.metrics_endpoint}
+                "flops_per_clip": self.flops_per_clip, "metrics_endpoint": self.metrics_endpoint,
+                "device_name": device_name, "peak_flops": peak.flops, "peak": peak.label,
+                "energy_sources": sorted({r.source for r in self._meter.read()}),
+                "energy_joules": self.joules_since_last_read()}
 
     def train_step(self, step: int) -> dict[str, Any]:
         """Run optimizer step ``step`` (0-based) over this rank's share of the global batch."""
@@ -104,6 +140,7 @@ class EncoderWorker:
         self._data_wait.inc(feed.waited)
         self._flops.inc(feed.samples * self.flops_per_clip)
         return {"step": step, "metrics": metrics, "samples": feed.samples, "seconds": seconds,
+                "model_flops": feed.samples * self.flops_per_clip,
                 "data_wait_seconds": feed.waited, "skipped": feed.skipped, "sample_ids": feed.sample_ids}
 
     def validate(self, num_samples: int) -> dict[str, np.ndarray]:
@@ -153,6 +190,12 @@ class EncoderWorker:
 
     def shutdown(self) -> None:
         ds.destroy_process_group()
+
+
+def _threads() -> int:
+    """The CPU threads this worker may use: OMP_NUM_THREADS (Ray sets it to the actor's CPUs), else
+    the CPUs it may run on."""
+    return max(1, int(float(os.environ.get("OMP_NUM_THREADS", "0") or 0)) or len(os.sched_getaffinity(0)))
 
 
 class _StepFeed:

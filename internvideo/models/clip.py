@@ -317,6 +317,13 @@ class VideoCLIPVisual(nn.Module):
         pooled, tokens = self._run(video)
         return self.ln_post(pooled) @ self.proj, self.ln_post(tokens)
 
+    def context(self, video: Tensor) -> Tensor:
+        """What another model attends to: the video token (where the UniBlocks fused the frames; what
+        a classifier's head reads) followed by every frame's last-layer tokens, normalised
+        (B, 1 + T·(1 + H'·W'), width)."""
+        pooled, tokens = self._run(video)
+        return self.ln_post(torch.cat([pooled[:, None], tokens], dim=1))
+
     def _run(self, video: Tensor) -> tuple[Tensor, Tensor]:
         b, _, t, _, _ = video.shape
         frames = video.transpose(1, 2).flatten(0, 1)  # (B·T, 3, H, W)

@@ -3,7 +3,10 @@ another frozen encoder's, through gated cross-attention and feed-forward blocks.
 
 The gates are ``tanh(α)`` with α initialised to zero, so a freshly built interaction changes
 nothing — the combined model starts exactly as the base model — and training opens the gates
-as far as the other model's tokens help.
+as far as the other model's tokens help. Beside the attention, a linear head reads the other
+model's summary token (CLIP's video token) into the logits — zero-initialised here; the
+``interaction`` kind starts it from the other model's own classifier head — so the two models'
+evidence adds up at the end as well, as InternVideo's predictions combine both models.
 """
 from __future__ import annotations
 
@@ -47,14 +50,18 @@ class ModelInteraction(nn.Module):
 
 class InteractionClassifier(nn.Module):
     """A video classifier whose encoder's tokens consult another encoder's (e.g. VideoMAE's tokens
-    attending to the multimodal encoder's). Both encoders are frozen; the interaction and the
-    classifier's pooled norm and head train."""
+    attending to the multimodal encoder's). Both encoders are frozen; the interaction, the
+    classifier's pooled norm and head, and the head on the other's summary token train."""
 
     def __init__(self, base: VideoClassifier, other: nn.Module, other_dim: int, heads: int, depth: int = 1) -> None:
-        """``other``: any module mapping the same clip (B, C, T, H, W) to tokens (B, M, other_dim)."""
+        """``other``: any module mapping the same clip (B, C, T, H, W) to tokens (B, M, other_dim), the
+        first of which sums the clip up (CLIP's video token)."""
         super().__init__()
         self.base, self.other = base, other
         self.interaction = ModelInteraction(base.config.encoder.embed_dim, other_dim, heads, depth)
+        self.other_head = nn.Linear(other_dim, base.config.num_classes)
+        nn.init.zeros_(self.other_head.weight)  # adds nothing until trained
+        nn.init.zeros_(self.other_head.bias)
         for frozen in (base.encoder, other):
             frozen.requires_grad_(False)
 
@@ -69,4 +76,5 @@ class InteractionClassifier(nn.Module):
             tokens, other = self.base.encoder(video), self.other(video)
         tokens = self.interaction(tokens, other)
         base = self.base
-        return base.head(base.head_dropout(base.fc_norm(tokens.mean(dim=1))))  # (B, num_classes)
+        logits = base.head(base.head_dropout(base.fc_norm(tokens.mean(dim=1))))
+        return logits + self.other_head(other[:, 0])  # (B, num_classes)

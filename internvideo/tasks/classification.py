@@ -47,6 +47,10 @@ from internvideo.tasks.common import ConfigError, JobConfig, Strict
 PRETRAINING_ONLY = ("decoder.*", "encoder_to_decoder.*", "mask_token", "encoder.norm.*",  # VideoMAE
                     "text.*", "caption.*", "logit_scale", "visual.proj")  # pretrain-mm
 HEAD_KEYS = ("fc_norm.*", "head.*")
+# UniFormerV2's local temporal MHRA, which a pretrain-mm checkpoint may not have: zero-initialised, it
+# is an identity until trained, so a video tower may start without it.
+LOCAL_MHRA_KEYS = ("visual.transformer.resblocks.*.lmhra.*",)
+NEW_IN_CLASSIFIER = (*HEAD_KEYS, *LOCAL_MHRA_KEYS)
 
 
 class ClassifierModel(Strict):
@@ -172,7 +176,7 @@ class Classification(Task[ClassificationConfig]):
                                  else CLIPVideoClassifier(model.clip_config(drop_path), model.num_classes,
                                                           model.head_dropout))
         if model.init is not None:
-            load_initial_weights(classifier, model.init, allow_missing=HEAD_KEYS, allow_unexpected=PRETRAINING_ONLY)
+            load_initial_weights(classifier, model.init, allow_missing=NEW_IN_CLASSIFIER, allow_unexpected=PRETRAINING_ONLY)
         if self.config.regularization.ema_decay is not None:
             self._average = WeightAverage(classifier, self.config.regularization.ema_decay)
         return classifier

@@ -203,6 +203,14 @@ class DebugSection(Strict):
         return self
 
 
+class TelemetrySection(Strict):
+    """What the workers cannot find out themselves. Unset: a known GPU's peak comes from a table and
+    its energy from NVML; otherwise MFU is "unknown" and energy an estimate (labelled so)."""
+
+    peak_flops: float | None = Field(None, gt=0)  # per worker, in the dtype it trains in
+    declared_watts: float | None = Field(None, ge=0)  # per worker, where its energy cannot be measured
+
+
 class SharedConfig(BaseModel):
     """What every kind's config has: read by the coordinator, which ignores the kind's own sections."""
 
@@ -210,6 +218,7 @@ class SharedConfig(BaseModel):
 
     data: DataSection
     train: TrainSection
+    telemetry: TelemetrySection = Field(default_factory=TelemetrySection)
     debug: DebugSection = Field(default_factory=DebugSection)
 
     def valid_world_sizes(self, min_workers: int, max_workers: int) -> list[int]:

@@ -1,7 +1,8 @@
 """``interaction``: InternVideo's cross-model interaction — the masked-video encoder's tokens attend to
 the multimodal encoder's through gated cross-attention and feed-forward blocks (tanh gates at 0, so
 training starts exactly at the base classifier), with both encoders loaded from earlier jobs and
-frozen; the interaction blocks, the base's ``fc_norm`` and its head train.
+frozen; the interaction blocks, the base's ``fc_norm`` and its head, and a head on the other's video
+token (the other's own classifier head when its checkpoint has one, else zero) train.
 
 The frozen encoders live inside the model the engine holds, on the same device: they run in every
 forward, and keeping them in the engine's module means one object moves, saves and restores the
@@ -26,6 +27,7 @@ from internvideo.tasks import register_task
 from internvideo.tasks.base import check_weights_path, load_initial_weights, unwrap
 from internvideo.tasks.classification import (
     HEAD_KEYS,
+    LOCAL_MHRA_KEYS,
     PRETRAINING_ONLY,
     Classification,
     ClassificationConfig,
@@ -81,14 +83,24 @@ class InteractionConfig(ClassificationConfig):
 
 class FrameTokens(nn.Module):
     """The multimodal video tower as the interaction reads it: a clip (B, 3, T, H, W), every
-    ``stride``-th frame, to its last layer's tokens (B, M, width)."""
+    ``stride``-th frame, to its video token and its last layer's tokens (B, M, width) — the video
+    token carries what its UniBlocks learned across frames, which no single frame's token has."""
 
     def __init__(self, visual: VideoCLIPVisual, stride: int) -> None:
         super().__init__()
         self.visual, self.stride = visual, stride
 
     def forward(self, video: Tensor) -> Tensor:
-        return self.visual.encode(video[:, :, ::self.stride])[1]
+        return self.visual.context(video[:, :, ::self.stride])
+
+
+class OtherHead(nn.Module):
+    """The interaction's head on the other encoder's video token, named as in that encoder's
+    classifier checkpoint (``head.*``)."""
+
+    def __init__(self, head: nn.Linear) -> None:
+        super().__init__()
+        self.head = head
 
 
 @register_task
@@ -109,9 +121,15 @@ class Interaction(Classification):
         visual = VideoCLIPVisual(clip_visual_config(other.size, image_size=config.model.img_size,
                                                     num_frames=other.num_frames, **other.overrides))
         tokens = FrameTokens(visual, config.model.num_frames // other.num_frames)
-        load_initial_weights(tokens, other.init, field="model.other.init",
+        load_initial_weights(tokens, other.init, field="model.other.init", allow_missing=LOCAL_MHRA_KEYS,
                              allow_unexpected=(*PRETRAINING_ONLY, *HEAD_KEYS))
-        return InteractionClassifier(base, tokens, visual.config.width, config.model.heads, config.model.depth)
+        model = InteractionClassifier(base, tokens, visual.config.width, config.model.heads, config.model.depth)
+        # A post-pretrained other encoder brings its classifier: its head reads the same video token,
+        # so the combination starts as the two classifiers' summed logits (a pretraining's has none:
+        # the head starts at zero, and the combination as the base classifier).
+        load_initial_weights(OtherHead(model.other_head), other.init, field="model.other.init",
+                             allow_missing=("head.*",), allow_unexpected=("*",))
+        return model
 
     def flops_per_sample(self, model: nn.Module) -> float:
         """The two frozen encoders' forward passes, and forward and backward of what trains: its

@@ -1,13 +1,15 @@
 """A real coordinator process (gRPC on 127.0.0.1, embedded Ray, SQLite) shared by a module's tests."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -36,12 +38,14 @@ class Coordinator:
     address: str = ""
     metrics_port: int = 0
     process: subprocess.Popen | None = None
+    env: dict[str, str] = field(default_factory=dict)  # for the coordinator and the Ray processes it starts
 
     def start(self) -> None:
         # A job kind from the test folder, known to the coordinator and its workers only through the
         # registry's INTERNVIDEO_TASK_MODULES: adding a kind touches no coordinator or worker code.
         self.process, info = launch_coordinator(self.state_dir, self.log_path, "--num-cpus", "4",
-                                                env={"INTERNVIDEO_TASK_MODULES": "tests.integration.tiny_kind"})
+                                                env={"INTERNVIDEO_TASK_MODULES": "tests.integration.tiny_kind",
+                                                     **self.env})
         self.address, self.metrics_port = info["grpc"], int(info["metrics"].rsplit(":", 1)[1])
 
     def kill(self) -> None:
@@ -71,13 +75,20 @@ def dataset(tmp_path_factory):
     return write_synthetic_dataset(tmp_path_factory.mktemp("synth"), num_videos=32, num_frames=24, size=64, seed=0)
 
 
+@contextlib.contextmanager
+def running_coordinator(root: Path, **env: str) -> Iterator[Coordinator]:
+    coord = Coordinator(state_dir=root / "state", log_path=root / "coordinator.log", env=env)
+    coord.start()
+    try:
+        yield coord
+    finally:
+        coord.stop()
+
+
 @pytest.fixture(scope="module")
 def coordinator(tmp_path_factory):
-    root = tmp_path_factory.mktemp("coordinator")
-    coord = Coordinator(state_dir=root / "state", log_path=root / "coordinator.log")
-    coord.start()
-    yield coord
-    coord.stop()
+    with running_coordinator(tmp_path_factory.mktemp("coordinator")) as coord:
+        yield coord
 
 
 @pytest.fixture

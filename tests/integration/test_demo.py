@@ -18,8 +18,20 @@ def test_the_demo_runs_the_whole_chain_and_ends_with_a_table(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     lines = run.stdout.split("recipe finished in ")[1].splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("stage "))
-    table = lines[header + 1:]
-    assert [line.split()[0] for line in table] == [f"internvideo-tiny/{s}" for s in
-                                                   ("mae", "mm", "post-mae", "post-mm", "interaction")]
+    stages = [f"internvideo-tiny/{s}" for s in ("mae", "mm", "post-mae", "post-mm", "interaction")]
+    table = lines[header + 1:header + 1 + len(stages)]
+    assert [line.split()[0] for line in table] == stages
     assert all(line.split()[2] == "SUCCEEDED" for line in table), table
     assert "final_loss=" in table[0] and "val_t2v_r1=" in table[1] and "val_top1=" in table[4]
+
+    # The efficiency table: energy labelled as estimated on this machine, a report page per stage.
+    assert "energy estimated from declared power" in run.stdout
+    header = next(i for i, line in enumerate(lines) if line.startswith("job ") and "goodput" in line)
+    efficiency = lines[header + 1:header + 1 + len(stages)]
+    assert [line.split()[0] for line in efficiency] == stages
+    assert all(line.endswith("estimate") and "%" in line.split()[2] for line in efficiency), efficiency
+    for stage in ("mae", "mm", "post-mae", "post-mm", "interaction"):
+        assert (tmp_path / "demo" / "reports" / stage / "index.html").exists()
+    # A newcomer's first start prints no error (Ray's dashboard has what it needs).
+    log = (tmp_path / "demo" / "coordinator.log").read_text()
+    assert not [line for line in log.splitlines() if " ERROR " in line or line.startswith("ERROR")], log[-3000:]

@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
+from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator.client import JobClient, read_config
@@ -293,6 +297,23 @@ def test_a_killed_trainer_is_replaced_and_training_continues_exactly(client, dat
     # uninterrupted run's, to the bit (same world size, same samples, same masks).
     final_loss_of_step = {p.step: p.loss for p in progress}
     assert [final_loss_of_step[s] for s in range(1, 31)] == uninterrupted_losses
+
+    # Goodput adds up: every GPU-second the job held is kept or lost, and the first runs of steps 5
+    # and 6 (their compute, less any wait for clips) are lost as redone.
+    efficiency = client.efficiency(job.job_id)
+    held_s = efficiency.figures["gpu_hours"] * 3600
+    kept_s = efficiency.figures["goodput"] * held_s
+    lost = efficiency.lost_gpu_seconds
+    assert kept_s + sum(lost.values()) == pytest.approx(held_s, rel=1e-9, abs=1e-6)
+    first_runs_of_5_and_6 = 2 * (progress[4].step_seconds + progress[5].step_seconds)  # 2 workers
+    assert 0 < lost["redone"] <= first_runs_of_5_and_6 + 1e-3
+    assert all(lost[use] > 0 for use in ("recovery", "startup", "checkpoint", "teardown", "overhead", "idle"))
+    assert progress[-1].held_gpu_seconds <= held_s and progress[-1].kept_gpu_seconds <= kept_s
+    # No GPU here: each worker's energy is an estimate (10 W per CPU it holds), and says so.
+    assert list(efficiency.energy_sources) == ["estimate"] and efficiency.peak == "unknown"
+    assert "mfu" not in efficiency.figures
+    assert 5 < efficiency.figures["watts_per_device"] <= 10.0 + 1e-6
+    assert job.result.metrics["goodput"] == pytest.approx(efficiency.figures["goodput"])
     assert client.cluster().trainer_slots_free == total and not client.cluster().jobs
     assert wait_for(lambda: not worker_pids(coordinator, "EncoderWorker"), 10, "the trainers to be gone")
 
@@ -403,3 +424,41 @@ def test_a_kind_from_outside_the_package_runs_through_the_coordinator(client, da
     assert progress[-1].loss < progress[0].loss
     assert job.result.metrics["final_accuracy"] == progress[-1].metrics["accuracy"]
     assert {j.kind for j in client.list(kinds=["test-colour-probe"]).jobs} == {"test-colour-probe"}
+
+
+def test_the_efficiency_report_renders_in_a_headless_browser_with_its_plots(client, dataset, coordinator, tmp_path):
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        if os.environ.get("INTERNVIDEO_REQUIRE_CHROMIUM"):
+            pytest.fail("chromium is not installed (.ci/run installs Debian's package)")
+        pytest.skip("chromium is not installed; `apt-get install chromium` to run this test")
+    job = tiny_job(client, dataset.train_list, "train.steps=6", "train.checkpoint_every=3")
+    for _ in client.watch(job.job_id):
+        pass
+    out = tmp_path / "report"
+    report = subprocess.run([sys.executable, "-m", "coordinator.cli", "report", job.job_id,
+                             "--address", coordinator.address, "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr
+    assert "goodput" in report.stdout and "J (estimated)" in report.stdout and "unknown (peak: unknown)" in report.stdout
+    assert sorted(p.name for p in out.glob("*.png")) == ["goodput.png", "loss.png", "power.png", "throughput.png"]
+    page = out / "index.html"
+    browse = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1400,1800"]
+    dom = subprocess.run([*browse, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert 'id="efficiency"' in dom and dom.count('src="data:image/png;base64,') == 4
+    shot = tmp_path / "page.png"
+    subprocess.run([*browse, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120, check=True)
+    # The plots were drawn on the page: pixels of matplotlib's first line colour (#1f77b4) are there.
+    image = Image.open(shot).convert("RGB")
+    line = sum(1 for r, g, b in image.getdata() if abs(r - 31) < 12 and abs(g - 119) < 12 and abs(b - 180) < 12)
+    assert line > 400, f"{line} line pixels in the screenshot"
+
+
+def test_the_cluster_names_rays_dashboard_and_it_answers(client):
+    address = client.cluster().ray_dashboard
+    assert address.startswith("127.0.0.1:"), address  # loopback only: its job API runs commands
+    with urllib.request.urlopen(f"http://{address}/api/gcs_healthz", timeout=30) as response:
+        assert response.status == 200
+    # Its API (which wants Ray's token outside the tests: tests/conftest.py turns Ray's auth off).
+    with urllib.request.urlopen(f"http://{address}/api/version", timeout=30) as response:
+        assert "ray_version" in json.loads(response.read())

@@ -171,6 +171,31 @@ def test_a_killed_classifier_trainer_resumes_exactly(kind, client, dataset, coor
                               task_state(reference.result.final_checkpoint)["weight_average"]) == 0
 
 
+def interaction_job(client: JobClient, dataset, base: str, other: str, *overrides: str) -> pb.Job:
+    """The interaction of a post-pretrained VideoMAE encoder with a pretrain-mm job's video tower."""
+    visual = "{width: 64, layers: 2, heads: 2, patch_size: 16, global_layers: 1, output_dim: 32}"
+    return client.submit("interaction", read_config("tiny-cpu-finetune"), [
+        f"data.train_list={dataset.train_list}", f"data.val_list={dataset.val_list}", *FINETUNE,
+        f"model.init={base}", "model.heads=3", "model.other.num_frames=4", f"model.other.overrides={visual}",
+        f"model.other.init={other}", *overrides], min_workers=2, max_workers=2)
+
+
+def test_a_killed_interaction_trainer_resumes_exactly(client, dataset, coordinator, uninterrupted_classifiers,
+                                                      uninterrupted_mm):
+    base = uninterrupted_classifiers["post-pretrain"][0].result.final_checkpoint
+    other = uninterrupted_mm["global"][0].result.final_checkpoint
+    reference, reference_events = finished(client, interaction_job(client, dataset, base, other), coordinator)
+    job, events = killed_at_step_6_and_finished(
+        client, coordinator, interaction_job(client, dataset, base, other, "debug.hold_at_steps=[6]"), rank=0)
+    last = {p.step: dict(p.metrics) for p in bodies(events, "progress")}
+    assert [last[s] for s in range(1, 9)] == [dict(p.metrics) for p in bodies(reference_events, "progress")]
+    assert max_difference(weights(job.result.final_checkpoint), weights(reference.result.final_checkpoint)) == 0
+    # The frozen encoders are the ones it was given, to the bit, in both runs.
+    ended = weights(job.result.final_checkpoint)
+    name = "base.encoder.blocks.0.attn.qkv.weight"
+    assert torch.equal(ended[name], weights(base)[name.removeprefix("base.")])
+
+
 def task_state(checkpoint: str) -> dict:
     (states,) = Path(checkpoint).glob("mp_rank_00_model_states.pt")
     return torch.load(states, map_location="cpu", weights_only=False)["task"]

@@ -153,3 +153,14 @@ def test_an_internvideo_multimodal_checkpoint_with_a_one_frame_conv3d_patch_embe
     video, _ = inputs()
     with torch.no_grad():
         assert torch.equal(target.visual(video), source.visual(video))
+
+
+def test_context_for_another_model_is_the_video_token_then_every_frames_tokens():
+    visual = VideoCLIP(small_config(local_mhra=True)).visual.eval()
+    video, _ = inputs()
+    with torch.no_grad():
+        context, (embedding, tokens) = visual.context(video), visual.encode(video)
+        assert context.shape == (2, 1 + 4 * (1 + 16), 32)
+        torch.testing.assert_close(context[:, 0], visual.features(video))  # what its classifier reads
+        torch.testing.assert_close(context[:, 1:], tokens)
+        torch.testing.assert_close(context[:, 0] @ visual.proj, embedding)

@@ -7,11 +7,23 @@ from internvideo.models.interaction import InteractionClassifier
 from internvideo.models.vit import VideoClassifier, VideoViTEncoder, classifier_config, vit_config
 
 
+class SummaryFirst(torch.nn.Module):
+    """An encoder's tokens with their mean in front: the summary token the interaction's head reads."""
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        tokens = self.encoder(video)
+        return torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
+
+
 def build() -> tuple[VideoClassifier, InteractionClassifier]:
     torch.manual_seed(0)
     base = VideoClassifier(classifier_config("tiny", num_classes=6, depth=2, img_size=32, patch_size=8,
                                              num_frames=4))
-    other = VideoViTEncoder(vit_config("small", depth=1, img_size=32, patch_size=8, num_frames=4))
+    other = SummaryFirst(VideoViTEncoder(vit_config("small", depth=1, img_size=32, patch_size=8, num_frames=4)))
     return base, InteractionClassifier(base, other, other_dim=384, heads=3, depth=2)
 
 
@@ -58,7 +70,7 @@ def test_the_first_step_opens_the_gates_the_second_trains_what_they_gate_and_the
     encoders = (base.encoder, combined.other)
     assert not any(p.requires_grad for encoder in encoders for p in encoder.parameters())
     names = {name for name, _ in combined.named_parameters()}
-    head = {n for n in names if n.startswith(("base.fc_norm.", "base.head."))}
+    head = {n for n in names if n.startswith(("base.fc_norm.", "base.head.", "other_head."))}
     interaction = {n for n in names if n.startswith("interaction.")}
     gates = {n for n in interaction if n.endswith(("attn_gate", "mlp_gate"))}
     trainable = {name for name, p in combined.named_parameters() if p.requires_grad}
@@ -75,7 +87,7 @@ def test_the_first_step_opens_the_gates_the_second_trains_what_they_gate_and_the
         optimizer.step()
 
     step()
-    # tanh(0) = 0 scales every gated branch: the first gradient reaches the gates and the head, and
+    # tanh(0) = 0 scales every gated branch: the first gradient reaches the gates and the heads, and
     # is exactly zero for the cross-attention, feed-forward and projections behind the gates.
     assert moved(start, combined) == gates | head
     step()

@@ -104,7 +104,7 @@ class ListJobsResponse(_message.Message):
     def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("step", "total_steps", "samples", "epoch", "loss", "clips_per_second", "step_seconds", "data_wait_fraction", "decode_workers", "metrics")
+    __slots__ = ("step", "total_steps", "samples", "epoch", "loss", "clips_per_second", "step_seconds", "data_wait_fraction", "decode_workers", "metrics", "world_size", "model_flops", "step_joules", "held_gpu_seconds", "kept_gpu_seconds", "joules")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +122,12 @@ class Progress(_message.Message):
     DATA_WAIT_FRACTION_FIELD_NUMBER: _ClassVar[int]
     DECODE_WORKERS_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FLOPS_FIELD_NUMBER: _ClassVar[int]
+    STEP_JOULES_FIELD_NUMBER: _ClassVar[int]
+    HELD_GPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    KEPT_GPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    JOULES_FIELD_NUMBER: _ClassVar[int]
     step: int
     total_steps: int
     samples: int
@@ -132,7 +138,31 @@ class Progress(_message.Message):
     data_wait_fraction: float
     decode_workers: int
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., samples: _Optional[int] = ..., epoch: _Optional[int] = ..., loss: _Optional[float] = ..., clips_per_second: _Optional[float] = ..., step_seconds: _Optional[float] = ..., data_wait_fraction: _Optional[float] = ..., decode_workers: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    world_size: int
+    model_flops: float
+    step_joules: float
+    held_gpu_seconds: float
+    kept_gpu_seconds: float
+    joules: float
+    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., samples: _Optional[int] = ..., epoch: _Optional[int] = ..., loss: _Optional[float] = ..., clips_per_second: _Optional[float] = ..., step_seconds: _Optional[float] = ..., data_wait_fraction: _Optional[float] = ..., decode_workers: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., world_size: _Optional[int] = ..., model_flops: _Optional[float] = ..., step_joules: _Optional[float] = ..., held_gpu_seconds: _Optional[float] = ..., kept_gpu_seconds: _Optional[float] = ..., joules: _Optional[float] = ...) -> None: ...
+
+class Worker(_message.Message):
+    __slots__ = ("device_name", "peak_flops", "peak", "energy_sources")
+    DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    PEAK_FLOPS_FIELD_NUMBER: _ClassVar[int]
+    PEAK_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_SOURCES_FIELD_NUMBER: _ClassVar[int]
+    device_name: str
+    peak_flops: float
+    peak: str
+    energy_sources: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, device_name: _Optional[str] = ..., peak_flops: _Optional[float] = ..., peak: _Optional[str] = ..., energy_sources: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class WorkersStarted(_message.Message):
+    __slots__ = ("workers",)
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    workers: _containers.RepeatedCompositeFieldContainer[Worker]
+    def __init__(self, workers: _Optional[_Iterable[_Union[Worker, _Mapping]]] = ...) -> None: ...
 
 class DecodePoolResized(_message.Message):
     __slots__ = ("from_workers", "to_workers", "data_wait_fraction", "reason")
@@ -261,7 +291,7 @@ class StateChanged(_message.Message):
     def __init__(self, from_state: _Optional[_Union[JobState, str]] = ..., to_state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class JobEvent(_message.Message):
-    __slots__ = ("job_id", "seq", "time", "state_changed", "progress", "checkpoint", "skipped_video", "result", "decode_pool_resized", "validation")
+    __slots__ = ("job_id", "seq", "time", "state_changed", "progress", "checkpoint", "skipped_video", "result", "decode_pool_resized", "validation", "workers_started")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -272,6 +302,7 @@ class JobEvent(_message.Message):
     RESULT_FIELD_NUMBER: _ClassVar[int]
     DECODE_POOL_RESIZED_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_STARTED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     seq: int
     time: _timestamp_pb2.Timestamp
@@ -282,7 +313,8 @@ class JobEvent(_message.Message):
     result: JobResult
     decode_pool_resized: DecodePoolResized
     validation: Validation
-    def __init__(self, job_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_changed: _Optional[_Union[StateChanged, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., skipped_video: _Optional[_Union[SkippedVideo, _Mapping]] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., decode_pool_resized: _Optional[_Union[DecodePoolResized, _Mapping]] = ..., validation: _Optional[_Union[Validation, _Mapping]] = ...) -> None: ...
+    workers_started: WorkersStarted
+    def __init__(self, job_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_changed: _Optional[_Union[StateChanged, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., skipped_video: _Optional[_Union[SkippedVideo, _Mapping]] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., decode_pool_resized: _Optional[_Union[DecodePoolResized, _Mapping]] = ..., validation: _Optional[_Union[Validation, _Mapping]] = ..., workers_started: _Optional[_Union[WorkersStarted, _Mapping]] = ...) -> None: ...
 
 class GetClusterStatusRequest(_message.Message):
     __slots__ = ()
@@ -320,7 +352,7 @@ class JobPlacement(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., trainer_workers: _Optional[int] = ..., decode_workers: _Optional[int] = ..., metrics_endpoints: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ClusterStatus(_message.Message):
-    __slots__ = ("nodes", "trainer_resource", "trainer_slots_total", "trainer_slots_free", "jobs", "total", "free")
+    __slots__ = ("nodes", "trainer_resource", "trainer_slots_total", "trainer_slots_free", "jobs", "total", "free", "ray_dashboard")
     class TotalEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -342,6 +374,7 @@ class ClusterStatus(_message.Message):
     JOBS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     FREE_FIELD_NUMBER: _ClassVar[int]
+    RAY_DASHBOARD_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[Node]
     trainer_resource: str
     trainer_slots_total: float
@@ -349,4 +382,33 @@ class ClusterStatus(_message.Message):
     jobs: _containers.RepeatedCompositeFieldContainer[JobPlacement]
     total: _containers.ScalarMap[str, float]
     free: _containers.ScalarMap[str, float]
-    def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., trainer_resource: _Optional[str] = ..., trainer_slots_total: _Optional[float] = ..., trainer_slots_free: _Optional[float] = ..., jobs: _Optional[_Iterable[_Union[JobPlacement, _Mapping]]] = ..., total: _Optional[_Mapping[str, float]] = ..., free: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    ray_dashboard: str
+    def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., trainer_resource: _Optional[str] = ..., trainer_slots_total: _Optional[float] = ..., trainer_slots_free: _Optional[float] = ..., jobs: _Optional[_Iterable[_Union[JobPlacement, _Mapping]]] = ..., total: _Optional[_Mapping[str, float]] = ..., free: _Optional[_Mapping[str, float]] = ..., ray_dashboard: _Optional[str] = ...) -> None: ...
+
+class JobEfficiency(_message.Message):
+    __slots__ = ("job_id", "figures", "lost_gpu_seconds", "energy_sources", "peak")
+    class FiguresEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class LostGpuSecondsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    FIGURES_FIELD_NUMBER: _ClassVar[int]
+    LOST_GPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_SOURCES_FIELD_NUMBER: _ClassVar[int]
+    PEAK_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    figures: _containers.ScalarMap[str, float]
+    lost_gpu_seconds: _containers.ScalarMap[str, float]
+    energy_sources: _containers.RepeatedScalarFieldContainer[str]
+    peak: str
+    def __init__(self, job_id: _Optional[str] = ..., figures: _Optional[_Mapping[str, float]] = ..., lost_gpu_seconds: _Optional[_Mapping[str, float]] = ..., energy_sources: _Optional[_Iterable[str]] = ..., peak: _Optional[str] = ...) -> None: ...

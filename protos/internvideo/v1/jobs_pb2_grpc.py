@@ -69,6 +69,11 @@ class JobServiceStub:
                 request_serializer=protos_dot_internvideo_dot_v1_dot_jobs__pb2.GetClusterStatusRequest.SerializeToString,
                 response_deserializer=protos_dot_internvideo_dot_v1_dot_jobs__pb2.ClusterStatus.FromString,
                 _registered_method=True)
+        self.GetJobEfficiency = channel.unary_unary(
+                '/internvideo.v1.JobService/GetJobEfficiency',
+                request_serializer=protos_dot_internvideo_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=protos_dot_internvideo_dot_v1_dot_jobs__pb2.JobEfficiency.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -120,6 +125,13 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetJobEfficiency(self, request, context):
+        """Where the job's GPU-time and energy went so far (all attempts), and how fast it trained.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -157,6 +169,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.GetClusterStatus,
                     request_deserializer=protos_dot_internvideo_dot_v1_dot_jobs__pb2.GetClusterStatusRequest.FromString,
                     response_serializer=protos_dot_internvideo_dot_v1_dot_jobs__pb2.ClusterStatus.SerializeToString,
+            ),
+            'GetJobEfficiency': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJobEfficiency,
+                    request_deserializer=protos_dot_internvideo_dot_v1_dot_jobs__pb2.GetJobRequest.FromString,
+                    response_serializer=protos_dot_internvideo_dot_v1_dot_jobs__pb2.JobEfficiency.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -348,6 +365,33 @@ class JobService:
             '/internvideo.v1.JobService/GetClusterStatus',
             protos_dot_internvideo_dot_v1_dot_jobs__pb2.GetClusterStatusRequest.SerializeToString,
             protos_dot_internvideo_dot_v1_dot_jobs__pb2.ClusterStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobEfficiency(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/internvideo.v1.JobService/GetJobEfficiency',
+            protos_dot_internvideo_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
+            protos_dot_internvideo_dot_v1_dot_jobs__pb2.JobEfficiency.FromString,
             options,
             channel_credentials,
             insecure,
