@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from internvideo.models.layers import DropPath, run_block
+from internvideo.models.tokenizer import CLIPTokenizer
 from internvideo.models.vit import divisible
 
 CLIP_NORM_EPS = 1e-5  # torch's LayerNorm default, as OpenAI CLIP
@@ -403,3 +404,28 @@ class VideoCLIP(nn.Module):
     def forward(self, video: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Normalised video and text embeddings and the logit scale."""
         return self.encode_video(video), self.encode_text(tokens), self.temperature()
+
+
+# CLIP's Kinetics prompts (openai/CLIP, data/prompts.md): 4 prefixes × 7 forms of an action.
+KINETICS_TEMPLATES: tuple[str, ...] = tuple(
+    f"{prefix} {form}" for prefix in ("a photo of", "a video of", "a example of", "a demonstration of")
+    for form in ("{}.", "a person {}.", "a person using {}.", "a person doing {}.", "a person during {}.",
+                 "a person performing {}.", "a person practicing {}."))
+
+
+@torch.no_grad()
+def zero_shot_classifier(model: VideoCLIP, tokenizer: CLIPTokenizer, class_names: list[str],
+                         templates: tuple[str, ...] = KINETICS_TEMPLATES) -> Tensor:
+    """One unit text embedding per class (num_classes, D): every template filled with the class
+    name, each embedding normalised, averaged and normalised again (CLIP's prompt ensembling).
+    A video's class scores are then its normalised embedding times these, transposed."""
+    if not class_names or any(not name.strip() for name in class_names):
+        raise ValueError(f"class names must be non-empty, got {class_names[:5]}")
+    if not templates or any("{}" not in t for t in templates):
+        raise ValueError(f"every template needs a {{}} for the class name, got {list(templates)[:3]}")
+    context = model.config.text.context_length
+    weights = []
+    for name in class_names:
+        tokens = tokenizer.tokenize([t.format(name) for t in templates], context_length=context)
+        weights.append(F.normalize(model.encode_text(tokens).mean(dim=0), dim=-1))
+    return torch.stack(weights)

@@ -164,3 +164,26 @@ def test_context_for_another_model_is_the_video_token_then_every_frames_tokens()
         torch.testing.assert_close(context[:, 0], visual.features(video))  # what its classifier reads
         torch.testing.assert_close(context[:, 1:], tokens)
         torch.testing.assert_close(context[:, 0] @ visual.proj, embedding)
+
+
+def test_zero_shot_classifier_ensembles_normalised_template_embeddings():
+    from internvideo.models.clip import KINETICS_TEMPLATES, zero_shot_classifier
+    from internvideo.models.tokenizer import CLIPTokenizer
+
+    config = VideoCLIPConfig(
+        visual=CLIPVisualConfig(width=32, layers=1, heads=4, patch_size=8, image_size=32, output_dim=16, num_frames=2,
+                                global_layers=1),
+        text=CLIPTextConfig(width=24, layers=1, heads=4, output_dim=16, context_length=16))  # the real vocabulary
+    model, tokenizer = VideoCLIP(config).eval(), CLIPTokenizer()
+    templates = ("a video of {}.", "a person {}.")
+    weights = zero_shot_classifier(model, tokenizer, ["juggling balls", "archery"], templates)
+    assert weights.shape == (2, 16)
+    torch.testing.assert_close(weights.norm(dim=-1), torch.ones(2))
+    with torch.no_grad():  # by hand: each template's unit embedding, their mean, normalised
+        each = model.encode_text(tokenizer.tokenize(["a video of archery.", "a person archery."], context_length=16))
+    torch.testing.assert_close(weights[1], torch.nn.functional.normalize(each.mean(0), dim=-1))
+    assert len(KINETICS_TEMPLATES) == 28 and "a video of a person {}." in KINETICS_TEMPLATES
+    with pytest.raises(ValueError, match="non-empty"):
+        zero_shot_classifier(model, tokenizer, ["archery", " "])
+    with pytest.raises(ValueError, match="needs a"):
+        zero_shot_classifier(model, tokenizer, ["archery"], ("no slot",))
