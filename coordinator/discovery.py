@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 from pathlib import Path
 from typing import Callable
@@ -38,7 +39,8 @@ class MetricsServer:
                 return [body]
             return metrics(environ, start_response)
 
-        self._httpd = make_server(host, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
+        server = _IPv6Server if ":" in host else ThreadingWSGIServer  # an IPv6 literal, such as "::"
+        self._httpd = make_server(host, port, app, server, handler_class=_QuietHandler)
         self.port = self._httpd.server_port
         threading.Thread(target=self._httpd.serve_forever, daemon=True, name="metrics-http").start()
 
@@ -46,6 +48,10 @@ class MetricsServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         REGISTRY.unregister(self._jobs)
+
+
+class _IPv6Server(ThreadingWSGIServer):
+    address_family = socket.AF_INET6
 
 
 class _QuietHandler(WSGIRequestHandler):
