@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> dict:
                                       seed=0, held_out=None, cpus=1.0, threads=1, host="127.0.0.1"), 2, 120)
     worker = EncoderWorker(job.job_id, task_ref, rank=0, world_size=1, host="127.0.0.1")
     num_samples = len(task.config.data.source().read())
-    worker.setup(master_addr="127.0.0.1", master_port=_free_port(), num_samples=num_samples,
+    master_addr, master_port = worker.rendezvous_address()
+    worker.setup(master_addr=master_addr, master_port=master_port, num_samples=num_samples,
                  decode_actors=pool.actors, timeout_s=120)
     ledger = UsageLedger()
     ledger.hold(1)
@@ -120,14 +121,6 @@ def run(args: argparse.Namespace) -> dict:
         "telemetry_seconds_per_step": pieces,
         "telemetry_share_of_a_step": sum(pieces.values()) / off,
     }
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def main() -> None:

@@ -95,8 +95,7 @@ def event_to_proto(event: JobEvent) -> pb.JobEvent:
 
 
 def efficiency_to_proto(job_id: str, efficiency: Efficiency) -> pb.JobEfficiency:
-    figures = efficiency.as_metrics()
-    lost = {name.removeprefix("lost_gpu_seconds_"): figures.pop(name) for name in list(figures)
-            if name.startswith("lost_gpu_seconds_")}
-    return pb.JobEfficiency(job_id=job_id, figures=figures, lost_gpu_seconds=lost,
+    figures = {name: value for name, value in efficiency.as_metrics().items()
+               if not name.startswith("lost_gpu_seconds_")}
+    return pb.JobEfficiency(job_id=job_id, figures=figures, lost_gpu_seconds=efficiency.lost_gpu_seconds,
                             energy_sources=list(efficiency.energy_sources), peak=efficiency.peak)

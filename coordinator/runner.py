@@ -222,8 +222,7 @@ class JobRunner(threading.Thread):
 
     def _result(self) -> dict[str, Any]:
         events = self.store.events_after(self.job_id, 0)
-        _, usage = self.store.usage([self.job_id]).get(self.job_id, ("", None))
-        efficiency = job_efficiency(events, usage, self.config.train.global_batch)
+        efficiency = job_efficiency(events, self._so_far, self.config.train.global_batch)
         return {**run_result(events, self.config.train.steps, self.failures), **efficiency.as_metrics()}
 
     def _final_checkpoint(self, job_id: str) -> str:
@@ -385,7 +384,6 @@ class JobRunner(threading.Thread):
             seconds = time.perf_counter() - began
             self.usage.step(step, [r["data_wait_seconds"] for r in reports], self._group.last_call_joules)
             self._flush_usage()
-            so_far = self._so_far
             step_samples = sum(r["samples"] for r in reports)
             self._record_skips(reports, num_samples)
             if train.record_samples:
@@ -400,8 +398,8 @@ class JobRunner(threading.Thread):
                 "data_wait_fraction": statistics.fmean(r["data_wait_seconds"] / r["seconds"] for r in reports),
                 "world_size": self.world_size, "decode_workers": self.decode_workers,
                 "model_flops": sum(r["model_flops"] for r in reports), "step_joules": self._group.last_call_joules,
-                "held_gpu_seconds": so_far.held_gpu_seconds, "kept_gpu_seconds": so_far.of("kept").gpu_seconds,
-                "joules": so_far.joules,
+                "held_gpu_seconds": self._so_far.held_gpu_seconds,
+                "kept_gpu_seconds": self._so_far.of("kept").gpu_seconds, "joules": self._so_far.joules,
             })
             self._export(metrics.STEP_METRIC, step_metrics)
             self._size_decode_pool(wait)

@@ -8,15 +8,11 @@ dropping every segment that overlaps a kept one, each later segment's score deca
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
-
-def segment_iou(segment: Tensor, segments: Tensor) -> Tensor:
-    """tIoU of one (2,) segment with each of (N, 2)."""
-    inter = (torch.minimum(segment[1], segments[:, 1]) - torch.maximum(segment[0], segments[:, 0])).clamp(min=0)
-    union = (segment[1] - segment[0]) + (segments[:, 1] - segments[:, 0]) - inter
-    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
+from internvideo.metrics import temporal_iou
 
 
 def soft_nms(segments: Tensor, scores: Tensor, labels: Tensor, *, sigma: float = 0.5, min_score: float = 0.001,
@@ -28,20 +24,18 @@ def soft_nms(segments: Tensor, scores: Tensor, labels: Tensor, *, sigma: float =
                          f"{tuple(scores.shape)}, {tuple(labels.shape)}")
     if not sigma > 0:
         raise ValueError(f"sigma must be positive, got {sigma}")
-    kept_segments, kept_scores, kept_labels = [], [], []
-    for label in labels.unique():
-        rows = labels == label
-        boxes, left = segments[rows].double(), scores[rows].double().clone()
-        while len(left):
-            best = int(torch.argmax(left))
-            kept_segments.append(boxes[best])
-            kept_scores.append(left[best])
-            kept_labels.append(label)
-            rest = torch.arange(len(left)) != best
-            boxes, left = boxes[rest], left[rest] * torch.exp(-segment_iou(boxes[best], boxes[rest]) ** 2 / sigma)
-            boxes, left = boxes[left >= min_score], left[left >= min_score]
-    if not kept_scores:
-        return segments[:0], scores[:0], labels[:0]
-    order = torch.argsort(torch.stack(kept_scores), descending=True, stable=True)[:max_segments]
-    return (torch.stack(kept_segments)[order].to(segments.dtype), torch.stack(kept_scores)[order].to(scores.dtype),
-            torch.stack(kept_labels)[order])
+    all_segments, all_scores, all_labels = (t.detach().cpu().numpy() for t in (segments, scores, labels))
+    kept: list[tuple[float, int]] = []  # (decayed score, row)
+    for label in np.unique(all_labels):
+        rows = np.flatnonzero(all_labels == label)
+        left = all_scores[rows].astype(np.float64)
+        while len(rows):
+            best = int(np.argmax(left))
+            kept.append((float(left[best]), int(rows[best])))
+            rest = np.arange(len(rows)) != best
+            overlap = temporal_iou(tuple(all_segments[rows[best]]), all_segments[rows[rest]])
+            rows, left = rows[rest], left[rest] * np.exp(-overlap**2 / sigma)
+            rows, left = rows[left >= min_score], left[left >= min_score]
+    kept = sorted(kept, key=lambda k: -k[0])[:max_segments]  # stable: equal scores keep their order
+    index = torch.tensor([row for _, row in kept], dtype=torch.long)
+    return segments[index], torch.tensor([score for score, _ in kept], dtype=scores.dtype), labels[index]

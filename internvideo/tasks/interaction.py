@@ -26,7 +26,6 @@ from internvideo.models.vit import VideoClassifier, transformer_flops
 from internvideo.tasks import register_task
 from internvideo.tasks.base import check_weights_path, load_initial_weights, unwrap
 from internvideo.tasks.classification import (
-    HEAD_KEYS,
     LOCAL_MHRA_KEYS,
     PRETRAINING_ONLY,
     Classification,
@@ -94,15 +93,6 @@ class FrameTokens(nn.Module):
         return self.visual.context(video[:, :, ::self.stride])
 
 
-class OtherHead(nn.Module):
-    """The interaction's head on the other encoder's video token, named as in that encoder's
-    classifier checkpoint (``head.*``)."""
-
-    def __init__(self, head: nn.Linear) -> None:
-        super().__init__()
-        self.head = head
-
-
 @register_task
 class Interaction(Classification):
     kind = "interaction"
@@ -121,14 +111,13 @@ class Interaction(Classification):
         visual = VideoCLIPVisual(clip_visual_config(other.size, image_size=config.model.img_size,
                                                     num_frames=other.num_frames, **other.overrides))
         tokens = FrameTokens(visual, config.model.num_frames // other.num_frames)
-        load_initial_weights(tokens, other.init, field="model.other.init", allow_missing=LOCAL_MHRA_KEYS,
-                             allow_unexpected=(*PRETRAINING_ONLY, *HEAD_KEYS))
         model = InteractionClassifier(base, tokens, visual.config.width, config.model.heads, config.model.depth)
-        # A post-pretrained other encoder brings its classifier: its head reads the same video token,
-        # so the combination starts as the two classifiers' summed logits (a pretraining's has none:
-        # the head starts at zero, and the combination as the base classifier).
-        load_initial_weights(OtherHead(model.other_head), other.init, field="model.other.init",
-                             allow_missing=("head.*",), allow_unexpected=("*",))
+        # One read of the other checkpoint, laid out as its classifier (``visual.*``, ``head.*``): a
+        # post-pretrained encoder brings its head, which reads the same video token, so the combination
+        # starts as the two classifiers' summed logits; a pretraining's has none, and the head stays zero.
+        load_initial_weights(nn.ModuleDict({"visual": visual, "head": model.other_head}), other.init,
+                             field="model.other.init", allow_missing=(*LOCAL_MHRA_KEYS, "head.*"),
+                             allow_unexpected=(*PRETRAINING_ONLY, "fc_norm.*"))
         return model
 
     def flops_per_sample(self, model: nn.Module) -> float:

@@ -1,4 +1,4 @@
-"""Gaussian Soft-NMS over 1-D segments: hand cases, per-class independence, limits, and agreement with
+"""Gaussian Soft-NMS over 1-D segments (tIoU: ``internvideo.metrics.temporal_iou``): hand cases, per-class independence, limits, and agreement with
 the textbook loop written out in plain Python."""
 from __future__ import annotations
 
@@ -7,12 +7,7 @@ import math
 import pytest
 import torch
 
-from internvideo.models.localization import segment_iou, soft_nms
-
-
-def test_segment_iou_by_hand() -> None:
-    ious = segment_iou(torch.tensor([0.0, 10.0]), torch.tensor([[5.0, 15.0], [10.0, 20.0], [2.0, 4.0]]))
-    torch.testing.assert_close(ious, torch.tensor([1 / 3, 0.0, 0.2]))
+from internvideo.models.localization import soft_nms
 
 
 def test_scores_decay_with_overlap_and_the_order_follows_the_decayed_scores() -> None:
