@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import threading
+import traceback
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from protos.internvideo.v1 import jobs_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 RAY_START_ATTEMPTS = 3
+DASHBOARD_START_ATTEMPTS = 2
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["JobService"].full_name
 
 
@@ -54,29 +56,41 @@ def start_ray(options: ServeOptions) -> str:
     # On a loaded small machine the local GCS can take longer than Ray's default wait to come up.
     os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "60")
     services = logging.getLogger("ray._private.services")
+    dashboard_failures = 0
     for attempt in range(1, RAY_START_ATTEMPTS + 1):
         last = attempt == RAY_START_ATTEMPTS
+        # The dashboard is a convenience, not part of the service: when its process will not come
+        # up, the coordinator serves without it rather than not at all.
+        dashboard = options.ray_dashboard_port is not None and dashboard_failures < DASHBOARD_START_ATTEMPTS
         # Ray logs a failed start at ERROR (several lines) before raising; a start we retry is one
         # warning of ours instead, and only the last attempt's failure is shown in full.
         level = services.level
         if not last:
             services.setLevel(logging.CRITICAL)
         try:
-            dashboard = options.ray_dashboard_port is not None
             context = ray.init(num_cpus=num_cpus, namespace="internvideo", log_to_driver=False,
                                include_dashboard=dashboard, dashboard_host="127.0.0.1",
                                dashboard_port=options.ray_dashboard_port or None)
+            if options.ray_dashboard_port is not None and not dashboard:
+                log.warning("Ray's dashboard did not start (%d tries); serving without it", dashboard_failures)
             return context.dashboard_url or ""
+        except ValueError as err:  # Ray's answer to a dashboard port someone else holds
+            raise OSError(f"cannot serve Ray's dashboard: {err}") from None
         except Exception as err:  # noqa: BLE001 — Ray raises bare Exception/RuntimeError on slow starts
-            # Start-up timeouts (GCS port file, raylet registration) and the dashboard process's
-            # rare abort at start (return code -6, about 1 start in 13 on a loaded 2-core machine)
-            # pass on a second try.
+            # Start-up timeouts (GCS port file, raylet registration) pass on a second try; so does,
+            # mostly, the dashboard process's abort at start (return code -6, before it writes any
+            # log), about 1 start in 13 on a loaded 2-core machine.
             if last:
                 raise
-            log.warning("local Ray did not start (%s); trying again", err)
+            dashboard_failures += failed_in_dashboard(err)
+            log.warning("local Ray did not start (%s); trying again", (str(err).strip() or type(err).__name__).splitlines()[-1])
             ray.shutdown()
         finally:
             services.setLevel(level)
+
+
+def failed_in_dashboard(err: BaseException) -> bool:
+    return any(frame.name == "start_api_server" for frame in traceback.extract_tb(err.__traceback__))
 
 
 def cluster_resources() -> dict[str, float]:

@@ -39,11 +39,13 @@ class Coordinator:
     metrics_port: int = 0
     process: subprocess.Popen | None = None
     env: dict[str, str] = field(default_factory=dict)  # for the coordinator and the Ray processes it starts
+    ray_dashboard: bool = False  # one process fewer to start on a loaded machine, where no test looks at it
 
     def start(self) -> None:
         # A job kind from the test folder, known to the coordinator and its workers only through the
         # registry's INTERNVIDEO_TASK_MODULES: adding a kind touches no coordinator or worker code.
-        self.process, info = launch_coordinator(self.state_dir, self.log_path, "--num-cpus", "4",
+        dashboard = [] if self.ray_dashboard else ["--ray-dashboard-port", "-1"]
+        self.process, info = launch_coordinator(self.state_dir, self.log_path, "--num-cpus", "4", *dashboard,
                                                 env={"INTERNVIDEO_TASK_MODULES": "tests.integration.tiny_kind",
                                                      **self.env})
         self.address, self.metrics_port = info["grpc"], int(info["metrics"].rsplit(":", 1)[1])
@@ -76,8 +78,9 @@ def dataset(tmp_path_factory):
 
 
 @contextlib.contextmanager
-def running_coordinator(root: Path, **env: str) -> Iterator[Coordinator]:
-    coord = Coordinator(state_dir=root / "state", log_path=root / "coordinator.log", env=env)
+def running_coordinator(root: Path, ray_dashboard: bool = False, **env: str) -> Iterator[Coordinator]:
+    coord = Coordinator(state_dir=root / "state", log_path=root / "coordinator.log", env=env,
+                        ray_dashboard=ray_dashboard)
     coord.start()
     try:
         yield coord

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -16,10 +17,12 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator.client import JobClient, read_config
+from coordinator.launch import launch_coordinator
 from internvideo.data.lists import read_video_list
 from internvideo.data.order import GlobalBatchPlan
 from protos.internvideo.v1 import jobs_pb2 as pb
-from tests.integration.conftest import held, max_difference, release, tiny_job, wait_for, weights
+from tests.integration.conftest import (free_port, held, max_difference, release, running_coordinator, tiny_job,
+                                        wait_for, weights)
 from workers.checkpoint import read_commit
 
 pytestmark = pytest.mark.integration
@@ -454,6 +457,13 @@ def test_the_efficiency_report_renders_in_a_headless_browser_with_its_plots(clie
     assert line > 400, f"{line} line pixels in the screenshot"
 
 
+@pytest.fixture(scope="module")
+def coordinator(tmp_path_factory):
+    """This module's coordinator also serves Ray's dashboard."""
+    with running_coordinator(tmp_path_factory.mktemp("coordinator"), ray_dashboard=True) as coord:
+        yield coord
+
+
 def test_the_cluster_names_rays_dashboard_and_it_answers(client):
     address = client.cluster().ray_dashboard
     assert address.startswith("127.0.0.1:"), address  # loopback only: its job API runs commands
@@ -462,3 +472,25 @@ def test_the_cluster_names_rays_dashboard_and_it_answers(client):
     # Its API (which wants Ray's token outside the tests: tests/conftest.py turns Ray's auth off).
     with urllib.request.urlopen(f"http://{address}/api/version", timeout=30) as response:
         assert "ray_version" in json.loads(response.read())
+
+
+def test_a_dashboard_that_will_not_start_leaves_the_coordinator_serving(tmp_path, dataset):
+    """Ray's dashboard process sometimes dies at start on a loaded machine; with no time to come up
+    (Ray's own start-up timeout at 0) it never does, and the coordinator serves jobs without it."""
+    with running_coordinator(tmp_path, ray_dashboard=True, RAY_DASHBOARD_STARTUP_TIMEOUT_S="0") as coord:
+        with JobClient(coord.address) as client:
+            assert client.cluster().ray_dashboard == ""
+            job = tiny_job(client, dataset.train_list, "train.steps=2", "train.checkpoint_every=0")
+            list(client.watch(job.job_id))
+            assert state(client.get(job.job_id)) == "SUCCEEDED"
+        assert "Ray's dashboard did not start (2 tries); serving without it" in coord.log_tail()
+
+
+def test_a_dashboard_port_someone_holds_is_a_clear_error(tmp_path):
+    port = free_port()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        with pytest.raises(RuntimeError, match="exit code 2") as failed:
+            launch_coordinator(tmp_path / "state", tmp_path / "coordinator.log", "--ray-dashboard-port", str(port))
+    assert f"error: cannot serve Ray's dashboard: Failed to bind to 127.0.0.1:{port}" in str(failed.value)
