@@ -31,6 +31,7 @@ __all__ = [
     "resize_clip",
     "NORMALIZATIONS",
     "normalize_clips",
+    "renormalize_clips",
 ]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -262,3 +263,14 @@ def normalize_clips(batch_uint8: torch.Tensor, normalization: str = "imagenet") 
     mean, std = (torch.tensor(v, dtype=torch.float32, device=device) for v in NORMALIZATIONS[normalization])
     x = batch_uint8.float().div_(255.0).sub_(mean).div_(std)  # (B, T, H, W, 3)
     return x.permute(0, 4, 1, 2, 3).contiguous()  # (B, 3, T, H, W)
+
+
+def renormalize_clips(clips: torch.Tensor, source: str, target: str) -> torch.Tensor:
+    """Normalised clips (B, 3, T, H, W) from ``source``'s statistics to ``target``'s (as if
+    ``normalize_clips`` had used ``target``)."""
+    if source == target:
+        return clips
+    (mean_in, std_in), (mean_out, std_out) = (
+        (torch.tensor(v, dtype=clips.dtype, device=clips.device).view(3, 1, 1, 1) for v in NORMALIZATIONS[name])
+        for name in (source, target))
+    return (clips * std_in + mean_in - mean_out) / std_out

@@ -364,15 +364,27 @@ class CLIPText(nn.Module):
 
 class CLIPVideoClassifier(nn.Module):
     """The video encoder with a linear head on its video token (UniFormerV2's classifier): supervised
-    post-pretraining of the multimodal encoder."""
+    post-pretraining of the multimodal encoder. ``tokens`` and ``classify`` split it where another
+    model may join in (``models.interaction``); ``readout`` names the modules ``classify`` uses."""
+
+    readout = ("head_dropout", "head")
 
     def __init__(self, config: CLIPVisualConfig, num_classes: int, head_dropout: float = 0.0) -> None:
         super().__init__()
+        self.token_dim, self.num_tokens = config.width, 1 + config.num_frames * (config.grid**2 + 1)
         self.visual = VideoCLIPVisual(config)
         self.head_dropout = nn.Dropout(head_dropout)
         self.head = nn.Linear(config.width, num_classes)
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
+
+    def tokens(self, video: Tensor) -> Tensor:
+        """The video token, then every frame's tokens (B, 1 + T·(1 + H'·W'), width): ``VideoCLIPVisual.context``."""
+        return self.visual.context(video)
+
+    def classify(self, tokens: Tensor) -> Tensor:
+        """Logits (B, num_classes) from the video token of ``tokens``."""
+        return self.head(self.head_dropout(tokens[:, 0]))
 
     def forward(self, video: Tensor) -> Tensor:
         """Logits (B, num_classes) of normalised clips (B, 3, T, H, W)."""

@@ -1,21 +1,23 @@
-"""Model interaction (InternVideo's cross-model attention): one frozen encoder's tokens attend to
-another frozen encoder's, through gated cross-attention and feed-forward blocks.
+"""Model interaction (InternVideo's cross-model attention): one frozen classifier's tokens attend to
+another frozen classifier's, through gated cross-attention and feed-forward blocks.
 
-The gates are ``tanh(α)`` with α initialised to zero, so a freshly built interaction changes
-nothing — the combined model starts exactly as the base model — and training opens the gates
-as far as the other model's tokens help. Beside the attention, a linear head reads the other
-model's summary token (CLIP's video token) into the logits — zero-initialised here; the
-``interaction`` kind starts it from the other model's own classifier head — so the two models'
-evidence adds up at the end as well, as InternVideo's predictions combine both models.
+Every gate is ``tanh(α)`` with α initialised to zero, so a freshly built interaction changes
+nothing — the combined model starts exactly as the base classifier — and training opens the gates
+as far as the other model helps: the blocks' gates, and a gate on the other classifier's own logits
+(its readout, e.g. a post-pretrained head), so the two models' evidence can also add up at the end,
+as InternVideo's predictions combine both models. The paper's base is the multimodal encoder
+(UniFormerV2's video token queries VideoMAE's tokens); either way round works here.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
 from internvideo.models.clip import MultiheadAttention
 from internvideo.models.layers import LAYER_NORM_EPS, Mlp
-from internvideo.models.vit import VideoClassifier
 
 
 class GatedCrossBlock(nn.Module):
@@ -48,33 +50,49 @@ class ModelInteraction(nn.Module):
         return x
 
 
-class InteractionClassifier(nn.Module):
-    """A video classifier whose encoder's tokens consult another encoder's (e.g. VideoMAE's tokens
-    attending to the multimodal encoder's). Both encoders are frozen; the interaction, the
-    classifier's pooled norm and head, and the head on the other's summary token train."""
+class TokenClassifier(Protocol):
+    """A classifier split where another model may join in: ``VideoClassifier``, ``CLIPVideoClassifier``."""
 
-    def __init__(self, base: VideoClassifier, other: nn.Module, other_dim: int, heads: int, depth: int = 1) -> None:
-        """``other``: any module mapping the same clip (B, C, T, H, W) to tokens (B, M, other_dim), the
-        first of which sums the clip up (CLIP's video token)."""
+    token_dim: int
+    num_tokens: int  # what ``tokens`` returns per clip
+    readout: tuple[str, ...]  # the child modules ``classify`` uses
+
+    def tokens(self, video: Tensor) -> Tensor: ...
+    def classify(self, tokens: Tensor) -> Tensor: ...
+
+
+class InteractionClassifier(nn.Module):
+    """``base``'s tokens consult ``other``'s before ``base`` classifies them; ``other``'s own logits add
+    in through a gate. Both encoders are frozen; the interaction, the gate and both readouts train.
+    ``views``: what each model sees of the clip (its frames, its normalisation), if not the clip itself."""
+
+    def __init__(self, base: TokenClassifier, other: TokenClassifier, heads: int, depth: int = 1,
+                 views: tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]] | None = None) -> None:
         super().__init__()
         self.base, self.other = base, other
-        self.interaction = ModelInteraction(base.config.encoder.embed_dim, other_dim, heads, depth)
-        self.other_head = nn.Linear(other_dim, base.config.num_classes)
-        nn.init.zeros_(self.other_head.weight)  # adds nothing until trained
-        nn.init.zeros_(self.other_head.bias)
-        for frozen in (base.encoder, other):
-            frozen.requires_grad_(False)
+        self.views = views or (_whole_clip, _whole_clip)
+        self.interaction = ModelInteraction(base.token_dim, other.token_dim, heads, depth)
+        self.other_gate = nn.Parameter(torch.zeros(1))
+        for model in (base, other):
+            for name, child in model.named_children():
+                child.requires_grad_(name in model.readout)
 
     def train(self, mode: bool = True) -> "InteractionClassifier":
         super().train(mode)
-        self.base.encoder.eval()  # frozen: no dropout, no drop path, whatever the mode
-        self.other.eval()
+        for model in (self.base, self.other):  # frozen encoders: no dropout, no drop path, whatever the mode
+            model.eval()
+            for name in model.readout:
+                getattr(model, name).train(mode)
         return self
 
     def forward(self, video: Tensor) -> Tensor:
+        """Logits (B, num_classes) of normalised clips (B, 3, T, H, W)."""
+        base_view, other_view = self.views
         with torch.no_grad():
-            tokens, other = self.base.encoder(video), self.other(video)
-        tokens = self.interaction(tokens, other)
-        base = self.base
-        logits = base.head(base.head_dropout(base.fc_norm(tokens.mean(dim=1))))
-        return logits + self.other_head(other[:, 0])  # (B, num_classes)
+            tokens, other = self.base.tokens(base_view(video)), self.other.tokens(other_view(video))
+        logits = self.base.classify(self.interaction(tokens, other))
+        return logits + torch.tanh(self.other_gate) * self.other.classify(other)
+
+
+def _whole_clip(video: Tensor) -> Tensor:
+    return video

@@ -198,11 +198,17 @@ def classifier_config(size: str, num_classes: int, **encoder_overrides: Any) -> 
 
 
 class VideoClassifier(nn.Module):
-    """Encoder → mean over tokens → ``fc_norm`` → ``head``, as VideoMAE fine-tuning (``use_mean_pooling``)."""
+    """Encoder → mean over tokens → ``fc_norm`` → ``head``, as VideoMAE fine-tuning (``use_mean_pooling``).
+
+    ``tokens`` and ``classify`` split it where another model may join in (``models.interaction``);
+    ``readout`` names the modules ``classify`` uses."""
+
+    readout = ("fc_norm", "head_dropout", "head")
 
     def __init__(self, config: ClassifierConfig) -> None:
         super().__init__()
         self.config = config
+        self.token_dim, self.num_tokens = config.encoder.embed_dim, config.encoder.num_patches
         self.encoder = VideoViTEncoder(config.encoder)
         self.fc_norm = nn.LayerNorm(config.encoder.embed_dim, eps=config.head_norm_eps)
         self.head_dropout = nn.Dropout(config.head_dropout)
@@ -212,13 +218,16 @@ class VideoClassifier(nn.Module):
         with torch.no_grad():
             self.head.weight.mul_(config.head_init_scale)
 
-    def features(self, video: Tensor) -> Tensor:
-        """Pooled, normed clip features (B, C)."""
-        return self.fc_norm(self.encoder(video).mean(dim=1))
+    def tokens(self, video: Tensor) -> Tensor:
+        """The encoder's tokens (B, N, C) of normalised clips (B, 3, T, H, W)."""
+        return self.encoder(video)
+
+    def classify(self, tokens: Tensor) -> Tensor:
+        """Logits (B, num_classes) of the tokens (B, N, C)."""
+        return self.head(self.head_dropout(self.fc_norm(tokens.mean(dim=1))))
 
     def forward(self, video: Tensor) -> Tensor:
-        """Logits (B, num_classes) of normalised clips (B, C, T, H, W)."""
-        return self.head(self.head_dropout(self.features(video)))
+        return self.classify(self.tokens(video))
 
     def flops_per_clip(self, training: bool = False) -> float:
         enc = self.config.encoder

@@ -76,6 +76,10 @@ class ClassifierModel(Strict):
                   **self.overrides}
         return clip_visual_config(self.size, **visual)
 
+    def check_buildable(self, drop_path: float) -> None:
+        """A bad size or override raises ValueError (at submit, not in the workers)."""
+        self.videomae_config(drop_path) if self.encoder == "videomae" else self.clip_config(drop_path)
+
 
 class Regularization(Strict):
     """VideoMAE's fine-tuning recipe by default; a kind may change the defaults."""
@@ -100,14 +104,28 @@ class ClassificationConfig(JobConfig):
     @model_validator(mode="after")
     def _buildable(self) -> "ClassificationConfig":
         drop_path = self.regularization.drop_path
-        try:  # a bad size or override fails at submit
-            self.model.videomae_config(drop_path) if self.model.encoder == "videomae" else self.model.clip_config(
-                drop_path)
+        try:
+            self.model.check_buildable(drop_path)
         except ValueError as err:
             raise ValueError(f"model: {err}") from None
         if self.regularization.ema_decay is not None and self.train.zero_stage == 3:
             raise ValueError("regularization.ema_decay needs the whole weights on every rank: ZeRO stage ≤ 2")
         return self
+
+
+def build_classifier(model: ClassifierModel, drop_path: float) -> VideoClassifier | CLIPVideoClassifier:
+    if model.encoder == "videomae":
+        return VideoClassifier(model.videomae_config(drop_path))
+    return CLIPVideoClassifier(model.clip_config(drop_path), model.num_classes, model.head_dropout)
+
+
+def forward_flops(classifier: VideoClassifier | CLIPVideoClassifier) -> float:
+    """FLOPs of one clip's forward pass (matrix multiplies, 2 per weight and token)."""
+    if isinstance(classifier, VideoClassifier):
+        return classifier.flops_per_clip(training=False)
+    visual = classifier.visual.config
+    frames = visual.num_frames * transformer_flops(visual.width, visual.layers, visual.grid**2 + 1, visual.mlp_ratio)
+    return frames + 2.0 * visual.width * classifier.head.out_features
 
 
 @dataclass(frozen=True)
@@ -171,10 +189,8 @@ class Classification(Task[ClassificationConfig]):
     # -- model ----------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
         torch.manual_seed(self.config.train.seed)  # identical initial weights on every rank and every run
-        model, drop_path = self.config.model, self.config.regularization.drop_path
-        classifier: nn.Module = (VideoClassifier(model.videomae_config(drop_path)) if model.encoder == "videomae"
-                                 else CLIPVideoClassifier(model.clip_config(drop_path), model.num_classes,
-                                                          model.head_dropout))
+        model = self.config.model
+        classifier = build_classifier(model, self.config.regularization.drop_path)
         if model.init is not None:
             load_initial_weights(classifier, model.init, allow_missing=NEW_IN_CLASSIFIER, allow_unexpected=PRETRAINING_ONLY)
         if self.config.regularization.ema_decay is not None:
@@ -182,13 +198,7 @@ class Classification(Task[ClassificationConfig]):
         return classifier
 
     def flops_per_sample(self, model: nn.Module) -> float:
-        model = unwrap(model)
-        if isinstance(model, VideoClassifier):
-            return model.flops_per_clip(training=True)
-        visual = model.visual.config
-        forward = visual.num_frames * transformer_flops(visual.width, visual.layers, visual.grid**2 + 1,
-                                                        visual.mlp_ratio)
-        return 3.0 * (forward + 2.0 * visual.width * self.config.model.num_classes)
+        return 3.0 * forward_flops(unwrap(model))
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         decay = self.config.regularization.layer_decay

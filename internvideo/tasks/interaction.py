@@ -1,8 +1,10 @@
-"""``interaction``: InternVideo's cross-model interaction — the masked-video encoder's tokens attend to
-the multimodal encoder's through gated cross-attention and feed-forward blocks (tanh gates at 0, so
-training starts exactly at the base classifier), with both encoders loaded from earlier jobs and
-frozen; the interaction blocks, the base's ``fc_norm`` and its head, and a head on the other's video
-token (the other's own classifier head when its checkpoint has one, else zero) train.
+"""``interaction``: InternVideo's cross-model interaction — one post-pretrained encoder's tokens attend
+to the other's through gated cross-attention and feed-forward blocks, and the other's own logits add
+in through a gate (every gate at 0, so training starts exactly at the base classifier). As in the
+paper, the base is by default the multimodal encoder (its video token queries VideoMAE's tokens);
+``model.encoder`` / ``model.other.encoder`` swap them. Both encoders are loaded from earlier jobs and
+frozen; the interaction blocks, the gates and both classifiers' readouts (their heads, VideoMAE's
+``fc_norm``) train — a pretraining checkpoint brings no head, and one is initialised.
 
 The frozen encoders live inside the model the engine holds, on the same device: they run in every
 forward, and keeping them in the engine's module means one object moves, saves and restores the
@@ -10,52 +12,70 @@ whole model (checkpoints stay self-contained, so ``job:<id>`` of an interaction 
 other). Having ``requires_grad=False``, they are in no optimizer group — no gradients, no AdamW
 state, nothing for ZeRO to partition — and their forward runs without a graph.
 
-When the two encoders take different frame counts, the other encoder sees every ``k``-th frame of
-the clip (the base's frames must be a multiple of its).
+The clip has as many frames as the encoder that takes more; the other sees every ``k``-th of them
+(each encoder's frame count must divide the larger). The clip is normalised as ``data.normalization``
+says, which is the base's; ``model.other.normalization`` names the other's when it differs
+(CLIP's statistics against ImageNet's).
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from internvideo.models.clip import VideoCLIPVisual, clip_visual_config
+from internvideo.data.pipeline import ClipSpec
+from internvideo.data.transforms import renormalize_clips
 from internvideo.models.interaction import InteractionClassifier
-from internvideo.models.vit import VideoClassifier, transformer_flops
 from internvideo.tasks import register_task
 from internvideo.tasks.base import check_weights_path, load_initial_weights, unwrap
 from internvideo.tasks.classification import (
-    LOCAL_MHRA_KEYS,
+    NEW_IN_CLASSIFIER,
     PRETRAINING_ONLY,
     Classification,
     ClassificationConfig,
     ClassifierModel,
     Regularization,
+    build_classifier,
+    forward_flops,
 )
 from internvideo.tasks.common import Strict
 
 
 class OtherEncoder(Strict):
-    """The multimodal encoder the base consults: a CLIP size with ``overrides`` of its video tower,
-    and the checkpoint it comes from (a pretrain-mm or post-pretrain job, or a file)."""
+    """The classifier the base consults: its encoder, size, ``overrides`` and frame count, and the
+    checkpoint it comes from (a post-pretrain job's brings its head; a pretraining's, none)."""
 
-    encoder: Literal["clip"] = "clip"
-    size: str = "ViT-B/16"
-    num_frames: int = Field(8, gt=0)
+    encoder: Literal["videomae", "clip"] = "videomae"
+    size: str = "base"
+    num_frames: int = Field(16, gt=0)
     overrides: dict[str, Any] = Field(default_factory=dict)
+    normalization: Literal["imagenet", "clip"] | None = None  # what it was trained on; None: data.normalization
     init: str = Field(min_length=1)
 
 
 class InteractionModel(ClassifierModel):
-    """The base classifier (VideoMAE; ``init`` its checkpoint: a post-pretrain or finetune job's keeps
-    its head) and the other encoder, joined by ``depth`` gated blocks of ``heads`` heads."""
+    """The base classifier (``init`` its checkpoint) and the other one, joined by ``depth`` gated blocks
+    of ``heads`` heads (which divide the base's token width)."""
 
-    encoder: Literal["videomae"] = "videomae"
+    encoder: Literal["videomae", "clip"] = "clip"
+    size: str = "ViT-B/16"
+    num_frames: int = Field(8, gt=0)
     init: str = Field(min_length=1)
     other: OtherEncoder
     heads: int = Field(4, gt=0)
     depth: int = Field(1, gt=0)
+
+    def other_classifier(self) -> ClassifierModel:
+        other = self.other
+        return ClassifierModel(encoder=other.encoder, size=other.size, img_size=self.img_size,
+                               num_frames=other.num_frames, num_classes=self.num_classes,
+                               overrides=other.overrides, head_dropout=self.head_dropout, init=other.init)
+
+    def clip_frames(self) -> int:
+        return max(self.num_frames, self.other.num_frames)
 
 
 class InteractionRegularization(Regularization):
@@ -73,24 +93,30 @@ class InteractionConfig(ClassificationConfig):
     regularization: InteractionRegularization = Field(default_factory=InteractionRegularization)
 
     @model_validator(mode="after")
-    def _frames_divide(self) -> "InteractionConfig":
-        if self.model.num_frames % self.model.other.num_frames:
-            raise ValueError(f"model.num_frames ({self.model.num_frames}) must be a multiple of "
-                             f"model.other.num_frames ({self.model.other.num_frames})")
+    def _fits(self) -> "InteractionConfig":
+        model = self.model
+        frames = model.clip_frames()
+        for name, count in (("model.num_frames", model.num_frames), ("model.other.num_frames", model.other.num_frames)):
+            if frames % count:
+                raise ValueError(f"{name} ({count}) must divide the clip's {frames} frames")
+        try:
+            model.other_classifier().check_buildable(drop_path=0.0)
+        except ValueError as err:
+            raise ValueError(f"model.other: {err}") from None
         return self
 
 
-class FrameTokens(nn.Module):
-    """The multimodal video tower as the interaction reads it: a clip (B, 3, T, H, W), every
-    ``stride``-th frame, to its video token and its last layer's tokens (B, M, width) — the video
-    token carries what its UniBlocks learned across frames, which no single frame's token has."""
+@dataclass(frozen=True)
+class ClipView:
+    """What one encoder of the interaction sees of the clip: every ``stride``-th frame, normalised as
+    it was trained (the clip comes normalised as ``data.normalization`` says)."""
 
-    def __init__(self, visual: VideoCLIPVisual, stride: int) -> None:
-        super().__init__()
-        self.visual, self.stride = visual, stride
+    stride: int
+    clip_normalization: str
+    normalization: str
 
-    def forward(self, video: Tensor) -> Tensor:
-        return self.visual.context(video[:, :, ::self.stride])
+    def __call__(self, video: Tensor) -> Tensor:
+        return renormalize_clips(video[:, :, ::self.stride], self.clip_normalization, self.normalization)
 
 
 @register_task
@@ -104,28 +130,24 @@ class Interaction(Classification):
         check_weights_path("model.other.init", self.config.model.other.init)
 
     def build_model(self) -> InteractionClassifier:
-        config: InteractionConfig = self.config
-        base = super().build_model()  # the VideoMAE classifier, loaded from model.init
-        assert isinstance(base, VideoClassifier)
-        other = config.model.other
-        visual = VideoCLIPVisual(clip_visual_config(other.size, image_size=config.model.img_size,
-                                                    num_frames=other.num_frames, **other.overrides))
-        tokens = FrameTokens(visual, config.model.num_frames // other.num_frames)
-        model = InteractionClassifier(base, tokens, visual.config.width, config.model.heads, config.model.depth)
-        # One read of the other checkpoint, laid out as its classifier (``visual.*``, ``head.*``): a
-        # post-pretrained encoder brings its head, which reads the same video token, so the combination
-        # starts as the two classifiers' summed logits; a pretraining's has none, and the head stays zero.
-        load_initial_weights(nn.ModuleDict({"visual": visual, "head": model.other_head}), other.init,
-                             field="model.other.init", allow_missing=(*LOCAL_MHRA_KEYS, "head.*"),
-                             allow_unexpected=(*PRETRAINING_ONLY, "fc_norm.*"))
-        return model
+        model: InteractionModel = self.config.model
+        base = super().build_model()  # loaded from model.init
+        other_spec = model.other_classifier()
+        other = build_classifier(other_spec, drop_path=0.0)
+        load_initial_weights(other, other_spec.init, field="model.other.init", allow_missing=NEW_IN_CLASSIFIER,
+                             allow_unexpected=PRETRAINING_ONLY)
+        frames, normalization = model.clip_frames(), self.config.data.normalization
+        views = (ClipView(frames // model.num_frames, normalization, normalization),
+                 ClipView(frames // model.other.num_frames, normalization, model.other.normalization or normalization))
+        return InteractionClassifier(base, other, model.heads, model.depth, views)
+
+    def _clip_spec(self) -> ClipSpec:
+        return dataclasses.replace(super()._clip_spec(), num_frames=self.config.model.clip_frames())
 
     def flops_per_sample(self, model: nn.Module) -> float:
         """The two frozen encoders' forward passes, and forward and backward of what trains: its
         matrices, 2 FLOPs per weight and token (attention scores are small beside them here)."""
         interaction: InteractionClassifier = unwrap(model)
-        visual = interaction.other.visual.config
-        other = visual.num_frames * transformer_flops(visual.width, visual.layers, visual.grid**2 + 1, visual.mlp_ratio)
         trained = sum(p.numel() for p in interaction.parameters() if p.requires_grad)
-        tokens = interaction.base.config.encoder.num_patches
-        return interaction.base.flops_per_clip(training=False) + other + 3.0 * 2.0 * trained * tokens
+        tokens = interaction.base.num_tokens
+        return forward_flops(interaction.base) + forward_flops(interaction.other) + 3.0 * 2.0 * trained * tokens

@@ -176,7 +176,8 @@ def interaction_job(client: JobClient, dataset, base: str, other: str, *override
     visual = "{width: 64, layers: 2, heads: 2, patch_size: 16, global_layers: 1, output_dim: 32}"
     return client.submit("interaction", read_config("tiny-cpu-finetune"), [
         f"data.train_list={dataset.train_list}", f"data.val_list={dataset.val_list}", *FINETUNE,
-        f"model.init={base}", "model.heads=3", "model.other.num_frames=4", f"model.other.overrides={visual}",
+        f"model.init={base}", "model.heads=3", "model.other.encoder=clip", "model.other.size=ViT-B/16",
+        "model.other.num_frames=4", f"model.other.overrides={visual}",
         f"model.other.init={other}", *overrides], min_workers=2, max_workers=2)
 
 

@@ -35,6 +35,7 @@ from internvideo.data.transforms import (
     multi_scale_crop,
     multi_scale_crop_params,
     normalize_clips,
+    renormalize_clips,
     resize_clip,
 )
 
@@ -328,6 +329,14 @@ def test_normalize_clips_shape_and_value():
                 (128 / 255 - IMAGENET_MEAN[2]) / IMAGENET_STD[2]]
     torch.testing.assert_close(out[1, :, 2, 3, 4], torch.tensor(expected))
     torch.testing.assert_close(out[0, 0, 0, 0, 0], torch.tensor(-IMAGENET_MEAN[0] / IMAGENET_STD[0]))
+
+
+def test_renormalized_clips_are_the_clips_normalised_the_other_way():
+    batch = torch.randint(0, 256, (2, 4, 6, 5, 3), dtype=torch.uint8)
+    imagenet, clip = normalize_clips(batch, "imagenet"), normalize_clips(batch, "clip")
+    torch.testing.assert_close(renormalize_clips(imagenet, "imagenet", "clip"), clip)
+    torch.testing.assert_close(renormalize_clips(clip, "clip", "imagenet"), imagenet)
+    assert renormalize_clips(clip, "clip", "clip") is clip
 
 
 # ---------------------------------------------------------------- masking

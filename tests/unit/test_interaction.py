@@ -1,30 +1,32 @@
-"""Model interaction starts as the identity, trains only its own parts, and can change the output."""
+"""Model interaction starts as the base classifier, trains only its own parts and the readouts, and
+works either way round (the multimodal classifier consulting VideoMAE's tokens, or the reverse)."""
 from __future__ import annotations
 
+import pytest
 import torch
 
+from internvideo.models.clip import CLIPVideoClassifier, clip_visual_config
 from internvideo.models.interaction import InteractionClassifier
-from internvideo.models.vit import VideoClassifier, VideoViTEncoder, classifier_config, vit_config
+from internvideo.models.vit import VideoClassifier, classifier_config
+
+CLASSES = 6
 
 
-class SummaryFirst(torch.nn.Module):
-    """An encoder's tokens with their mean in front: the summary token the interaction's head reads."""
-
-    def __init__(self, encoder: torch.nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        tokens = self.encoder(video)
-        return torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
-
-
-def build() -> tuple[VideoClassifier, InteractionClassifier]:
-    torch.manual_seed(0)
-    base = VideoClassifier(classifier_config("tiny", num_classes=6, depth=2, img_size=32, patch_size=8,
+def videomae() -> VideoClassifier:
+    return VideoClassifier(classifier_config("tiny", num_classes=CLASSES, depth=2, img_size=32, patch_size=8,
                                              num_frames=4))
-    other = SummaryFirst(VideoViTEncoder(vit_config("small", depth=1, img_size=32, patch_size=8, num_frames=4)))
-    return base, InteractionClassifier(base, other, other_dim=384, heads=3, depth=2)
+
+
+def multimodal() -> CLIPVideoClassifier:
+    config = clip_visual_config("ViT-B/16", width=48, layers=2, heads=2, patch_size=8, image_size=32, num_frames=4,
+                                global_layers=1, output_dim=16, local_mhra=True)
+    return CLIPVideoClassifier(config, CLASSES)
+
+
+def build(base_is_multimodal: bool = False) -> tuple[torch.nn.Module, InteractionClassifier]:
+    torch.manual_seed(0)
+    base, other = (multimodal(), videomae()) if base_is_multimodal else (videomae(), multimodal())
+    return base, InteractionClassifier(base, other, heads=3 if not base_is_multimodal else 2, depth=2)
 
 
 def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -36,45 +38,28 @@ def moved(before: dict[str, torch.Tensor], model: torch.nn.Module) -> set[str]:
     return {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
 
 
-def test_at_initialisation_the_interaction_returns_exactly_the_base_logits():
-    base, combined = build()
+@pytest.mark.parametrize("base_is_multimodal", [False, True])
+def test_at_initialisation_the_interaction_returns_exactly_the_base_logits(base_is_multimodal):
+    base, combined = build(base_is_multimodal)
     video = torch.randn(3, 3, 4, 32, 32)
     combined.eval()
     with torch.no_grad():
         assert torch.equal(combined(video), base(video))
 
 
-def test_only_the_interaction_and_head_train_and_the_gates_open():
-    base, combined = build()
+@pytest.mark.parametrize("base_is_multimodal", [False, True])
+def test_the_first_step_opens_the_gates_the_second_trains_what_they_gate_and_the_encoders_never_move(
+        base_is_multimodal):
+    base, combined = build(base_is_multimodal)
     combined.train()
-    video, labels = torch.randn(4, 3, 4, 32, 32), torch.tensor([0, 1, 2, 3])
-    optimizer = torch.optim.AdamW([p for p in combined.parameters() if p.requires_grad], lr=1e-2)
-    encoder_before = [p.clone() for p in base.encoder.parameters()]
-    for _ in range(3):
-        loss = torch.nn.functional.cross_entropy(combined(video), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    assert all(torch.equal(a, b) for a, b in zip(encoder_before, base.encoder.parameters()))
-    assert all(p.grad is None for p in combined.other.parameters())
-    gates = [b.attn_gate.item() for b in combined.interaction.blocks]
-    assert all(g != 0 for g in gates)
-    combined.eval()
-    with torch.no_grad():
-        assert not torch.allclose(combined(video), base(video))
-
-
-def test_the_first_step_opens_the_gates_the_second_trains_what_they_gate_and_the_encoders_never_move():
-    base, combined = build()
-    combined.train()
-    encoders = (base.encoder, combined.other)
-    assert not any(p.requires_grad for encoder in encoders for p in encoder.parameters())
     names = {name for name, _ in combined.named_parameters()}
-    head = {n for n in names if n.startswith(("base.fc_norm.", "base.head.", "other_head."))}
+    readouts = {n for n in names if n.startswith(("base.fc_norm.", "base.head.", "other.fc_norm.", "other.head."))}
     interaction = {n for n in names if n.startswith("interaction.")}
-    gates = {n for n in interaction if n.endswith(("attn_gate", "mlp_gate"))}
+    gates = {n for n in interaction if n.endswith(("attn_gate", "mlp_gate"))} | {"other_gate"}
     trainable = {name for name, p in combined.named_parameters() if p.requires_grad}
-    assert trainable == interaction | head and len(gates) == 4  # 2 blocks × (attention, feed-forward)
+    assert trainable == interaction | readouts | {"other_gate"} and len(gates) == 5  # 2 blocks × 2, the logits' gate
+    encoders = [p for name, p in combined.named_parameters() if name not in trainable]
+    assert encoders and not any(p.requires_grad for p in encoders)
 
     # Plain SGD (no weight decay, no momentum): a parameter moves exactly when its gradient is nonzero.
     optimizer = torch.optim.SGD([p for p in combined.parameters() if p.requires_grad], lr=0.1)
@@ -87,9 +72,34 @@ def test_the_first_step_opens_the_gates_the_second_trains_what_they_gate_and_the
         optimizer.step()
 
     step()
-    # tanh(0) = 0 scales every gated branch: the first gradient reaches the gates and the heads, and
-    # is exactly zero for the cross-attention, feed-forward and projections behind the gates.
-    assert moved(start, combined) == gates | head
+    # tanh(0) = 0 scales every gated branch: the first gradient reaches the gates and the base's
+    # readout, and is exactly zero for what is behind the gates (the blocks, the other's readout).
+    base_readout = {n for n in readouts if n.startswith("base.")}
+    assert moved(start, combined) == gates | base_readout
     step()
-    assert moved(start, combined) == trainable  # gates open: everything behind them trains too
-    assert all(p.grad is None for encoder in encoders for p in encoder.parameters())
+    # Gates open: everything behind them has a gradient too (some too small yet to move an fp32 weight of 1).
+    assert {name for name, p in combined.named_parameters() if p.grad is not None and p.grad.any()} == trainable
+    assert all(p.grad is None for p in encoders)
+    combined.eval()
+    with torch.no_grad():
+        assert not torch.allclose(combined(video), base(video))
+
+
+def test_frozen_encoders_stay_in_eval_mode_while_the_readouts_train():
+    _, combined = build()
+    combined.base.head_dropout.p = 0.5
+    combined.train()
+    assert not combined.base.encoder.training and not combined.other.visual.training
+    assert combined.base.head_dropout.training and combined.other.head.training
+
+
+def test_each_model_sees_its_own_view_of_the_clip():
+    torch.manual_seed(0)
+    base, other = videomae(), multimodal()
+    seen = []
+    views = (lambda v: v[:, :, :4], lambda v: seen.append(v[:, :, ::2]) or v[:, :, ::2])
+    combined = InteractionClassifier(base, other, heads=3, views=views).eval()
+    video = torch.randn(2, 3, 8, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(combined(video), base(video[:, :, :4]))
+    assert torch.equal(seen[0], video[:, :, ::2])
