@@ -104,13 +104,14 @@ def cmd_submit_recipe(args: argparse.Namespace) -> int:
 
 def recipe_table(client, jobs) -> str:
     """One line per stage: state, time from start to end, throughput, and its headline numbers
-    (the final loss and whatever validation it reported, ``val_*``)."""
+    (an evaluation's metrics; a training stage's validation, ``val_*``, or else its final loss)."""
     rows = [("stage", "kind", "state", "time", "clips/s", "result")]
     for job in jobs:
         times = [e.time.ToSeconds() for e in client.watch(job.job_id, follow=False)
                  if e.WhichOneof("body") == "state_changed" and _state_name(e.state_changed.to_state) != "QUEUED"]
         metrics = job.result.metrics
-        headline = {k: v for k, v in metrics.items() if k.startswith("val_")} or {
+        evaluated = json.loads(job.result.details_json).get("metrics", {}) if job.result.details_json else {}
+        headline = evaluated or {k: v for k, v in metrics.items() if k.startswith("val_")} or {
             k: metrics[k] for k in ("final_loss", "final_accuracy") if k in metrics}
         rows.append((job.name, job.kind, _state_name(job.state), f"{times[-1] - times[0]:.0f}s" if times else "-",
                      f"{metrics['clips_per_second']:.1f}" if "clips_per_second" in metrics else "-",
@@ -194,6 +195,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_results(args: argparse.Namespace) -> int:
+    from coordinator.client import JobClient
+    from coordinator.report import results_text
+    with JobClient(args.address) as client:
+        job = client.get(args.job_id)
+    if args.json:
+        details = json.loads(job.result.details_json) if job.result.details_json else {}
+        print(json.dumps({"job_id": job.job_id, "name": job.name, "kind": job.kind, "state": _state_name(job.state),
+                          "metrics": dict(job.result.metrics), "details": details}, indent=2))
+    else:
+        print(f"{job.name} ({job.kind}, {job.job_id}, {_state_name(job.state)})")
+        print(results_text(job))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from coordinator.demo import run_demo
     return run_demo(Path(args.workdir), args.steps)
@@ -254,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = client_command("report", cmd_report, "a job's efficiency: a table; with --out, plots and an HTML page")
     p.add_argument("job_id")
     p.add_argument("--out", default="", help="folder for the PNG plots and index.html")
+    p = client_command("results", cmd_results, "a job's numbers: an evaluation's metrics and tables")
+    p.add_argument("job_id")
+    p.add_argument("--json", action="store_true", help="every metric and table, as JSON")
 
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("synth", help="write a synthetic video dataset (H.264 mp4 + lists)")

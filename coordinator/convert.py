@@ -38,7 +38,9 @@ def progress_to_proto(progress: dict[str, Any]) -> pb.Progress:
 
 def result_to_proto(result: dict[str, Any]) -> pb.JobResult:
     metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    return pb.JobResult(metrics=metrics, final_checkpoint=result.get("final_checkpoint", ""))
+    details = result.get("details")
+    return pb.JobResult(metrics=metrics, final_checkpoint=result.get("final_checkpoint", ""),
+                        details_json=json.dumps(details) if details else "")
 
 
 def checkpoint_to_proto(ckpt: CheckpointRecord) -> pb.Checkpoint:
@@ -75,6 +77,8 @@ def event_to_proto(event: JobEvent) -> pb.JobEvent:
     elif event.type == "checkpoint":
         out.checkpoint.CopyFrom(pb.Checkpoint(step=p["step"], path=p["path"], world_size=p["world_size"],
                                               created_at=timestamp(event.time)))
+    elif event.type == "shard":
+        out.shard_committed.CopyFrom(pb.ShardCommitted(**p))
     elif event.type == "skipped_video":
         out.skipped_video.CopyFrom(pb.SkippedVideo(path=p["path"], reason=p["reason"], detail=p["detail"], count=1))
     elif event.type == "decode_pool":

@@ -2,8 +2,9 @@
 
 Starts the coordinator as its own process, writes a synthetic dataset (videos of shapes that
 move, grow or fade, with captions), submits the ``tiny-cpu`` recipe as one request — masked video
-pretraining and video–language pretraining, each encoder's supervised post-pretraining, then the
-interaction of the two frozen encoders — streams every stage, and ends with two tables: each
+pretraining and video–language pretraining, each encoder's supervised post-pretraining, the
+interaction of the two frozen encoders, then a multi-view recognition test and a text–video
+retrieval test — streams every stage, and ends with two tables: each
 stage's state, time, throughput and headline numbers (validation on the held-out split), and where
 each stage's GPU-time and energy went (goodput, joules per clip, MFU); it writes each stage's
 efficiency report (plots and an HTML page) beside them.
@@ -22,18 +23,20 @@ from coordinator.report import jobs_table, write_report
 from internvideo.data.synthetic import write_synthetic_dataset
 from protos.internvideo.v1 import jobs_pb2 as pb
 
-STAGES = ("mae", "mm", "post-mae", "post-mm", "interaction")
+STAGES = ("mae", "mm", "post-mae", "post-mm", "interaction")  # the training stages
+EVAL_STAGES = ("eval-post-mae", "eval-mm")
 
 
 def data_overrides(dataset) -> list[str]:
-    """Each stage's training and held-out data (masked pretraining validates nothing)."""
-    lists = {"mm": (dataset.train_captions, dataset.val_captions)}
+    """Each stage's training and held-out data (masked pretraining validates nothing; an evaluation
+    has only held-out data)."""
+    lists = {"mm": (dataset.train_captions, dataset.val_captions), "eval-mm": (None, dataset.val_captions),
+             "eval-post-mae": (None, dataset.val_list), "mae": (dataset.train_list, None)}
     overrides = []
-    for stage in STAGES:
+    for stage in (*STAGES, *EVAL_STAGES):
         train, val = lists.get(stage, (dataset.train_list, dataset.val_list))
-        overrides.append(f"{stage}:data.train_list={train}")
-        if stage != "mae":
-            overrides.append(f"{stage}:data.val_list={val}")
+        overrides += [f"{stage}:data.train_list={train}"] if train else []
+        overrides += [f"{stage}:data.val_list={val}"] if val else []
     return overrides
 
 

@@ -43,14 +43,15 @@ class Efficiency:
         return flat
 
 
-def job_efficiency(events: list[JobEvent], usage: JobUsage | None, global_batch: int) -> Efficiency:
+def job_efficiency(events: list[JobEvent], usage: JobUsage | None, global_batch: int | None) -> Efficiency:
+    """``global_batch``: a training job's; None for an evaluation (its kept clips are its committed shards')."""
     usage = usage or JobUsage({}, 0.0)
     steps = [e.payload for e in events if e.type == "progress"]
     workers = [e.payload["workers"] for e in events if e.type == "workers"]
     sources = tuple(sorted({s for attempt in workers for w in attempt for s in w["energy_sources"]}))
     seconds = np.array([p["step_seconds"] for p in steps])
     flops = sum(p.get("model_flops", 0.0) for p in steps)
-    kept_clips = max((e.payload["step"] for e in events if e.type == "checkpoint"), default=0) * global_batch
+    kept_clips = kept_samples(events, global_batch)
     mfu, peak = _mfu(steps, workers)
     held, joules = usage.held_gpu_seconds, usage.joules
     return Efficiency(
@@ -69,6 +70,14 @@ def job_efficiency(events: list[JobEvent], usage: JobUsage | None, global_batch:
         step_seconds_p50=float(np.percentile(seconds, 50)) if len(seconds) else None,
         step_seconds_p95=float(np.percentile(seconds, 95)) if len(seconds) else None,
         clips_per_second=sum(p["step_samples"] for p in steps) / seconds.sum() if len(seconds) else None)
+
+
+def kept_samples(events: list[JobEvent], global_batch: int | None) -> int:
+    """The samples whose compute the job keeps: those of the steps its newest checkpoint holds, or of
+    an evaluation's committed shards (a shard committed twice, by runners racing a restart, counts once)."""
+    if global_batch is None:
+        return sum({e.payload["shard"]: e.payload["samples"] for e in events if e.type == "shard"}.values())
+    return max((e.payload["step"] for e in events if e.type == "checkpoint"), default=0) * global_batch
 
 
 def _mfu(steps: list[dict], workers: list[list[dict]]) -> tuple[float | None, str]:

@@ -1,4 +1,5 @@
-"""A job's efficiency report, for people without Grafana: a table in the terminal, and with
+"""A job's results and efficiency report, for people without Grafana: its numbers as tables
+(``internvideo results``); its efficiency as a table in the terminal, and with
 ``--out DIR`` PNG plots of loss, throughput, power and goodput over the job's steps, and one
 self-contained HTML page holding the table and the plots (``index.html``).
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +78,28 @@ def jobs_table(named: list[tuple[str, pb.JobEfficiency]]) -> str:
                      figure(e, "data_wait_fraction", ".1%"), ", ".join(e.energy_sources) or "none"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def results_text(job: pb.Job) -> str:
+    """A job's numbers as tables: an evaluation's metrics and what is not one number (a table per
+    class, a confusion matrix); a training job's validation and final step metrics."""
+    details = json.loads(job.result.details_json) if job.result.details_json else {}
+    metrics = details.get("metrics") or {k: v for k, v in job.result.metrics.items() if k.startswith(("val_", "final_"))}
+    if not metrics:
+        return "no results yet"
+    parts = [table([(name, f"{value:.4g}") for name, value in sorted(metrics.items())])]
+    for name, value in details.items():
+        if name == "metrics":
+            continue
+        if isinstance(value, dict) and all(not isinstance(v, (dict, list)) for v in value.values()):
+            parts.append(f"{name}:\n" + table([(str(k), "n/a" if v is None else f"{v:.4g}" if isinstance(v, float)
+                                               else str(v)) for k, v in value.items()]))
+        elif isinstance(value, list) and value and all(isinstance(row, list) for row in value):
+            width = max(len(str(cell)) for row in value for cell in row)
+            parts.append(f"{name}:\n" + "\n".join(" ".join(str(c).rjust(width) for c in row) for row in value))
+        else:
+            parts.append(f"{name}: {json.dumps(value)}")
+    return "\n\n".join(parts)
 
 
 def curves(events: list[pb.JobEvent]) -> list[Curve]:

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 from prometheus_client import Gauge
 
 from coordinator import metrics
 from coordinator.autoscale import DecodePoolSizer
 from coordinator.efficiency import job_efficiency
+from coordinator.predictions import CommittedShards, ShardPlan, merge_rank_outputs
 from coordinator.recovery import Decision, FailurePolicy, failure_cause
 from coordinator.state import InvalidTransition, JobState
 from coordinator.store import JobEvent, JobNeeds, JobRecord, JobStore
@@ -72,10 +72,11 @@ class Requeue(Exception):
 
 
 class GrowAt(Exception):
-    """More workers fit: stop at this committed checkpoint and restart larger."""
+    """More workers fit: stop at this committed checkpoint (an evaluation: its committed shards, None)
+    and restart larger."""
 
-    def __init__(self, checkpoint: Path, world_size: int) -> None:
-        super().__init__(f"growing to {world_size} workers at {checkpoint}")
+    def __init__(self, checkpoint: Path | None, world_size: int) -> None:
+        super().__init__(f"growing to {world_size} workers at {checkpoint or 'the committed shards'}")
         self.checkpoint, self.world_size = checkpoint, world_size
 
 
@@ -87,6 +88,17 @@ def resource_demand(needs: JobNeeds, world_size: int, bundle: dict[str, float],
     pool = needs.decode_workers if decode_workers is None else decode_workers
     demand["CPU"] = demand.get("CPU", 0.0) + pool * needs.decode_cpus
     return demand
+
+
+def eval_result(events: list[JobEvent], predicted: int, plan: ShardPlan, failures: int) -> dict[str, Any]:
+    """What an evaluation did, over all its attempts: the samples it predicted (``predicted``, from its
+    committed shards; the rest could not be decoded) and how fast its shards went."""
+    progress = [e.payload for e in events if e.type == "progress"]
+    seconds = sum(p["step_seconds"] for p in progress)
+    return {"samples": predicted, "eval_seconds": seconds,
+            "clips_per_second": sum(p["step_samples"] for p in progress) / seconds if seconds else 0.0,
+            "shards": plan.num_shards, "skipped_videos": sum(e.type == "skipped_video" for e in events),
+            "failures": failures}
 
 
 def run_result(events: list[JobEvent], total_steps: int, failures: int) -> dict[str, Any]:
@@ -136,7 +148,7 @@ class JobRunner(threading.Thread):
         self._sizer = DecodePoolSizer(data.decode_workers, data.max_decode_workers, data.data_wait_target,
                                       data.autoscale_window)
         self._decode_limit = decode_limit
-        self.policy = FailurePolicy(self.config.train.max_failures)
+        self.policy = FailurePolicy(self.config.max_failures)
         self.failures = job.failures
         self._fit_world_size = fit_world_size
         self._grow_target = grow_target
@@ -144,6 +156,8 @@ class JobRunner(threading.Thread):
         self._group: WorkerGroup | None = None
         self._checkpointed_step = -1
         self._held_out = 0  # held-out samples (data.val_list), counted once when the job starts
+        self._shards: ShardPlan | None = None  # an evaluation's unit of work
+        self._predictions = CommittedShards(settings.job_dir(job.job_id) / "predictions")
         self.usage = UsageLedger()  # where the job's GPU-time and energy go (flushed to the store)
         self._so_far = JobUsage({}, 0.0)  # the job's totals, over all attempts (read when it starts)
         self._start_use = "startup"  # what bringing the next attempt up counts as ("recovery" after a failure)
@@ -186,9 +200,14 @@ class JobRunner(threading.Thread):
             self.task_ref = TaskRef.of(self.job.kind, replace_job_refs(self.job.config, self._final_checkpoint))
             self.task = self.task_ref.load()
             self._so_far = self._usage_so_far()
-            num_samples = len(self.config.data.source().read())
-            val = self.config.data.val_source()
-            self._held_out = len(val.read()) if val is not None else 0
+            data = self.task.config.data  # the kind's: its lists may be read its own way (subsets, say)
+            if self.config.evaluates:
+                num_samples = self.task.sample_count(data.val_source().read())
+                self._shards = ShardPlan(num_samples, self.config.eval.shard_size)
+            else:
+                num_samples = len(data.source().read())
+            if not self.config.evaluates and data.val_list:
+                self._held_out = len(data.val_source().read())
             resume = self._resume_point()
             while True:
                 try:
@@ -222,6 +241,17 @@ class JobRunner(threading.Thread):
 
     def _result(self) -> dict[str, Any]:
         events = self.store.events_after(self.job_id, 0)
+        if self.config.evaluates:
+            outputs = self._predictions.load(self._shards)
+            if len(outputs["sample_ids"]) == 0:
+                raise DataError(f"not one of the {self._shards.num_samples} videos could be decoded")
+            evaluation = self.task.evaluate(outputs, self.settings.job_dir(self.job_id))
+            if evaluation.artifacts:  # what a job:<id> of this job means
+                self.store.record_checkpoint(self.job_id, self._shards.num_shards, evaluation.artifacts, self.world_size)
+            efficiency = job_efficiency(events, self._so_far, None)
+            return {**eval_result(events, len(outputs["sample_ids"]), self._shards, self.failures),
+                    **efficiency.as_metrics(), **evaluation.metrics, "final_checkpoint": evaluation.artifacts,
+                    "details": {"metrics": evaluation.metrics, **evaluation.details}}
         efficiency = job_efficiency(events, self._so_far, self.config.train.global_batch)
         return {**run_result(events, self.config.train.steps, self.failures), **efficiency.as_metrics()}
 
@@ -234,7 +264,10 @@ class JobRunner(threading.Thread):
 
     def _resume_point(self) -> Path | None:
         """The job's newest committed checkpoint (it ran before: requeued or restarted), else the
-        checkpoint its config starts from, else None."""
+        checkpoint its config starts from, else None (and always None for an evaluation, which
+        resumes from its committed shards)."""
+        if self.config.evaluates:
+            return None
         checkpoints = self.store.checkpoints(self.job_id)
         if checkpoints:
             return Path(checkpoints[-1].path)
@@ -248,10 +281,14 @@ class JobRunner(threading.Thread):
 
     def _attempt(self, num_samples: int, resume: Path | None) -> None:
         """Start the decode pool and the worker group, restore ``resume``, train to the end."""
-        data = self.config.data
-        held_out = Dataset(data.val_source(), self.task.val_sample_fn()) if data.val_list else None
-        pool_spec = PoolSpec(job_id=self.job_id, data=Dataset(data.source(), self.task.sample_fn()),
-                             seed=self.config.train.seed, held_out=held_out, cpus=data.decode_cpus,
+        data = self.task.config.data
+        if self.config.evaluates:  # the evaluated list is what the pool decodes
+            work, held_out = Dataset(data.val_source(), self.task.sample_fn(), replace_bad=False), None
+        else:
+            work = Dataset(data.source(), self.task.sample_fn())
+            held_out = Dataset(data.val_source(), self.task.val_sample_fn(), replace_bad=False) if self._held_out else None
+        pool_spec = PoolSpec(job_id=self.job_id, data=work,
+                             seed=self.config.seed, held_out=held_out, cpus=data.decode_cpus,
                              threads=data.threads_per_decode_worker, host=self.settings.worker_host,
                              restarts=data.decode_restarts, delay_s=self.config.debug.decode_delay_s)
         grown = self.decode_workers  # what an earlier attempt had grown the pool to
@@ -272,13 +309,16 @@ class JobRunner(threading.Thread):
         self.usage.charge(self._start_use, self._group.last_call_joules)
         self.store.record_workers(self.job_id, [{k: info[k] for k in WORKER_FACTS} for info in self._group.infos])
         self.metrics_endpoints = {"trainer": self._group.metrics_endpoints, "decode": self._pool.metrics_endpoints}
-        start_step = self._restore(folder)
+        start_step = 0 if self.config.evaluates else self._restore(folder)
         self._start_use = "startup"
         self._check_cancel()
         self.store.transition(self.job_id, JobState.RUNNING,
                               f"{self.world_size} workers, {self.decode_workers} decode workers",
                               world_size=self.world_size)
-        self._train(start_step, num_samples)
+        if self.config.evaluates:
+            self._evaluate(num_samples)
+        else:
+            self._train(start_step, num_samples)
 
     def _recover(self, error: WorkerGroupError, count_failure: bool = True) -> Path | None:
         """Tear down, decide, and re-fit; returns the checkpoint the next attempt starts from.
@@ -292,8 +332,9 @@ class JobRunner(threading.Thread):
             self.failures += 1
             self.store.update_job(self.job_id, failures=self.failures)
             if self.policy.decide(error, self.failures) is Decision.FAIL:
+                section = "eval" if self.config.evaluates else "train"
                 raise RuntimeError(f"giving up after failure {self.failures} "
-                                   f"(train.max_failures={self.policy.max_failures}): {error}") from error
+                                   f"({section}.max_failures={self.policy.max_failures}): {error}") from error
         resume = self._resume_point()
         what = (f"failure {self.failures} of at most {self.policy.max_failures}" if count_failure
                 else "no room for the workers yet")
@@ -311,10 +352,11 @@ class JobRunner(threading.Thread):
         self.world_size = world
         return resume
 
-    def _grow(self, grow: GrowAt) -> Path:
+    def _grow(self, grow: GrowAt) -> Path | None:
         self._release()
         self.store.transition(self.job_id, JobState.RESCALING,
-                              f"{self.world_size} → {grow.world_size} workers from {grow.checkpoint}", world_size=0)
+                              f"{self.world_size} → {grow.world_size} workers from "
+                              f"{grow.checkpoint or 'the committed shards'}", world_size=0)
         metrics.RESCALES.labels(cause="grow").inc()
         self.world_size = grow.world_size
         return grow.checkpoint
@@ -385,7 +427,7 @@ class JobRunner(threading.Thread):
             self.usage.step(step, [r["data_wait_seconds"] for r in reports], self._group.last_call_joules)
             self._flush_usage()
             step_samples = sum(r["samples"] for r in reports)
-            self._record_skips(reports, num_samples)
+            self._record_skips([skip for report in reports for skip in report["skipped"]], num_samples)
             if train.record_samples:
                 self._log_samples(step, reports)
             wait = max(r["data_wait_seconds"] / r["seconds"] for r in reports)  # the slowest rank gates a step
@@ -413,6 +455,41 @@ class JobRunner(threading.Thread):
                     raise GrowAt(Path(checkpoint), target)
             self._flush_usage()
 
+    def _evaluate(self, num_samples: int) -> None:
+        """Predict every shard no earlier runner committed, committing each as it completes."""
+        plan = self._shards
+        for shard in sorted(set(range(plan.num_shards)) - self._predictions.done()):
+            self._hold(shard)  # ``debug.hold_at_steps`` counts shards here: all before this one are done
+            self._check_cancel()
+            self.usage.charge("overhead")
+            sample_ids = plan.sample_ids(shard)
+            began = time.perf_counter()
+            reports = self._group.call("evaluate", sample_ids, timeout_s=self.config.eval.shard_timeout_s)
+            seconds = time.perf_counter() - began
+            self.usage.step(shard, [r["data_wait_seconds"] for r in reports], self._group.last_call_joules)
+            outputs, skipped = merge_rank_outputs(reports, sample_ids)
+            self._record_skips(skipped, num_samples)
+            path = self._predictions.commit(shard, outputs)
+            self.usage.kept(shard + 1)
+            done = len(self._predictions.done())
+            predicted = len(outputs["sample_ids"])
+            self.store.record_shard(self.job_id, {"shard": shard, "num_shards": plan.num_shards, "samples": predicted,
+                                                  "path": str(path), "world_size": self.world_size})
+            self.store.record_progress(self.job_id, {
+                "step": done, "total_steps": plan.num_shards, "samples": predicted, "step_samples": predicted,
+                "clips_per_second": predicted / seconds, "step_seconds": seconds,
+                "data_wait_fraction": statistics.fmean(r["data_wait_seconds"] / r["seconds"] if r["seconds"] else 0.0
+                                                       for r in reports),
+                "world_size": self.world_size, "decode_workers": self.decode_workers,
+                "model_flops": sum(r["model_flops"] for r in reports), "step_joules": self._group.last_call_joules,
+                "held_gpu_seconds": self._so_far.held_gpu_seconds,
+                "kept_gpu_seconds": self._so_far.of("kept").gpu_seconds, "joules": self._so_far.joules,
+            })
+            self._flush_usage()
+            target = self._grow_target(self) if self._grow_target and done < plan.num_shards else 0
+            if target > self.world_size:
+                raise GrowAt(None, target)
+
     def _hold(self, step: int) -> None:
         """``debug.hold_at_steps``: wait here, ``step`` steps done, until the job's release file exists
         (a test's control point); a cancel or preemption ends the wait."""
@@ -433,15 +510,12 @@ class JobRunner(threading.Thread):
     def _validate(self, step: int) -> None:
         """The kind's metrics on the held-out set, each sample predicted once by one rank."""
         size = self._held_out
-        shards = self._call("validate", size, use="validation", timeout_s=self.config.train.step_timeout_s)
-        shards = [shard for shard in shards if shard]  # a rank may get no held-out sample at all
-        ids = np.concatenate([shard["sample_ids"] for shard in shards])
-        order = np.argsort(ids)
-        if not np.array_equal(ids[order], np.arange(size)):
-            raise RuntimeError(f"validation covered samples {sorted(ids.tolist())[:10]}…, not each of {size} once")
-        outputs = {name: np.concatenate([shard[name] for shard in shards])[order]
-                   for name in shards[0] if name != "sample_ids"}
-        results = self.task.validation_metrics(outputs)
+        reports = self._call("validate", size, use="validation", timeout_s=self.config.train.step_timeout_s)
+        outputs, skipped = merge_rank_outputs(reports, list(range(size)))
+        self._record_skips(skipped, size)
+        if len(outputs["sample_ids"]) == 0:
+            raise DataError(f"not one of the {size} held-out videos could be decoded")
+        results = self.task.validation_metrics({k: v for k, v in outputs.items() if k != "sample_ids"})
         log.info("job %s: validation at step %d: %s", self.job_id, step, results)
         self.store.record_validation(self.job_id, {"step": step, "metrics": results})
         self._export(metrics.VALIDATION_METRIC, results)
@@ -491,8 +565,7 @@ class JobRunner(threading.Thread):
         with open(path, "a") as log_file:
             log_file.write(json.dumps(line) + "\n")
 
-    def _record_skips(self, reports: list[dict[str, Any]], num_samples: int) -> None:
-        skips = [skip for report in reports for skip in report["skipped"]]
+    def _record_skips(self, skips: list[dict[str, Any]], num_samples: int) -> None:
         for skip in skips:
             self.store.record_skipped(self.job_id, skip["path"], skip["reason"], skip["detail"])
         bad = len(self.store.skipped_videos(self.job_id)) if skips else 0

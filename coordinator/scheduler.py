@@ -100,31 +100,41 @@ class Scheduler:
 
     def tick(self) -> None:
         free = self.free_resources()
-        for job in map(self._with_needs, self.store.queue()):
+        for queued in self.store.queue():
             if self._stop.is_set():
                 return
-            if not self._dependencies_succeeded(job):
-                continue  # it waits for jobs that are themselves queued or running: it blocks nobody
-            world = self._fitting_world_size(job, free)
-            if world is None:
-                self._note_waiting(job, free)
-                self._preempt_for(job, free)
-                return  # strict order: nothing jumps the head of the queue
-            queued_at = self.store.queued_since(job.job_id)
-            runner = self.runner_factory(self.store, job, world, self.settings, on_exit=self._runner_exited,
-                                         fit_world_size=self.fit_world_size, grow_target=self.grow_target,
-                                         decode_limit=self.decode_limit)
-            with self._lock:  # atomic with cancel(): a job is either still QUEUED or has its runner
-                try:
-                    self.store.transition(job.job_id, JobState.STARTING, f"starting {world} workers",
-                                          world_size=world)
-                except InvalidTransition:
-                    continue  # cancelled since the queue was read
-                self.runners[job.job_id] = runner
-            metrics.QUEUE_WAIT.observe(time.time() - queued_at)
-            for key, amount in runner.demand.items():
-                free[key] = free.get(key, 0.0) - amount
-            runner.start()
+            try:
+                if not self._admit(self._with_needs(queued), free):
+                    return  # strict order: nothing jumps the head of the queue
+            except Exception as err:  # noqa: BLE001 — a job that cannot be started fails; the queue goes on
+                log.exception("job %s cannot be started", queued.job_id)
+                self._end_queued(queued, JobState.FAILED, f"cannot be started: {type(err).__name__}: {err}")
+
+    def _admit(self, job: JobRecord, free: dict[str, float]) -> bool:
+        """Start ``job`` if it may and fits (taking its resources from ``free``); False if it waits
+        for room, which holds up the jobs behind it."""
+        if not self._dependencies_succeeded(job):
+            return True  # it waits for jobs that are themselves queued or running: it blocks nobody
+        world = self._fitting_world_size(job, free)
+        if world is None:
+            self._note_waiting(job, free)
+            self._preempt_for(job, free)
+            return False
+        queued_at = self.store.queued_since(job.job_id)
+        runner = self.runner_factory(self.store, job, world, self.settings, on_exit=self._runner_exited,
+                                     fit_world_size=self.fit_world_size, grow_target=self.grow_target,
+                                     decode_limit=self.decode_limit)
+        with self._lock:  # atomic with cancel(): a job is either still QUEUED or has its runner
+            try:
+                self.store.transition(job.job_id, JobState.STARTING, f"starting {world} workers", world_size=world)
+            except InvalidTransition:
+                return True  # cancelled since the queue was read
+            self.runners[job.job_id] = runner
+        metrics.QUEUE_WAIT.observe(time.time() - queued_at)
+        for key, amount in runner.demand.items():
+            free[key] = free.get(key, 0.0) - amount
+        runner.start()
+        return True
 
     def _dependencies_succeeded(self, job: JobRecord) -> bool:
         """Whether every job it starts from (``job:<id>``) has succeeded. One that failed or was

@@ -71,7 +71,8 @@ class JobService(pb_grpc.JobServiceServicer):
         except JobNotFound:
             context.abort(grpc.StatusCode.NOT_FOUND, f"job_id: no job {request.job_id!r}")
         _, usage = self.store.usage([job.job_id]).get(job.job_id, ("", None))
-        efficiency = job_efficiency(self.store.events_after(job.job_id, 0), usage, job.config["train"]["global_batch"])
+        efficiency = job_efficiency(self.store.events_after(job.job_id, 0), usage,
+                                    (job.config.get("train") or {}).get("global_batch"))
         return convert.efficiency_to_proto(job.job_id, efficiency)
 
     def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.ListJobsResponse:

@@ -279,6 +279,11 @@ class JobStore:
         """The kind's metrics on held-out data at a step: ``{"step", "metrics"}``."""
         self._write(lambda db: self._append(db, job_id, "validation", validation))
 
+    def record_shard(self, job_id: str, shard: dict[str, Any]) -> None:
+        """An evaluation committed a shard of predictions: ``{"shard", "num_shards", "samples", "path",
+        "world_size"}`` (the files are the record of what is done; this is the history)."""
+        self._write(lambda db: self._append(db, job_id, "shard", shard))
+
     def record_checkpoint(self, job_id: str, step: int, path: str, world_size: int) -> None:
         def write(db: sqlite3.Connection) -> None:
             db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,?)",

@@ -80,7 +80,7 @@ def _check_inputs(task: Task) -> None:
         task.check_inputs()
     except ConfigError as err:
         raise InvalidSubmission(f"config.{err.field}", err.message) from None
-    resume_from = task.config.train.resume_from
+    resume_from = task.config.train.resume_from if task.config.train else None
     if resume_from:
         try:
             read_commit(resume_from)

@@ -197,7 +197,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         source = source / "mp_rank_00_model_states.pt"
         if not source.is_file():
             raise FileNotFoundError(f"{path} holds no DeepSpeed model states (mp_rank_00_model_states.pt)")
-    return torch.load(source, map_location="cpu", weights_only=False)
+    try:  # mapped, not read: a check of keys and shapes touches no weight
+        return torch.load(source, map_location="cpu", weights_only=False, mmap=True)
+    except RuntimeError:  # the legacy (pre-zipfile) format cannot be mapped
+        return torch.load(source, map_location="cpu", weights_only=False)
 
 
 def to_official(state: Mapping[str, Tensor]) -> StateDict:

@@ -32,7 +32,7 @@ from internvideo.data.decode import DecodeError
 from internvideo.data.formats import MergedSource, VideoSource
 from internvideo.data.lists import VideoRecord
 from internvideo.data.order import GlobalBatchPlan, gradient_accumulation
-from internvideo.tasks.base import SampleFn
+from internvideo.tasks.base import SampleFn, record_index
 from workers import telemetry
 from workers.calls import WorkerGroupError, gather, kill_actors
 
@@ -61,6 +61,9 @@ class Dataset:
 
     source: VideoSource | MergedSource
     sample: SampleFn  # the job kind's: what one sample is
+    # A video that cannot be decoded is replaced by another sample (training: the batch stays whole),
+    # or, held-out data, left out of the batch and reported: a prediction must be the video's own.
+    replace_bad: bool = True
 
 
 class _Request:
@@ -104,9 +107,9 @@ class DecodeWorker:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(1)  # parallel across requests, not inside one resize
-        self.datasets = {False: (data.source.read(), data.sample)}
+        self.datasets = {False: (data.source.read(), data)}
         if held_out is not None:
-            self.datasets[True] = (held_out.source.read(), held_out.sample)
+            self.datasets[True] = (held_out.source.read(), held_out)
         self.seed, self.delay_s = seed, delay_s
         self._bad: dict[str, DecodeError] = {}  # known-bad paths: fail fast, same outcome
         labels = {"job": job_id, "pool": pool}
@@ -129,7 +132,9 @@ class DecodeWorker:
 
     def decode_batch(self, epoch: int, sample_ids: list[int], held_out: bool = False) -> dict[str, Any]:
         """The samples ``sample_ids``, each of the sample function's arrays stacked (``video`` uint8
-        (B, T, S, S, 3), ...), with ``sample_ids`` and the ``skipped`` videos replaced on the way."""
+        (B, T, S, S, 3), ...), with ``sample_ids`` and the ``skipped`` videos: replaced on the way, or
+        (a dataset that does not replace) left out, when ``sample_ids`` are those in the batch — no
+        arrays at all if none could be decoded."""
         if not sample_ids:
             raise ValueError("decode_batch needs at least one sample id")
         if not self._collector.is_alive():
@@ -158,11 +163,13 @@ class DecodeWorker:
         time.sleep(self.delay_s)
         try:
             skipped: list[SkippedSample] = []
-            records, sample = self.datasets[request.held_out]
-            samples = [self._decode_one(records, sample, request.epoch, sid, skipped) for sid in request.sample_ids]
+            records, data = self.datasets[request.held_out]
+            decoded = [(sid, arrays) for sid in request.sample_ids
+                       if (arrays := self._decode_one(records, data, request.epoch, sid, skipped)) is not None]
+            names = decoded[0][1] if decoded else {}
             request.batch = {
-                **{name: np.stack([s[name] for s in samples]) for name in samples[0]},
-                "sample_ids": request.sample_ids,  # as asked for, before any replacement
+                **{name: np.stack([arrays[name] for _, arrays in decoded]) for name in names},
+                "sample_ids": [sid for sid, _ in decoded],  # as asked for: a replacement stands in for its sample
                 "skipped": [asdict(skip) for skip in skipped],
             }
         except Exception as err:  # noqa: BLE001 — re-raised in the request's own call
@@ -170,16 +177,16 @@ class DecodeWorker:
         self._seconds.inc(time.perf_counter() - start)
         return request
 
-    def _decode_one(self, records: list[VideoRecord], sample: SampleFn, epoch: int, sample_id: int,
-                    skipped: list[SkippedSample]) -> dict[str, np.ndarray]:
+    def _decode_one(self, records: list[VideoRecord], data: Dataset, epoch: int, sample_id: int,
+                    skipped: list[SkippedSample]) -> dict[str, np.ndarray] | None:
         candidate = sample_id
         for attempt in range(1, MAX_REPLACEMENTS + 1):
-            record = records[candidate]
+            record = records[record_index(data.sample, candidate)]
             known = self._bad.get(record.path)
             try:
                 if known is not None:
                     raise known
-                arrays = sample(records, epoch, candidate)
+                arrays = data.sample(records, epoch, candidate)
             except DecodeError as err:
                 # First sighting in this worker (another decode thread may have just met it too): count
                 # and log it once; a known-bad path raises its stored error, which must not count again.
@@ -188,6 +195,8 @@ class DecodeWorker:
                     self._errors(err.reason).inc()
                     log.warning("skipping video (%s): %s", err.reason, err)
                 skipped.append(SkippedSample(candidate, err.path, err.reason, str(err)))
+                if not data.replace_bad:
+                    return None
                 candidate = replacement_sample(self.seed, epoch, sample_id, attempt, len(records))
                 continue
             self._clips.inc()
@@ -285,14 +294,14 @@ class DecodePool:
         self.actors = []
 
 
-def held_out_batches(actors: list[ray.actor.ActorHandle], sample_ids: list[int], micro_batch: int,
+def held_out_batches(actors: list[ray.actor.ActorHandle], chunks: list[list[int]], held_out: bool,
                      max_in_flight: int, timeout_s: float) -> Iterator[dict[str, Any]]:
-    """Held-out samples ``sample_ids`` from the decode pool, ``micro_batch`` at a time, in order, with at
-    most ``max_in_flight`` requests outstanding (spread over the actors)."""
-    chunks = [sample_ids[i:i + micro_batch] for i in range(0, len(sample_ids), micro_batch)]
+    """Samples from the decode pool that no training step asks for (held-out data, ``held_out``, or an
+    evaluation's list): one request per chunk of sample ids, answered in order, with at most
+    ``max_in_flight`` requests outstanding (spread over the actors)."""
     pending: collections.deque[ray.ObjectRef] = collections.deque()
     for index, chunk in enumerate(chunks):
-        pending.append(actors[index % len(actors)].decode_batch.remote(0, chunk, True))
+        pending.append(actors[index % len(actors)].decode_batch.remote(0, chunk, held_out))
         if len(pending) >= max_in_flight:
             yield ray.get(pending.popleft(), timeout=timeout_s)
     while pending:

@@ -83,22 +83,38 @@ class EncoderWorker:
 
     def setup(self, *, master_addr: str, master_port: int, num_samples: int, decode_actors: list,
               timeout_s: float, load_universal: bool = False) -> dict[str, Any]:
-        """Join the process group, build the engine and the clip stream. ``load_universal``: the
-        engine will be restored from a universal checkpoint (saved at another world size)."""
-        train = self.config.train
+        """Join the process group, build the model: for training, in a DeepSpeed engine with the clip
+        stream that feeds it; for evaluation, alone, in inference mode (no optimizer, no ZeRO).
+        ``load_universal``: the engine will be restored from a universal checkpoint (saved at another
+        world size)."""
         torch.set_num_threads(_threads())
         backend = ds.init_process_group(master_addr=master_addr, master_port=master_port, rank=self.rank,
                                         world_size=self.world_size, timeout_s=timeout_s)
         self.device = torch.device("cuda", 0) if backend == "nccl" else torch.device("cpu")
-        model = self.task.build_model()
-        if train.activation_checkpointing and not set_activation_checkpointing(model, True):
-            raise ValueError(f"train.activation_checkpointing: {self.task.kind}'s model has no block stack to checkpoint")
-        self.flops_per_clip = self.task.flops_per_sample(model)
         self.dtype = torch.bfloat16 if backend == "nccl" and torch.cuda.is_bf16_supported() else torch.float32
+        model = self.task.build_model()
+        self.flops_per_clip = self.task.flops_per_sample(model)
+        if self.config.evaluates:
+            self.model = model.to(self.device, self.dtype).eval().requires_grad_(False)
+            self.decode_actors = list(decode_actors)
+        else:
+            self._build_engine(model, num_samples, decode_actors, load_universal)
         device_name = torch.cuda.get_device_name(self.device) if backend == "nccl" else platform.processor() or "cpu"
         peak = device_peak(device_name, self.dtype, self.config.telemetry.peak_flops)
         if peak.flops is not None:
             telemetry.PEAK_FLOPS.labels(**self._labels).set(peak.flops)
+        return {"backend": backend, "device": str(self.device), "accumulation": getattr(self, "accumulation", 1),
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "flops_per_clip": self.flops_per_clip, "metrics_endpoint": self.metrics_endpoint,
+                "device_name": device_name, "peak_flops": peak.flops, "peak": peak.label,
+                "energy_sources": sorted({r.source for r in self._meter.read()}),
+                "energy_joules": self.joules_since_last_read()}
+
+    def _build_engine(self, model: torch.nn.Module, num_samples: int, decode_actors: list,
+                      load_universal: bool) -> None:
+        train = self.config.train
+        if train.activation_checkpointing and not set_activation_checkpointing(model, True):
+            raise ValueError(f"train.activation_checkpointing: {self.task.kind}'s model has no block stack to checkpoint")
         self.accumulation = gradient_accumulation(train.global_batch, train.micro_batch, self.world_size)
         self.engine = ds.build_engine(
             model, self.task.param_groups(model), micro_batch=train.micro_batch, accumulation=self.accumulation,
@@ -110,12 +126,6 @@ class EncoderWorker:
                                  micro_batch=train.micro_batch, end_step=train.steps,
                                  max_in_flight=self.config.data.max_in_flight,
                                  timeout_s=self.config.data.decode_timeout_s)
-        return {"backend": backend, "device": str(self.device), "accumulation": self.accumulation,
-                "parameters": sum(p.numel() for p in model.parameters()),
-                "flops_per_clip": self.flops_per_clip, "metrics_endpoint": self.metrics_endpoint,
-                "device_name": device_name, "peak_flops": peak.flops, "peak": peak.label,
-                "energy_sources": sorted({r.source for r in self._meter.read()}),
-                "energy_joules": self.joules_since_last_read()}
 
     def train_step(self, step: int) -> dict[str, Any]:
         """Run optimizer step ``step`` (0-based) over this rank's share of the global batch."""
@@ -143,23 +153,59 @@ class EncoderWorker:
                 "model_flops": feed.samples * self.flops_per_clip,
                 "data_wait_seconds": feed.waited, "skipped": feed.skipped, "sample_ids": feed.sample_ids}
 
-    def validate(self, num_samples: int) -> dict[str, np.ndarray]:
+    def validate(self, num_samples: int) -> dict[str, Any]:
         """The kind's per-sample outputs for this rank's share of the held-out set (samples ``rank``,
-        ``rank + world``, ...: each exactly once over the ranks), in eval mode, with their ids."""
-        outputs: dict[str, list[np.ndarray]] = collections.defaultdict(list)
-        data = self.config.data
+        ``rank + world``, ...: each exactly once over the ranks), in eval mode."""
+        ids = list(range(self.rank, num_samples, self.world_size))
+        micro = self.config.train.micro_batch
         self.engine.eval()
         try:
-            with torch.no_grad():
-                for batch in held_out_batches(self.stream.actors, list(range(self.rank, num_samples, self.world_size)),
-                                              self.config.train.micro_batch, data.max_in_flight, data.decode_timeout_s):
-                    predictions = self.task.predict(self.engine, self.task.to_tensors(batch, self.device, self.dtype))
-                    for name, value in predictions.items():
-                        outputs[name].append(value.cpu().numpy())
-                    outputs["sample_ids"].append(np.asarray(batch["sample_ids"], dtype=np.int64))
+            return self._predict(self.engine, [ids[i:i + micro] for i in range(0, len(ids), micro)], held_out=True)
         finally:
             self.engine.train()
-        return {name: np.concatenate(parts) for name, parts in outputs.items()}
+
+    def evaluate(self, sample_ids: list[int]) -> dict[str, Any]:
+        """An evaluation's shard ``sample_ids``: cut into micro-batches of ``eval.micro_batch``, dealt to
+        the ranks in turn (this rank takes micro-batches ``rank``, ``rank + world``, ...), so that each
+        micro-batch, and with it every prediction, is the same at any world size."""
+        micro = self.config.eval.micro_batch
+        chunks = [sample_ids[i:i + micro] for i in range(0, len(sample_ids), micro)]
+        report = self._predict(self.model, chunks[self.rank::self.world_size], held_out=False)
+        self._samples.inc(report["samples"])
+        self._data_wait.inc(report["data_wait_seconds"])
+        self._flops.inc(report["model_flops"])
+        return report
+
+    def _predict(self, model: Any, chunks: list[list[int]], held_out: bool) -> dict[str, Any]:
+        """The kind's outputs for the samples of ``chunks`` (one micro-batch each), decoded by the pool:
+        ``outputs`` (rows in the order decoded, ``sample_ids`` among them), the videos ``skipped``, and
+        the time it took and waited for clips."""
+        start = time.perf_counter()
+        parts: dict[str, list[np.ndarray]] = collections.defaultdict(list)
+        skipped: list[dict[str, Any]] = []
+        waited, samples = 0.0, 0
+        data = self.config.data
+        actors = self.stream.actors if held_out else self.decode_actors
+        batches = held_out_batches(actors, chunks, held_out, data.max_in_flight, data.decode_timeout_s)
+        with torch.inference_mode():
+            while True:
+                before = time.perf_counter()
+                batch = next(batches, None)
+                waited += time.perf_counter() - before
+                if batch is None:
+                    break
+                skipped += batch["skipped"]
+                if not batch["sample_ids"]:
+                    continue  # not one of its videos could be decoded
+                predictions = self.task.predict(model, self.task.to_tensors(batch, self.device, self.dtype))
+                for name, value in predictions.items():
+                    parts[name].append(value.float().cpu().numpy() if value.is_floating_point() else value.cpu().numpy())
+                parts["sample_ids"].append(np.asarray(batch["sample_ids"], dtype=np.int64))
+                samples += len(batch["sample_ids"])
+        seconds = time.perf_counter() - start
+        return {"outputs": {name: np.concatenate(values) for name, values in parts.items()}, "skipped": skipped,
+                "samples": samples, "seconds": seconds, "data_wait_seconds": waited,
+                "model_flops": samples * self.flops_per_clip}
 
     def save_checkpoint(self, root: str, step: int) -> str:
         """``step`` = optimizer steps completed; every rank must call this."""

@@ -27,7 +27,8 @@ import numpy as np
 
 from internvideo.data.sampling import ClipTooShort
 
-__all__ = ["DecodeError", "DecodeReason", "DECODE_REASONS", "DecodeOptions", "decode_size", "read_clip"]
+__all__ = ["DecodeError", "DecodeReason", "DECODE_REASONS", "DecodeOptions", "VideoInfo", "decode_size", "probe_video",
+           "read_clip"]
 
 DecodeReason = Literal["missing", "empty", "corrupt", "too_short", "timeout"]
 DECODE_REASONS: tuple[str, ...] = ("missing", "empty", "corrupt", "too_short", "timeout")
@@ -122,19 +123,7 @@ def read_clip(path: str, indices_fn: Callable[[int], np.ndarray], options: Decod
             :class:`ClipTooShort`), ``timeout`` (over ``options.time_limit_s``).
     """
     path = str(path)
-    # Check before decoding: decord's own message for these cases is a generic
-    # "Error reading" that cannot be told apart from a corrupt file.
-    try:
-        stat = os.stat(path)  # once per clip: existence, type, size and the frame-size cache key
-    except FileNotFoundError:
-        raise DecodeError(path, "missing", "no such file") from None
-    except OSError as e:
-        raise DecodeError(path, "missing", str(e)) from None
-    if S_ISDIR(stat.st_mode):
-        raise DecodeError(path, "missing", "is a directory")
-    if stat.st_size == 0:
-        raise DecodeError(path, "empty", "0-byte file")
-
+    stat = _existing_file(path)  # once per clip: existence, type, size and the frame-size cache key
     size = decode_size(path, options.short_side, stat)
     backends = [options.backend] + (["pyav"] if options.fallback and options.backend == "decord" else [])
     failures = []
@@ -151,6 +140,74 @@ def read_clip(path: str, indices_fn: Callable[[int], np.ndarray], options: Decod
             raise DecodeError(path, "corrupt", f"unexpected frame batch shape {frames.shape}")
         return np.ascontiguousarray(frames, dtype=np.uint8)  # (T, H, W, 3)
     raise DecodeError(path, "corrupt", "; ".join(failures))
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    num_frames: int
+    fps: float
+
+
+def probe_video(path: str, options: DecodeOptions = DecodeOptions()) -> VideoInfo:
+    """A video's frame count and frame rate, decoding no frame (decord, else PyAV when
+    ``options.fallback``). Raises DecodeError as :func:`read_clip` does."""
+    path = str(path)
+    _existing_file(path)
+    backends = [options.backend] + (["pyav"] if options.fallback and options.backend == "decord" else [])
+    failures = []
+    for backend in backends:
+        try:
+            info = _within(options.time_limit_s, path, lambda: _probe_decord(path) if backend == "decord"
+                           else _probe_pyav(path))
+        except DecodeError as e:
+            if e.reason != "corrupt":
+                raise
+            failures.append(f"{backend}: {e.detail}")
+            continue
+        if info.num_frames <= 0:
+            raise DecodeError(path, "empty", "video has no frames")
+        return info
+    raise DecodeError(path, "corrupt", "; ".join(failures))
+
+
+def _probe_decord(path: str) -> VideoInfo:
+    from decord import VideoReader
+
+    try:
+        reader = VideoReader(path, num_threads=1)
+        return VideoInfo(len(reader), float(reader.get_avg_fps()))
+    except Exception as e:  # decord raises RuntimeError or DECORDError
+        raise DecodeError(path, "corrupt", f"open failed: {type(e).__name__}: {e}") from e
+
+
+def _probe_pyav(path: str) -> VideoInfo:
+    import av
+
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise DecodeError(path, "corrupt", "no video stream")
+            rate = container.streams.video[0].average_rate
+            frames = sum(1 for packet in container.demux(video=0) if packet.size)
+    except (av.error.FFmpegError, av.error.ArgumentError, OSError) as e:
+        raise DecodeError(path, "corrupt", f"open failed: {type(e).__name__}: {e}") from e
+    return VideoInfo(frames, float(rate) if rate else 0.0)
+
+
+def _existing_file(path: str) -> os.stat_result:
+    # Checked before decoding: decord's own message for these cases is a generic "Error reading" that
+    # cannot be told apart from a corrupt file.
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        raise DecodeError(path, "missing", "no such file") from None
+    except OSError as e:
+        raise DecodeError(path, "missing", str(e)) from None
+    if S_ISDIR(stat.st_mode):
+        raise DecodeError(path, "missing", "is a directory")
+    if stat.st_size == 0:
+        raise DecodeError(path, "empty", "0-byte file")
+    return stat
 
 
 def _within(seconds: float | None, path: str, read: Callable[[], np.ndarray]) -> np.ndarray:

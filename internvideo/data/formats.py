@@ -4,6 +4,8 @@
   each template (``[something]`` written ``something``) to a class id; videos are ``<id>.webm``.
 - **Video–text** (WebVid style): CSV with a video column and a caption column, or JSON records
   ``{"video": ..., "caption": "..." | [...]}``; a video may have several captions.
+- **Multiple choice** (MSR-VTT MC style): JSON records ``{"video", "candidates": [...], "answer": i}``,
+  read as records whose captions are the candidates and whose label is the right one's index.
 - **Untrimmed videos** with temporal annotations in the ActivityNet JSON layout
   (``{"database": {id: {"duration", "subset", "annotations": [{"segment": [s, e], "label"}]}}}``),
   which THUMOS annotations are commonly converted to as well.
@@ -26,7 +28,7 @@ from typing import Any, Literal
 from internvideo.data.lists import VideoRecord, read_video_list
 
 __all__ = ["CaptionedVideo", "Segment", "UntrimmedVideo", "LabelSpace", "VideoSource", "MergedSource", "read_ssv2",
-           "read_video_text", "read_activitynet", "read_class_names", "merge_label_maps"]
+           "read_video_text", "read_multiple_choice", "read_activitynet", "read_class_names", "merge_label_maps"]
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,26 @@ def read_video_text(annotation: str | Path, root: str | Path | None = None, vide
     return [CaptionedVideo(path, tuple(texts)) for path, texts in captions.items()]
 
 
+def read_multiple_choice(annotation: str | Path, root: str | Path | None = None) -> list[VideoRecord]:
+    """JSON records ``{"video", "candidates": [...], "answer": i}``: one record per question, its
+    candidates as captions, the right one's index as its label."""
+    annotation = Path(annotation)
+    base = _root(annotation, root)
+    records = []
+    for n, row in enumerate(_load_json(annotation)):
+        video, candidates, answer = row.get("video"), row.get("candidates"), row.get("answer")
+        if not video or not isinstance(candidates, list) or len(candidates) < 2 or not all(
+                isinstance(c, str) and c.strip() for c in candidates):
+            raise ValueError(f"{annotation}: entry {n}: needs a 'video' and two or more non-empty 'candidates'")
+        if not isinstance(answer, int) or not 0 <= answer < len(candidates):
+            raise ValueError(f"{annotation}: entry {n}: 'answer' must index its {len(candidates)} candidates, "
+                             f"got {answer!r}")
+        records.append(VideoRecord(_resolve(str(video), base), answer, tuple(c.strip() for c in candidates)))
+    if not records:
+        raise ValueError(f"{annotation}: no questions")
+    return records
+
+
 def read_activitynet(annotation: str | Path, root: str | Path | None = None, subset: str | None = None,
                      extension: str = "mp4") -> list[UntrimmedVideo]:
     """Untrimmed videos and their action segments; ``subset`` (e.g. "training") keeps one split."""
@@ -169,7 +191,7 @@ def merge_label_maps(datasets: dict[str, list[str]]) -> LabelSpace:
     return LabelSpace(tuple(classes), maps)
 
 
-SourceFormat = Literal["list", "ssv2", "video_text", "activitynet"]
+SourceFormat = Literal["list", "ssv2", "video_text", "multiple_choice", "activitynet"]
 
 
 @dataclass(frozen=True)
@@ -198,6 +220,8 @@ class VideoSource:
             return read_ssv2(self.path, self.labels, self.root)
         if self.format == "video_text":
             return [VideoRecord(v.path, 0, v.captions) for v in read_video_text(self.path, self.root)]
+        if self.format == "multiple_choice":
+            return read_multiple_choice(self.path, self.root)
         videos = read_activitynet(self.path, self.root, self.subset)
         if not videos:
             raise ValueError(f"{self.path}: no videos{f' in subset {self.subset!r}' if self.subset else ''}")

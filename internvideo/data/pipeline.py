@@ -123,14 +123,32 @@ def load_clip(record: VideoRecord, spec: ClipSpec, rng: np.random.Generator) -> 
 def load_test_clip(record: VideoRecord, spec: ClipSpec) -> np.ndarray:
     """The single test view of a clip, uint8 (T, S, S, 3): the centre window (or each segment's middle
     frame), the short side resized to the input size and the centre square cut. No random draw."""
+    return load_test_views(record, spec, num_clips=1, num_crops=1)[0]
+
+
+def load_test_views(record: VideoRecord, spec: ClipSpec, num_clips: int, num_crops: int) -> np.ndarray:
+    """Multi-view testing (VideoMAE's): ``num_clips`` windows spread evenly over the video, each cut
+    into ``num_crops`` squares along its long side after resizing the short side to the input size;
+    uint8 (num_clips · num_crops, T, S, S, 3), clip-major. No random draw. Segment sampling takes one
+    view in time (each segment's middle frame).
+
+    Raises:
+        DecodeError: the video is missing, empty, corrupt, too short or over its time limit.
+    """
+    if spec.sampler == "segment" and num_clips != 1:
+        raise ValueError(f"segment sampling tests one clip in time, not {num_clips}")
+    t = spec.num_frames
+
     def frames(n: int) -> np.ndarray:
         if is_image(record.path):
-            return _still(spec)
+            return np.tile(_still(spec), num_clips)
         if spec.sampler == "dense":
-            return dense_view_indices(n, spec.num_frames, spec.sampling_rate, 1)[0]
-        return segment_indices(n, spec.num_frames, None)
+            return dense_view_indices(n, t, spec.sampling_rate, num_clips).reshape(-1)
+        return segment_indices(n, t, None)
 
-    return spatial_views(read_clip(record.path, frames, spec.decode), spec.input_size, 1)[0]
+    clips = read_clip(record.path, frames, spec.decode)  # (num_clips · T, H, W, 3)
+    return np.concatenate([spatial_views(clips[c * t:(c + 1) * t], spec.input_size, num_crops)
+                           for c in range(num_clips)])
 
 
 def load_pretrain_clip(

@@ -78,6 +78,9 @@ class SyntheticDataset:
     captions_csv: Path  # every video's caption (WebVid-style CSV: video, caption)
     train_captions: Path  # the same, split as train.txt / val.txt
     val_captions: Path
+    # Each held-out video's caption among 4 made from it with another action's phrase (hard negatives:
+    # the same shape and colour), shuffled: ``{"video", "candidates", "answer"}``.
+    val_multiple_choice: Path
     classes_txt: Path
     classes: tuple[str, ...]
 
@@ -254,6 +257,7 @@ def write_synthetic_dataset(
         captions_csv=root / "captions.csv",
         train_captions=root / "train_captions.csv",
         val_captions=root / "val_captions.csv",
+        val_multiple_choice=root / "val_multiple_choice.json",
         classes_txt=root / "classes.txt",
         classes=CLASSES,
     )
@@ -265,8 +269,20 @@ def write_synthetic_dataset(
             writer = csv.writer(f)
             writer.writerow(["video", "caption"])
             writer.writerows((p, c) for p, c, k in zip(rel_paths, captions, keep) if k)
+    choices = np.random.default_rng([seed, 2])
+    questions = [_multiple_choice(rel_paths[i], captions[i], CLASSES[labels[i]], choices) for i in np.flatnonzero(is_val)]
+    ds.val_multiple_choice.write_text(json.dumps(questions, indent=1), encoding="utf-8")
     ds.classes_txt.write_text("".join(f"{c}\n" for c in CLASSES), encoding="utf-8")
     return ds
+
+
+def _multiple_choice(video: str, caption: str, action: str, rng: np.random.Generator, choices: int = 5) -> dict:
+    """The caption and ``choices - 1`` others with another action's phrase in its place, shuffled."""
+    others = [a for a in CLASSES if a != action]
+    wrong = [others[int(i)] for i in rng.choice(len(others), choices - 1, replace=False)]
+    candidates = [caption, *(caption.replace(_PHRASES[action], _PHRASES[a]) for a in wrong)]
+    order = rng.permutation(choices)
+    return {"video": video, "candidates": [candidates[int(i)] for i in order], "answer": int(np.argmax(order == 0))}
 
 
 def write_untrimmed_dataset(

@@ -386,9 +386,13 @@ class CLIPVideoClassifier(nn.Module):
         """Logits (B, num_classes) from the video token of ``tokens``."""
         return self.head(self.head_dropout(tokens[:, 0]))
 
+    def features(self, video: Tensor) -> Tensor:
+        """Each clip's feature (B, width): its video token, what the head reads."""
+        return self.visual.features(video)
+
     def forward(self, video: Tensor) -> Tensor:
         """Logits (B, num_classes) of normalised clips (B, 3, T, H, W)."""
-        return self.head(self.head_dropout(self.visual.features(video)))
+        return self.head(self.head_dropout(self.features(video)))
 
 
 class VideoCLIP(nn.Module):
@@ -436,8 +440,9 @@ def zero_shot_classifier(model: VideoCLIP, tokenizer: CLIPTokenizer, class_names
     if not templates or any("{}" not in t for t in templates):
         raise ValueError(f"every template needs a {{}} for the class name, got {list(templates)[:3]}")
     context = model.config.text.context_length
+    device = model.logit_scale.device
     weights = []
     for name in class_names:
-        tokens = tokenizer.tokenize([t.format(name) for t in templates], context_length=context)
+        tokens = tokenizer.tokenize([t.format(name) for t in templates], context_length=context).to(device)
         weights.append(F.normalize(model.encode_text(tokens).mean(dim=0), dim=-1))
     return torch.stack(weights)

@@ -109,3 +109,9 @@ class CLIPTokenizer:
 
 def _clean(text: str) -> str:
     return " ".join(html.unescape(html.unescape(text)).split()).lower()
+
+
+@functools.lru_cache(maxsize=1)
+def default_tokenizer() -> CLIPTokenizer:
+    """One per process (a decode worker's, say): the vocabulary takes a moment to read."""
+    return CLIPTokenizer()

@@ -222,9 +222,17 @@ class VideoClassifier(nn.Module):
         """The encoder's tokens (B, N, C) of normalised clips (B, 3, T, H, W)."""
         return self.encoder(video)
 
+    def pool(self, tokens: Tensor) -> Tensor:
+        """The clip's feature (B, C) from its tokens (B, N, C): what the head reads."""
+        return self.fc_norm(tokens.mean(dim=1))
+
     def classify(self, tokens: Tensor) -> Tensor:
         """Logits (B, num_classes) of the tokens (B, N, C)."""
-        return self.head(self.head_dropout(self.fc_norm(tokens.mean(dim=1))))
+        return self.head(self.head_dropout(self.pool(tokens)))
+
+    def features(self, video: Tensor) -> Tensor:
+        """Each clip's feature (B, C): what the head reads."""
+        return self.pool(self.tokens(video))
 
     def forward(self, video: Tensor) -> Tensor:
         return self.classify(self.tokens(video))

@@ -10,13 +10,18 @@ A kind subclasses ``Task`` in one module under ``internvideo/tasks/`` and says
   whole optimizer step (``train_step``: a kind whose loss couples the micro-batches overrides it);
 - FLOPs per sample, for MFU.
 
+An evaluation kind (``EvaluationTask``) instead of a loss says how a micro-batch becomes per-sample
+predictions (``predict``) and how every sample's predictions become its numbers (``evaluate``).
+
 Nothing outside the kind's module knows any of this. The coordinator reads a job's config
 through ``SharedConfig`` and what was derived at submit; workers load the kind from a ``TaskRef``.
 """
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -26,18 +31,26 @@ import torch
 from internvideo.checkpoints import CheckpointMismatch, load_pretrained, read_checkpoint
 from internvideo.data.lists import VideoRecord
 from internvideo.optim import param_groups
-from internvideo.tasks.common import ConfigError, JobConfig, is_job_ref
+from internvideo.tasks.common import ConfigError, EvalJobConfig, JobConfig, SharedConfig, is_job_ref
 
-ConfigT = TypeVar("ConfigT", bound=JobConfig)
+ConfigT = TypeVar("ConfigT", bound=SharedConfig)
+EvalConfigT = TypeVar("EvalConfigT", bound=EvalJobConfig)
 
 
 class SampleFn(Protocol):
     """What a decode worker runs for sample ``sample_id`` of ``records`` (the whole list: a sample
     may need another video, a mixing partner say): named arrays, every random draw a function of
     ``(seed, epoch, sample_id)``. Raises DecodeError naming the video that failed. Must pickle (it
-    travels to the decode actors)."""
+    travels to the decode actors). Sample ``i`` is record ``i``'s, unless ``record_index`` says
+    otherwise (a kind that cuts a video into several samples)."""
 
     def __call__(self, records: Sequence[VideoRecord], epoch: int, sample_id: int) -> dict[str, np.ndarray]: ...
+
+
+def record_index(sample: SampleFn, sample_id: int) -> int:
+    """The record sample ``sample_id`` reads."""
+    index = getattr(sample, "record_index", None)
+    return index(sample_id) if index is not None else sample_id
 
 
 class StepEngine(Protocol):
@@ -69,6 +82,9 @@ class Task(ABC, Generic[ConfigT]):
             records = self.config.data.source().read()
         except (OSError, ValueError) as err:
             raise ConfigError("data.merge" if self.config.data.merge else "data.train_list", str(err)) from None
+        if len(records) < self.config.train.global_batch:
+            raise ConfigError("train.global_batch", f"{self.config.train.global_batch}, but the data has "
+                                                    f"{len(records)} samples: a step needs a whole global batch")
         self.check_records(records)
         val = self.config.data.val_source()
         if val is not None:
@@ -154,6 +170,65 @@ class Task(ABC, Generic[ConfigT]):
         # One device sync for all metrics, not one per micro-batch.
         values = torch.stack(list(sums.values())).div_(count).tolist()
         return dict(zip(sums, values))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """An evaluation's numbers: ``metrics``, named scalars (the job result's metrics), and ``details``,
+    what is not one number (per-class accuracy, a confusion matrix), as JSON-able data."""
+
+    metrics: dict[str, float]
+    details: dict[str, Any] = field(default_factory=dict)
+    artifacts: str = ""  # a folder of files the kind wrote (features): the job's final checkpoint
+
+
+class EvaluationTask(Task[EvalConfigT]):
+    """A kind that evaluates a model on ``data.val_list``. Its unit of work is a shard of that list:
+    each sample's views are decoded by the decode pool (``sample_fn``), ``predict`` maps a micro-batch
+    to per-sample outputs in inference mode — no optimizer, no ZeRO — and ``evaluate`` maps every
+    sample's outputs to the numbers. ``flops_per_sample`` is then a forward pass."""
+
+    def check_inputs(self) -> None:
+        """The list reads and fits (``check_records``), and the weights evaluated (``model.init``) fit
+        the model — checked on the meta device: keys and shapes, no memory for the weights (a
+        ``job:<id>`` is checked when the job starts, once that job has ended)."""
+        check_weights_path("model.init", self.config.model.init)
+        try:
+            records = self.config.data.val_source().read()
+        except (OSError, ValueError) as err:
+            raise ConfigError("data.val_list", str(err)) from None
+        self.check_records(records)
+        if not is_job_ref(self.config.model.init):
+            with warnings.catch_warnings(), torch.device("meta"):
+                warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter.*")
+                self.build_model()
+
+    def sample_fn(self) -> SampleFn:
+        """What the decode workers run for each evaluated sample (every view of it)."""
+        return self.val_sample_fn()
+
+    @abstractmethod
+    def val_sample_fn(self) -> SampleFn: ...
+
+    @abstractmethod
+    def predict(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
+    def sample_count(self, records: Sequence[VideoRecord]) -> int:
+        """How many samples the evaluated list makes: one per record, unless the kind cuts records up."""
+        return len(records)
+
+    @abstractmethod
+    def evaluate(self, outputs: dict[str, np.ndarray], folder: Path) -> Evaluation:
+        """The numbers, from the outputs of every sample that could be decoded (rows in sample-id
+        order; ``outputs["sample_ids"]`` says which samples they are). ``folder``: the job's own,
+        for files the kind writes."""
+
+    def param_groups(self, model: torch.nn.Module) -> list[dict[str, Any]]:
+        raise TypeError(f"{self.kind} evaluates: it has no optimizer")
+
+    def loss(self, model: StepEngine | torch.nn.Module,
+             batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise TypeError(f"{self.kind} evaluates: it has no loss")
 
 
 def array_to_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:

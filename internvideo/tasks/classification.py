@@ -125,7 +125,7 @@ def forward_flops(classifier: VideoClassifier | CLIPVideoClassifier) -> float:
         return classifier.flops_per_clip(training=False)
     visual = classifier.visual.config
     frames = visual.num_frames * transformer_flops(visual.width, visual.layers, visual.grid**2 + 1, visual.mlp_ratio)
-    return frames + 2.0 * visual.width * classifier.head.out_features
+    return frames + 2.0 * sum(p.numel() for p in classifier.head.parameters() if p.ndim == 2)  # the head, if any
 
 
 @dataclass(frozen=True)

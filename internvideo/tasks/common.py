@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from internvideo.data.decode import DecodeOptions
-from internvideo.data.formats import MergedSource, SourceFormat, VideoSource
+from internvideo.data.formats import MergedSource, SourceFormat, VideoSource, read_class_names
 
 
 class ConfigError(ValueError):
@@ -71,13 +71,15 @@ class MergedDataset(Strict):
 
 class DataSection(Strict):
     # For a merged label space, ``merge``: several datasets read as one, classes with the same name
-    # sharing an id; otherwise ``train_list``, the annotation file, in ``format``.
+    # sharing an id; otherwise ``train_list``, the annotation file, in ``format``. (A training kind
+    # needs one; an evaluation kind reads ``val_list``, and a train list only if it fits something.)
     merge: list[MergedDataset] = Field(default_factory=list)
-    train_list: str | None = Field(None, min_length=1, validate_default=True)
+    train_list: str | None = Field(None, min_length=1)
     # Held-out data in the same format: a kind that validates reports its metrics on it at every
-    # checkpoint and at the end (its single test view of each video, sharded over the workers).
+    # checkpoint and at the end (its single test view of each video, sharded over the workers);
+    # what an evaluation kind evaluates.
     val_list: str | None = Field(None, min_length=1)
-    format: SourceFormat = "list"  # list (path label) | ssv2 | video_text | activitynet
+    format: SourceFormat = "list"  # list (path label) | ssv2 | video_text | multiple_choice | activitynet
     labels: str | None = None  # ssv2: its labels.json
     subset: str | None = None  # activitynet: one split
     root: str | None = None  # relative video paths resolve against this (default: the list's folder)
@@ -107,19 +109,12 @@ class DataSection(Strict):
     decode_fallback: bool = True  # a file decord cannot read (GIF, raw H.264, MPEG-TS) is read with PyAV
     video_time_limit_s: float = Field(60.0, gt=0)  # a video taking longer is skipped as "timeout"
 
-    @field_validator("train_list")
-    @classmethod
-    def _one_source(cls, train_list: str | None, info: ValidationInfo) -> str | None:
-        merged = bool(info.data.get("merge"))
-        if train_list is None and not merged:
-            raise ValueError("Field required (the annotation file; or several datasets in data.merge)")
-        if train_list is not None and merged:
-            raise ValueError("give train_list or merge, not both")
-        return train_list
-
     @model_validator(mode="after")
     def _consistent(self) -> "DataSection":
-        self.source()  # format and its options agree
+        if self.train_list is not None and self.merge:
+            raise ValueError("give train_list or merge, not both")
+        if self.train_list is not None or self.merge:
+            self.source()  # format and its options agree
         if self.decode_workers_max is not None and self.decode_workers_max < self.decode_workers:
             raise ValueError(f"decode_workers_max ({self.decode_workers_max}) is below decode_workers "
                              f"({self.decode_workers})")
@@ -127,9 +122,15 @@ class DataSection(Strict):
             raise ValueError(f"decode_short_side must be >= 2, 'auto' or 'full', got {self.decode_short_side}")
         return self
 
+    @property
+    def has_training_data(self) -> bool:
+        return self.train_list is not None or bool(self.merge)
+
     def source(self) -> VideoSource | MergedSource:
         if self.merge:
             return MergedSource(tuple((d.source(), d.classes) for d in self.merge))
+        if self.train_list is None:
+            raise ValueError("data.train_list: not given")
         return self._listed(self.train_list)
 
     def val_source(self) -> VideoSource | None:
@@ -155,6 +156,41 @@ class DataSection(Strict):
     @property
     def threads_per_decode_worker(self) -> int:
         return self.decode_threads or max(1, round(self.decode_cpus))
+
+
+class TrainingData(DataSection):
+    """A training kind's data: the annotation file (or the merged datasets) is required."""
+
+    train_list: str | None = Field(None, min_length=1, validate_default=True)
+
+    @field_validator("train_list")
+    @classmethod
+    def _given(cls, train_list: str | None, info: ValidationInfo) -> str | None:
+        if train_list is None and not info.data.get("merge"):
+            raise ValueError("Field required (the annotation file; or several datasets in data.merge)")
+        return train_list
+
+
+class EvalData(DataSection):
+    """An evaluation kind's data: ``val_list`` is what it evaluates; ``classes`` names its labels (a
+    file, one name per line: line i names class i), where a kind reads them."""
+
+    val_list: str = Field(min_length=1)
+    classes: str | None = Field(None, min_length=1)
+
+    def class_names(self, num_classes: int | None = None) -> list[str]:
+        """The names in ``classes``; fails (``ConfigError``) unless the file reads, and, given
+        ``num_classes``, names that many."""
+        if self.classes is None:
+            raise ConfigError("data.classes", "not given")
+        try:
+            names = read_class_names(self.classes)
+        except (OSError, ValueError) as err:
+            raise ConfigError("data.classes", str(err)) from None
+        if num_classes is not None and len(names) != num_classes:
+            raise ConfigError("data.classes", f"{len(names)} class names in {self.classes}, but "
+                                              f"{num_classes} classes")
+        return names
 
 
 class TrainSection(Strict):
@@ -186,6 +222,18 @@ class TrainSection(Strict):
         return self
 
 
+class EvalSection(Strict):
+    """How an evaluation job runs: its samples (``data.val_list``) in shards of ``shard_size``, each
+    shard's predictions committed when it is done, each shard in micro-batches of ``micro_batch``
+    dealt to the workers in turn — so that no prediction depends on the world size."""
+
+    micro_batch: int = Field(8, gt=0)
+    shard_size: int = Field(64, gt=0)
+    seed: int = 0
+    shard_timeout_s: float = Field(600.0, gt=0)
+    max_failures: int = Field(3, ge=0)  # worker losses survived by redoing the uncommitted shards
+
+
 class DebugSection(Strict):
     """Control points for tests and fault drills. Off by default; a production job leaves it empty."""
 
@@ -211,23 +259,71 @@ class TelemetrySection(Strict):
     declared_watts: float | None = Field(None, ge=0)  # per worker, where its energy cannot be measured
 
 
+class SharedData(DataSection):
+    """``data`` as the coordinator reads it: a kind's own data fields (its subsets, its features) are
+    the kind's — the runner reads the kind's lists through the kind's config."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
 class SharedConfig(BaseModel):
     """What every kind's config has: read by the coordinator, which ignores the kind's own sections."""
 
     model_config = ConfigDict(extra="ignore")
 
-    data: DataSection
-    train: TrainSection
+    data: SharedData
+    # A training kind has ``train`` (its unit of work: an optimizer step), an evaluation kind ``eval``
+    # (its unit: a shard of the evaluated list).
+    train: TrainSection | None = None
+    eval: EvalSection | None = None
     telemetry: TelemetrySection = Field(default_factory=TelemetrySection)
     debug: DebugSection = Field(default_factory=DebugSection)
 
+    @model_validator(mode="after")
+    def _one_loop(self) -> "SharedConfig":
+        if (self.train is None) == (self.eval is None):
+            raise ValueError("give train (a training kind) or eval (an evaluation kind), not both" if self.train
+                             else "train: Field required (or eval, for an evaluation kind)")
+        return self
+
+    @property
+    def evaluates(self) -> bool:
+        return self.eval is not None
+
+    @property
+    def seed(self) -> int:
+        return self.eval.seed if self.eval else self.train.seed
+
+    @property
+    def max_failures(self) -> int:
+        return self.eval.max_failures if self.eval else self.train.max_failures
+
+    @property
+    def call_timeout_s(self) -> float:
+        """The longest a unit of work (a step, a shard) may take."""
+        return self.eval.shard_timeout_s if self.eval else self.train.step_timeout_s
+
     def valid_world_sizes(self, min_workers: int, max_workers: int) -> list[int]:
-        """World sizes in [min, max] that keep the global batch whole."""
-        step = self.train.micro_batch
-        return [w for w in range(min_workers, max_workers + 1) if self.train.global_batch % (step * w) == 0]
+        """World sizes in [min, max] that keep the global batch whole (any, for an evaluation)."""
+        sizes = range(min_workers, max_workers + 1)
+        if self.eval:
+            return list(sizes)
+        return [w for w in sizes if self.train.global_batch % (self.train.micro_batch * w) == 0]
 
 
 class JobConfig(SharedConfig):
-    """Base of every kind's config: the shared sections, and nothing unknown."""
+    """Base of every training kind's config: the shared sections, and nothing unknown."""
 
     model_config = ConfigDict(extra="forbid")
+
+    data: TrainingData
+    train: TrainSection
+
+
+class EvalJobConfig(SharedConfig):
+    """Base of every evaluation kind's config: the shared sections, and nothing unknown."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: EvalData
+    eval: EvalSection = Field(default_factory=EvalSection)

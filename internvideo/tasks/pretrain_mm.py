@@ -15,7 +15,6 @@ only) exists to show the difference.
 """
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -34,7 +33,7 @@ from internvideo.metrics import retrieval_metrics
 from internvideo.models.caption import CaptionDecoder, CaptionDecoderConfig
 from internvideo.models.clip import UNIBLOCK_KEYS, VideoCLIP, VideoCLIPConfig, video_clip_config
 from internvideo.models.contrastive import contrastive_loss, embedding_gradients
-from internvideo.models.tokenizer import CLIPTokenizer
+from internvideo.models.tokenizer import default_tokenizer
 from internvideo.models.vit import transformer_flops
 from internvideo.tasks import register_task
 from internvideo.tasks.base import StepEngine, Task, array_to_tensor, check_weights_path, load_initial_weights
@@ -96,11 +95,6 @@ class VideoLanguageModel(nn.Module):
         return F.normalize(embedding, dim=-1), text, self.clip.temperature(), captions
 
 
-@functools.lru_cache(maxsize=1)
-def _tokenizer() -> CLIPTokenizer:
-    return CLIPTokenizer()  # one per decode process: the vocabulary takes a moment to read
-
-
 @dataclass(frozen=True)
 class CaptionedClips:
     """The sample of video–text pretraining: ``video`` uint8 (T, S, S, 3) and ``tokens`` int64
@@ -114,7 +108,7 @@ class CaptionedClips:
         record = records[sample_id]
         video = load_clip(record, self.spec, rng)
         caption = record.captions[int(rng.integers(len(record.captions)))]
-        return {"video": video, "tokens": _tokenizer().tokenize(caption, self.context_length)[0].numpy()}
+        return {"video": video, "tokens": default_tokenizer().tokenize(caption, self.context_length)[0].numpy()}
 
 
 @dataclass(frozen=True)
@@ -127,7 +121,7 @@ class CaptionedTestClips:
     def __call__(self, records: Sequence[VideoRecord], epoch: int, sample_id: int) -> dict[str, np.ndarray]:
         record = records[sample_id]
         return {"video": load_test_clip(record, self.spec),
-                "tokens": _tokenizer().tokenize(record.captions[0], self.context_length)[0].numpy()}
+                "tokens": default_tokenizer().tokenize(record.captions[0], self.context_length)[0].numpy()}
 
 
 @register_task

@@ -1,5 +1,5 @@
-"""`make demo` as a user runs it (every stage shortened): the coordinator, the data, the recipe's
-five jobs one after the other, and the closing table."""
+"""`make demo` as a user runs it (every training stage shortened): the coordinator, the data, the
+recipe's five training jobs and two evaluations one after the other, and the closing tables."""
 from __future__ import annotations
 
 import subprocess
@@ -18,11 +18,13 @@ def test_the_demo_runs_the_whole_chain_and_ends_with_a_table(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     lines = run.stdout.split("recipe finished in ")[1].splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("stage "))
-    stages = [f"internvideo-tiny/{s}" for s in ("mae", "mm", "post-mae", "post-mm", "interaction")]
+    names = ("mae", "mm", "post-mae", "post-mm", "interaction", "eval-post-mae", "eval-mm")
+    stages = [f"internvideo-tiny/{s}" for s in names]
     table = lines[header + 1:header + 1 + len(stages)]
     assert [line.split()[0] for line in table] == stages
     assert all(line.split()[2] == "SUCCEEDED" for line in table), table
     assert "final_loss=" in table[0] and "val_t2v_r1=" in table[1] and "val_top1=" in table[4]
+    assert "top1=" in table[5] and "mean_class_accuracy=" in table[5] and "t2v_r1=" in table[6]
 
     # The efficiency table: energy labelled as estimated on this machine, a report page per stage.
     assert "energy estimated from declared power" in run.stdout
@@ -30,7 +32,7 @@ def test_the_demo_runs_the_whole_chain_and_ends_with_a_table(tmp_path):
     efficiency = lines[header + 1:header + 1 + len(stages)]
     assert [line.split()[0] for line in efficiency] == stages
     assert all(line.endswith("estimate") and "%" in line.split()[2] for line in efficiency), efficiency
-    for stage in ("mae", "mm", "post-mae", "post-mm", "interaction"):
+    for stage in names:
         assert (tmp_path / "demo" / "reports" / stage / "index.html").exists()
     # A newcomer's first start prints no error (Ray's dashboard has what it needs).
     log = (tmp_path / "demo" / "coordinator.log").read_text()

@@ -21,8 +21,16 @@ from coordinator.launch import launch_coordinator
 from internvideo.data.lists import read_video_list
 from internvideo.data.order import GlobalBatchPlan
 from protos.internvideo.v1 import jobs_pb2 as pb
-from tests.integration.conftest import (free_port, held, max_difference, release, running_coordinator, tiny_job,
-                                        wait_for, weights)
+from tests.integration.conftest import (
+    free_port,
+    held,
+    max_difference,
+    release,
+    running_coordinator,
+    tiny_job,
+    wait_for,
+    weights,
+)
 from workers.checkpoint import read_commit
 
 pytestmark = pytest.mark.integration

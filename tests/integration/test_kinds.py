@@ -262,3 +262,15 @@ def test_zero_3_with_activation_checkpointing_trains_like_zero_2_and_resumes(cli
     _, resumed = run("train.zero_stage=3", "train.activation_checkpointing=true",
                      f"train.resume_from={zero3.checkpoints[0].path}")
     assert [p.loss for p in bodies(resumed, "progress")] == [p.loss for p in bodies(partitioned, "progress")][2:]
+
+
+def test_a_linear_probe_trains_only_its_head(client, dataset, coordinator, uninterrupted_classifiers):
+    encoder = uninterrupted_classifiers["post-pretrain"][0].result.final_checkpoint
+    job = client.submit("linear-probe", read_config("tiny-cpu-finetune"), [
+        f"data.train_list={dataset.train_list}", f"data.val_list={dataset.val_list}", "train.steps=4",
+        "train.checkpoint_every=0", "train.lr=1e-2", f"model.init={encoder}"], min_workers=2, max_workers=2)
+    job, _ = finished(client, job, coordinator)
+    start, end = weights(encoder), weights(job.result.final_checkpoint)
+    changed = {name for name in end if not torch.equal(start[name], end[name])}
+    assert changed == {"head.weight", "head.bias"}
+    assert 0 <= job.result.metrics["val_top1"] <= 1

@@ -7,17 +7,17 @@ import pytest
 import yaml
 
 from coordinator.client import read_config, read_recipe
+from coordinator.demo import EVAL_STAGES, STAGES, data_overrides
 from protos.internvideo.v1 import jobs_pb2 as pb
 from tests.integration.test_jobs import bodies, state
 
 pytestmark = pytest.mark.integration
-STAGES = ("mae", "mm", "post-mae", "post-mm", "interaction")
 
 
 def short(dataset, steps: int = 2) -> list[str]:
-    data = {"mae": dataset.train_list, "mm": dataset.train_captions}
-    return [f"{s}:data.train_list={data.get(s, dataset.train_list)}" for s in STAGES] + \
-        [f"{s}:train.steps={steps}" for s in STAGES] + [f"{s}:train.checkpoint_every=0" for s in STAGES]
+    """Every stage's data, and each training stage ``steps`` long."""
+    return [*data_overrides(dataset), *(f"{s}:train.steps={steps}" for s in STAGES),
+            *(f"{s}:train.checkpoint_every=0" for s in STAGES)]
 
 
 def history(client, job: pb.Job) -> list[pb.JobEvent]:
@@ -31,25 +31,28 @@ def moments(events: list[pb.JobEvent], to: str) -> list[int]:
 
 def test_the_recipe_runs_as_one_submission_each_stage_after_those_it_names(client, dataset, coordinator):
     jobs = client.submit_recipe(read_recipe("tiny-cpu"), short(dataset), request_id="tiny-recipe")
-    assert [j.name for j in jobs] == [f"internvideo-tiny/{s}" for s in STAGES]
+    assert [j.name for j in jobs] == [f"internvideo-tiny/{s}" for s in (*STAGES, *EVAL_STAGES)]
     assert [j.job_id for j in client.submit_recipe(read_recipe("tiny-cpu"), short(dataset),
                                                    request_id="tiny-recipe")] == [j.job_id for j in jobs]
     by_name = {j.name.split("/")[1]: j for j in jobs}
     assert set(by_name["interaction"].depends_on) == {by_name["post-mae"].job_id, by_name["post-mm"].job_id}
+    assert list(by_name["eval-post-mae"].depends_on) == [by_name["post-mae"].job_id]
+    assert list(by_name["eval-mm"].depends_on) == [by_name["mm"].job_id]
     for job in jobs:
         list(client.watch(job.job_id))
     ended = {name: client.get(job.job_id) for name, job in by_name.items()}
-    assert {n: state(j) for n, j in ended.items()} == dict.fromkeys(STAGES, "SUCCEEDED"), \
+    assert {n: state(j) for n, j in ended.items()} == dict.fromkeys((*STAGES, *EVAL_STAGES), "SUCCEEDED"), \
         {n: j.message for n, j in ended.items()} | {"log": coordinator.log_tail()}
     events = {name: history(client, job) for name, job in by_name.items()}
     for name, job in ended.items():
-        # Nothing ran twice: one start, each step once.
+        # Nothing ran twice: one start, each step (an evaluation: its one shard) once.
         assert len(moments(events[name], "STARTING")) == 1
-        assert [p.step for p in bodies(events[name], "progress")] == [1, 2]
+        assert [p.step for p in bodies(events[name], "progress")] == ([1] if name in EVAL_STAGES else [1, 2])
         for dependency in job.depends_on:
             (finished,) = moments(history(client, client.get(dependency)), "SUCCEEDED")
             assert moments(events[name], "STARTING")[0] >= finished  # it waited
     assert "final_accuracy" in ended["interaction"].result.metrics
+    assert "top1" in ended["eval-post-mae"].result.metrics and "t2v_r1" in ended["eval-mm"].result.metrics
 
 
 def test_a_failed_stage_fails_its_dependants_with_the_reason(client, dataset, coordinator):

@@ -299,3 +299,42 @@ def test_multiple_choice_accuracy_by_hand():
 def test_bad_input_raises_a_clear_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# --- agreement with torchmetrics (continuous scores: no ties, where tie rules could differ) ----------
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_retrieval_recalls_agree_with_torchmetrics_hit_rate(seed):
+    from torchmetrics.retrieval import RetrievalHitRate
+
+    generator = torch.Generator().manual_seed(seed)
+    num_texts, num_videos = 50, 20
+    similarity = torch.randn(num_texts, num_videos, generator=generator)
+    text_to_video = torch.cat([torch.arange(num_videos),
+                               torch.randint(0, num_videos, (num_texts - num_videos,), generator=generator)])
+    ours = retrieval_metrics(similarity, text_to_video)
+    relevant = text_to_video[:, None] == torch.arange(num_videos)[None, :]  # (T, V)
+    for k in (1, 5, 10):
+        # Each caption a query over the videos; each video a query over the captions (a hit: any own caption).
+        t2v = RetrievalHitRate(top_k=k)(similarity.flatten(), relevant.flatten(),
+                                        indexes=torch.arange(num_texts)[:, None].expand(-1, num_videos).flatten())
+        v2t = RetrievalHitRate(top_k=k)(similarity.t().flatten(), relevant.t().flatten(),
+                                        indexes=torch.arange(num_videos)[:, None].expand(-1, num_texts).flatten())
+        assert ours[f"t2v_r{k}"] == pytest.approx(100.0 * t2v.item())
+        assert ours[f"v2t_r{k}"] == pytest.approx(100.0 * v2t.item())
+
+
+def test_accuracy_per_class_and_confusion_agree_with_torchmetrics():
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+    generator = torch.Generator().manual_seed(0)
+    scores, labels = torch.randn(200, 7, generator=generator), torch.randint(0, 7, (200,), generator=generator)
+    ours = topk_accuracy(scores, labels, ks=(1, 5))
+    for k in (1, 5):
+        theirs = MulticlassAccuracy(num_classes=7, top_k=k, average="micro")(scores, labels)
+        assert ours[f"top{k}"] == pytest.approx(theirs.item())
+    predictions = scores.argmax(dim=1)
+    per_class = MulticlassAccuracy(num_classes=7, average=None)(scores, labels)
+    assert per_class_accuracy(predictions, labels, 7) == pytest.approx(per_class.tolist())
+    assert confusion_matrix(predictions, labels, 7) == MulticlassConfusionMatrix(num_classes=7)(scores, labels).tolist()

@@ -15,13 +15,14 @@ from internvideo.tasks import get_task_type
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return write_synthetic_dataset(tmp_path_factory.mktemp("recipe"), num_videos=16, num_frames=16, size=32, seed=0)
+    return write_synthetic_dataset(tmp_path_factory.mktemp("recipe"), num_videos=24, num_frames=16, size=32, seed=0)
 
 
 def data_overrides(ds) -> list[str]:
     return [f"mae:data.train_list={ds.train_list}", f"mm:data.train_list={ds.train_captions}",
             f"post-mae:data.train_list={ds.train_list}", f"post-mm:data.train_list={ds.train_list}",
-            f"interaction:data.train_list={ds.train_list}"]
+            f"interaction:data.train_list={ds.train_list}", f"eval-post-mae:data.val_list={ds.val_list}",
+            f"eval-mm:data.val_list={ds.val_captions}"]
 
 
 def no_jobs(job_id: str) -> None:
@@ -31,7 +32,7 @@ def no_jobs(job_id: str) -> None:
 def test_the_tiny_recipe_becomes_five_jobs_each_after_those_it_names(data):
     specs = plan_recipe(read_recipe("tiny-cpu"), data_overrides(data), job_state=no_jobs, request_id="r1")
     names = [s.name.split("/")[1] for s in specs]
-    assert names == ["mae", "mm", "post-mae", "post-mm", "interaction"]
+    assert names == ["mae", "mm", "post-mae", "post-mm", "interaction", "eval-post-mae", "eval-mm"]
     ids = {name: s.job_id for name, s in zip(names, specs)}
     assert specs[2].config["model"]["init"] == f"job:{ids['mae']}"
     assert specs[4].config["model"]["init"] == f"job:{ids['post-mm']}"  # the paper's base: the multimodal one

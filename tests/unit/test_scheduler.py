@@ -251,3 +251,19 @@ def test_a_decode_pool_grows_into_free_cpus_only_while_nobody_waits(scheduler):
     scheduler.tick()
     assert scheduler.store.get_job(waiting).state is JobState.QUEUED
     assert scheduler.decode_limit(runner) == 2  # back to its starting size while a job waits
+
+
+def test_a_job_whose_runner_cannot_be_made_fails_with_the_reason_and_the_queue_goes_on(scheduler):
+    broken, fine = submit(scheduler, 1, 1), submit(scheduler, 1, 1)
+
+    def factory(store, job, *args, **kwargs):
+        if job.job_id == broken:
+            raise ValueError("its config no longer reads")
+        return FakeRunner(store, job, *args, **kwargs)
+
+    scheduler.runner_factory = factory
+    scheduler.tick()
+    failed = scheduler.store.get_job(broken)
+    assert failed.state is JobState.FAILED
+    assert failed.message == "cannot be started: ValueError: its config no longer reads"
+    assert scheduler.store.get_job(fine).state is JobState.STARTING and scheduler.runners[fine].started

@@ -11,7 +11,7 @@ from coordinator.submission import (
 @pytest.fixture
 def train_list(tmp_path):
     path = tmp_path / "train.txt"
-    path.write_text("videos/a.mp4 0\nvideos/b.mp4 1\n")
+    path.write_text("".join(f"videos/{i:02d}.mp4 {i % 2}\n" for i in range(16)))  # one tiny-cpu global batch
     return path
 
 
@@ -99,3 +99,12 @@ def test_overrides_do_not_touch_the_original():
     updated = apply_overrides(original, ["train.steps=5", "train.betas=[0.9, 0.99]"])
     assert original == {"train": {"steps": 1}}
     assert updated["train"] == {"steps": 5, "betas": [0.9, 0.99]}
+
+
+def test_a_list_smaller_than_one_global_batch_is_refused(tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("a.mp4 0\nb.mp4 1\n")
+    with pytest.raises(InvalidSubmission) as err:
+        validate_submission(kind="pretrain-mae", config_text=read_config("tiny-cpu"),
+                            overrides=[f"data.train_list={short}"], min_workers=1, max_workers=1)
+    assert err.value.field == "config.train.global_batch" and "the data has 2 samples" in str(err.value)

@@ -203,6 +203,20 @@ class Checkpoint(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     def __init__(self, step: _Optional[int] = ..., path: _Optional[str] = ..., world_size: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
+class ShardCommitted(_message.Message):
+    __slots__ = ("shard", "num_shards", "samples", "path", "world_size")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    NUM_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    num_shards: int
+    samples: int
+    path: str
+    world_size: int
+    def __init__(self, shard: _Optional[int] = ..., num_shards: _Optional[int] = ..., samples: _Optional[int] = ..., path: _Optional[str] = ..., world_size: _Optional[int] = ...) -> None: ...
+
 class SkippedVideo(_message.Message):
     __slots__ = ("path", "reason", "detail", "count")
     PATH_FIELD_NUMBER: _ClassVar[int]
@@ -216,7 +230,7 @@ class SkippedVideo(_message.Message):
     def __init__(self, path: _Optional[str] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
 class JobResult(_message.Message):
-    __slots__ = ("metrics", "final_checkpoint")
+    __slots__ = ("metrics", "final_checkpoint", "details_json")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -226,9 +240,11 @@ class JobResult(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     METRICS_FIELD_NUMBER: _ClassVar[int]
     FINAL_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_JSON_FIELD_NUMBER: _ClassVar[int]
     metrics: _containers.ScalarMap[str, float]
     final_checkpoint: str
-    def __init__(self, metrics: _Optional[_Mapping[str, float]] = ..., final_checkpoint: _Optional[str] = ...) -> None: ...
+    details_json: str
+    def __init__(self, metrics: _Optional[_Mapping[str, float]] = ..., final_checkpoint: _Optional[str] = ..., details_json: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("job_id", "name", "kind", "state", "message", "request_id", "config_json", "min_workers", "max_workers", "world_size", "priority", "progress", "result", "checkpoints", "skipped_videos", "created_at", "updated_at", "depends_on")
@@ -291,7 +307,7 @@ class StateChanged(_message.Message):
     def __init__(self, from_state: _Optional[_Union[JobState, str]] = ..., to_state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class JobEvent(_message.Message):
-    __slots__ = ("job_id", "seq", "time", "state_changed", "progress", "checkpoint", "skipped_video", "result", "decode_pool_resized", "validation", "workers_started")
+    __slots__ = ("job_id", "seq", "time", "state_changed", "progress", "checkpoint", "skipped_video", "result", "decode_pool_resized", "validation", "workers_started", "shard_committed")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -303,6 +319,7 @@ class JobEvent(_message.Message):
     DECODE_POOL_RESIZED_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_FIELD_NUMBER: _ClassVar[int]
     WORKERS_STARTED_FIELD_NUMBER: _ClassVar[int]
+    SHARD_COMMITTED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     seq: int
     time: _timestamp_pb2.Timestamp
@@ -314,7 +331,8 @@ class JobEvent(_message.Message):
     decode_pool_resized: DecodePoolResized
     validation: Validation
     workers_started: WorkersStarted
-    def __init__(self, job_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_changed: _Optional[_Union[StateChanged, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., skipped_video: _Optional[_Union[SkippedVideo, _Mapping]] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., decode_pool_resized: _Optional[_Union[DecodePoolResized, _Mapping]] = ..., validation: _Optional[_Union[Validation, _Mapping]] = ..., workers_started: _Optional[_Union[WorkersStarted, _Mapping]] = ...) -> None: ...
+    shard_committed: ShardCommitted
+    def __init__(self, job_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_changed: _Optional[_Union[StateChanged, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., skipped_video: _Optional[_Union[SkippedVideo, _Mapping]] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., decode_pool_resized: _Optional[_Union[DecodePoolResized, _Mapping]] = ..., validation: _Optional[_Union[Validation, _Mapping]] = ..., workers_started: _Optional[_Union[WorkersStarted, _Mapping]] = ..., shard_committed: _Optional[_Union[ShardCommitted, _Mapping]] = ...) -> None: ...
 
 class GetClusterStatusRequest(_message.Message):
     __slots__ = ()
