@@ -13,7 +13,7 @@ running job measures it) and of the whole job from submit to its result (start-u
 predictions of both must agree (same views, same model; float sums in another order may flip a
 near-tie of the untrained model): the benchmark checks their top-1 differ by at most one video.
 
-    python -m benchmarks.eval_throughput [--videos 96] [--workers 2] [--out benchmarks/results/eval_throughput_cpu.json]
+    python -m benchmarks.eval_throughput [--videos 600] [--workers 2] [--out benchmarks/results/eval_throughput_cpu.json]
 """
 from __future__ import annotations
 
@@ -109,10 +109,10 @@ def run(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--videos", type=int, default=96)
+    parser.add_argument("--videos", type=int, default=600)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--decode-workers", type=int, default=2)
-    parser.add_argument("--shard-size", type=int, default=32)
+    parser.add_argument("--shard-size", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "eval_throughput_cpu.json")
     args = parser.parse_args()
     result = run(args)

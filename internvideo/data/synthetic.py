@@ -23,6 +23,7 @@ import numpy as np
 from internvideo.data.lists import VideoRecord, write_video_list
 
 __all__ = [
+    "ACTION_PHRASES",
     "CLASSES",
     "COLOURS",
     "SyntheticDataset",
@@ -43,7 +44,8 @@ CLASSES: tuple[str, ...] = (
     "fade_out",
 )
 
-_PHRASES = {
+# How a caption says each action (zero-shot prompts can use them too).
+ACTION_PHRASES = {
     "move_left": "moves to the left",
     "move_right": "moves to the right",
     "move_up": "moves up",
@@ -148,7 +150,7 @@ def render_video(
     Draw order from ``rng`` is fixed (shape, colour, background, trajectory), so
     a generator state always yields the same video.
     """
-    if action not in _PHRASES:
+    if action not in ACTION_PHRASES:
         raise ValueError(f"unknown action {action!r}; expected one of {CLASSES}")
     shape = _SHAPES[int(rng.integers(len(_SHAPES)))]
     colour_name = list(COLOURS)[int(rng.integers(len(COLOURS)))]
@@ -194,7 +196,7 @@ def render_video(
     cover = cover[..., None]  # (T, S, S, 1)
     frames = background[None] * (1.0 - cover) + colour * cover  # (T, S, S, 3)
     article = "an" if colour_name[0] in "aeiou" else "a"
-    caption = f"{article} {colour_name} {shape} {_PHRASES[action]}"
+    caption = f"{article} {colour_name} {shape} {ACTION_PHRASES[action]}"
     return np.rint(frames).clip(0, 255).astype(np.uint8), caption
 
 
@@ -280,7 +282,7 @@ def _multiple_choice(video: str, caption: str, action: str, rng: np.random.Gener
     """The caption and ``choices - 1`` others with another action's phrase in its place, shuffled."""
     others = [a for a in CLASSES if a != action]
     wrong = [others[int(i)] for i in rng.choice(len(others), choices - 1, replace=False)]
-    candidates = [caption, *(caption.replace(_PHRASES[action], _PHRASES[a]) for a in wrong)]
+    candidates = [caption, *(caption.replace(ACTION_PHRASES[action], ACTION_PHRASES[a]) for a in wrong)]
     order = rng.permutation(choices)
     return {"video": video, "candidates": [candidates[int(i)] for i in order], "answer": int(np.argmax(order == 0))}
 

@@ -135,15 +135,15 @@ def test_videos_that_cannot_be_decoded_are_skipped_and_counted_not_replaced(clie
     (tmp_path / "empty.mp4").write_bytes(b"")
     (tmp_path / "garbage.mp4").write_bytes(b"not a video" * 100)
     good = read_video_list(eval_list)
-    # Two bad videos in the middle: every good one keeps its own prediction.
+    # Three bad videos among the good ones: every good one keeps its own prediction.
+    bad = {"empty.mp4": "empty", "garbage.mp4": "corrupt", "missing.mp4": "missing"}
     records = [*good[:3], VideoRecord(str(tmp_path / "empty.mp4"), 1), *good[3:7],
-               VideoRecord(str(tmp_path / "garbage.mp4"), 2), *good[7:]]
+               VideoRecord(str(tmp_path / "garbage.mp4"), 2), *good[7:], VideoRecord(str(tmp_path / "missing.mp4"), 3)]
     write_video_list(tmp_path / "with_bad.txt", records)
-    job, _ = finished(client, recognition(client, classifier, tmp_path / "with_bad.txt", "data.max_bad_fraction=0.2",
+    job, _ = finished(client, recognition(client, classifier, tmp_path / "with_bad.txt", "data.max_bad_fraction=0.3",
                                           workers=2), coordinator)
-    assert job.result.metrics["samples"] == VIDEOS and job.result.metrics["skipped_videos"] == 2
-    assert {(v.path, v.reason) for v in job.skipped_videos} == {(str(tmp_path / "empty.mp4"), "empty"),
-                                                                 (str(tmp_path / "garbage.mp4"), "corrupt")}
+    assert job.result.metrics["samples"] == VIDEOS and job.result.metrics["skipped_videos"] == 3
+    assert {(v.path, v.reason) for v in job.skipped_videos} == {(str(tmp_path / name), why) for name, why in bad.items()}
     outputs = predictions(coordinator, job)
     assert outputs["sample_ids"].tolist() == [0, 1, 2, 4, 5, 6, 7, 9, 10, 11]
     assert np.array_equal(outputs["scores"], predictions(coordinator, one)["scores"])
