@@ -18,9 +18,7 @@ near-tie of the untrained model): the benchmark checks their top-1 differ by at 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import signal
 import tempfile
 import time
@@ -30,6 +28,7 @@ import numpy as np
 import torch
 import yaml
 
+from benchmarks.record import machine, save
 from coordinator.client import JobClient, read_config
 from coordinator.launch import launch_coordinator
 from internvideo.data.synthetic import write_synthetic_dataset
@@ -93,8 +92,7 @@ def run(args: argparse.Namespace) -> dict:
         raise RuntimeError(f"the system's top-1 {system['top1']} is not the plain loop's {plain_top1}")
     views = config["test"]["clips"] * config["test"]["crops"]
     return {
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "torch": torch.__version__, "python": platform.python_version()},
+        "machine": machine(),
         "config": {"preset": "tiny-cpu-eval", "videos": videos, "views_per_video": views,
                    "workers": args.workers, "decode_workers": args.decode_workers, "shard_size": args.shard_size,
                    "micro_batch": config["eval"]["micro_batch"]},
@@ -115,9 +113,7 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "eval_throughput_cpu.json")
     args = parser.parse_args()
-    result = run(args)
-    print(json.dumps(result, indent=2))
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    save(run(args), args.out)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import signal
 import tempfile
 import time
@@ -31,6 +29,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from benchmarks.record import finished, machine, save
 from coordinator.client import JobClient, read_config, read_recipe
 from coordinator.demo import EVAL_STAGES, STAGES, data_overrides
 from coordinator.launch import launch_coordinator
@@ -46,17 +45,7 @@ FINETUNE_RECIPES = {
     "no mixing, no layer decay": ["regularization.mixup_alpha=0", "regularization.cutmix_alpha=0",
                                   "regularization.layer_decay=1.0"],
 }
-
-
-def finished(client: JobClient, job: pb.Job) -> pb.Job:
-    for _ in client.watch(job.job_id):
-        pass
-    job = client.get(job.job_id)
-    if job.state != pb.JOB_STATE_SUCCEEDED:
-        raise RuntimeError(f"{job.name or job.job_id} ended {pb.JobState.Name(job.state)}: {job.message}")
-    return job
-
-
+# The evaluations beside the recipe's own, by name: how each was configured.
 EVALUATIONS_CONFIG = {
     "zero-shot (mm)": "tiny-cpu-eval-mm; class names: the captions' action phrases; templates 'a square {}', "
                       "'a disc {}'",
@@ -142,8 +131,7 @@ def run(args: argparse.Namespace) -> dict:
     r1, chance = val(ended["mm"], "t2v_r1"), 100.0 / held_out
     best_alone = max(val(ended["post-mae"], "top1"), val(ended["post-mm"], "top1"))
     return {
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "torch": torch.__version__, "python": platform.python_version()},
+        "machine": machine(),
         "config": {"recipe": "tiny-cpu", "pretraining_steps": args.steps, "classifier_steps": args.classifier_steps,
                    "finetune_steps": args.finetune_steps, "probe_steps": args.probe_steps, "videos": args.videos,
                    "held_out_videos": held_out, "workers_per_job": 2},
@@ -176,9 +164,7 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=512, help="synthetic videos (a quarter held out)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "learning_cpu.json")
     args = parser.parse_args()
-    result = run(args)
-    print(json.dumps(result, indent=2))
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    save(run(args), args.out)
 
 
 if __name__ == "__main__":

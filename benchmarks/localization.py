@@ -13,32 +13,19 @@ frequencies and a uniform score.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import signal
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from benchmarks.record import finished, machine, save
 from coordinator.client import JobClient, read_config
 from coordinator.launch import launch_coordinator
 from internvideo.data.formats import read_activitynet
 from internvideo.data.synthetic import write_synthetic_dataset, write_untrimmed_dataset
 from internvideo.metrics import THUMOS_TIOUS, Segment, detection_map
-from protos.internvideo.v1 import jobs_pb2 as pb
-
-
-def finished(client: JobClient, job: pb.Job) -> pb.Job:
-    for _ in client.watch(job.job_id):
-        pass
-    job = client.get(job.job_id)
-    if job.state != pb.JOB_STATE_SUCCEEDED:
-        raise RuntimeError(f"{job.kind} ended {pb.JobState.Name(job.state)}: {job.message}")
-    return job
 
 
 def random_proposals(annotation: Path, per_video: int, seed: int) -> dict[str, float]:
@@ -87,8 +74,7 @@ def run(args: argparse.Namespace) -> dict:
     found = {k.removeprefix("val_"): v for k, v in localise.result.metrics.items() if k.startswith("val_")}
     baseline = random_proposals(annotation, per_video=100, seed=0)
     return {
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "torch": torch.__version__, "python": platform.python_version()},
+        "machine": machine(),
         "config": {"untrimmed_videos": args.videos, "encoder": "given" if args.encoder else
                    f"finetune tiny-cpu-finetune {args.encoder_steps} steps (no mixing) on 192 trimmed videos",
                    "features": "tiny-cpu-extract (8 frames every 2nd, stride 4)",
@@ -109,9 +95,7 @@ def main() -> None:
     parser.add_argument("--encoder", default=None, help="a classifier checkpoint to extract with (skips fine-tuning)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "localization_cpu.json")
     args = parser.parse_args()
-    result = run(args)
-    print(json.dumps(result, indent=2))
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    save(run(args), args.out)
 
 
 if __name__ == "__main__":

@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import ray
-import torch
 import yaml
 
+from benchmarks.record import machine
 from coordinator.client import read_config
 from coordinator.store import JobSpec, JobStore
 from coordinator.submission import apply_overrides, derive_needs
@@ -110,8 +108,7 @@ def run(args: argparse.Namespace) -> dict:
     ray.shutdown()
     off, on = statistics.median(seconds["off"]), statistics.median(seconds["on"])
     return {
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "torch": torch.__version__, "python": platform.python_version()},
+        "machine": machine(),
         "config": {"kind": "pretrain-mae", "preset": "tiny-cpu", "global_batch": 8, "world_size": 1,
                    "decode_workers": 2, "blocks_each": args.blocks, "steps_per_block": args.steps_per_block},
         "step_seconds_median": {"telemetry_off": off, "telemetry_on": on},

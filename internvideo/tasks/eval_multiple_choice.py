@@ -20,7 +20,6 @@ from internvideo.tasks.common import ConfigError
 from internvideo.tasks.video_language import (
     VideoTextEvalConfig,
     VideoTextEvaluation,
-    VideoWithTexts,
     text_embeddings,
     video_embedding,
 )
@@ -30,19 +29,12 @@ from internvideo.tasks.video_language import (
 class EvalMultipleChoice(VideoTextEvaluation):
     kind = "eval-multiple-choice"
     config_type = VideoTextEvalConfig
+    reads_texts = True
 
     def check_records(self, records: Sequence[VideoRecord]) -> None:
         if self.config.data.format != "multiple_choice":
             raise ConfigError("data.format", f"{self.kind} reads questions: use format multiple_choice "
                                              f"(got {self.config.data.format!r})")
-
-    def texts_per_sample(self) -> int:
-        return max(len(r.captions) for r in self.config.data.val_source().read())
-
-    def val_sample_fn(self) -> VideoWithTexts:
-        context = self.config.model.clip_config().text.context_length
-        return VideoWithTexts(self.clip_spec(), self.config.test.clips, self.config.test.crops, context,
-                              self.texts_per_sample())
 
     def predict(self, model: VideoCLIP, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Each candidate's cosine with the video, × 100; a padding row scores -inf."""

@@ -60,9 +60,14 @@ class RecognitionConfig(EvalJobConfig):
             self.model.check_buildable(drop_path=0.0)
         except ValueError as err:
             raise ValueError(f"model: {err}") from None
-        if self.data.sampler == "segment" and self.test.clips != 1:
-            raise ValueError(f"test.clips: segment sampling tests one clip in time, not {self.test.clips}")
+        check_views(self)
         return self
+
+
+def check_views(config: EvalJobConfig) -> None:
+    """Segment sampling has one view in time."""
+    if config.data.sampler == "segment" and config.test.clips != 1:
+        raise ValueError(f"test.clips: segment sampling tests one clip in time, not {config.test.clips}")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ from internvideo.tasks.base import Evaluation
 from internvideo.tasks.video_language import (
     VideoTextEvalConfig,
     VideoTextEvaluation,
-    VideoWithTexts,
     text_embeddings,
     video_embedding,
 )
@@ -35,17 +34,10 @@ class RetrievalConfig(VideoTextEvalConfig):
 class EvalRetrieval(VideoTextEvaluation):
     kind = "eval-retrieval"
     config_type = RetrievalConfig
+    reads_texts = True
 
     def check_records(self, records: Sequence[VideoRecord]) -> None:
         self.check_captions(records, "captions")
-
-    def texts_per_sample(self) -> int:
-        return max(len(r.captions) for r in self.config.data.val_source().read())
-
-    def val_sample_fn(self) -> VideoWithTexts:
-        context = self.config.model.clip_config().text.context_length
-        return VideoWithTexts(self.clip_spec(), self.config.test.clips, self.config.test.crops, context,
-                              self.texts_per_sample())
 
     def predict(self, model: VideoCLIP, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return {"video": video_embedding(model, batch), "texts": text_embeddings(model, batch["tokens"]),

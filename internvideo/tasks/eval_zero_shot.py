@@ -21,7 +21,7 @@ from internvideo.models.tokenizer import default_tokenizer
 from internvideo.tasks import register_task
 from internvideo.tasks.base import Evaluation
 from internvideo.tasks.common import ConfigError
-from internvideo.tasks.eval_recognition import TestViewsOf, classification_evaluation
+from internvideo.tasks.eval_recognition import classification_evaluation
 from internvideo.tasks.video_language import VideoTextEvalConfig, VideoTextEvaluation, video_embedding
 
 
@@ -58,9 +58,6 @@ class EvalZeroShot(VideoTextEvaluation):
         if min(labels) < 0 or max(labels) >= len(names):
             raise ConfigError("data.classes", f"{len(names)} class names, but the list has labels from "
                                               f"{min(labels)} to {max(labels)}")
-
-    def val_sample_fn(self) -> TestViewsOf:
-        return TestViewsOf(self.clip_spec(), self.config.test.clips, self.config.test.crops)
 
     def predict(self, model: VideoCLIP, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return {"scores": 100.0 * video_embedding(model, batch) @ self._class_embeddings(model).t(),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from internvideo.models.tokenizer import default_tokenizer
 from internvideo.models.vit import transformer_flops
 from internvideo.tasks.base import EvaluationTask, array_to_tensor, load_initial_weights
 from internvideo.tasks.common import ConfigError, EvalJobConfig, Strict
-from internvideo.tasks.eval_recognition import TestViews, test_clip_spec, views_to_clips
+from internvideo.tasks.eval_recognition import TestViews, TestViewsOf, check_views, test_clip_spec, views_to_clips
 
 # What a pretrain-mm checkpoint has beside the two towers: the caption decoder.
 NOT_EVALUATED = ("caption.*",)
@@ -51,8 +51,7 @@ class VideoTextEvalConfig(EvalJobConfig):
             self.model.clip_config()
         except ValueError as err:
             raise ValueError(f"model: {err}") from None
-        if self.data.sampler == "segment" and self.test.clips != 1:
-            raise ValueError(f"test.clips: segment sampling tests one clip in time, not {self.test.clips}")
+        check_views(self)
         return self
 
 
@@ -77,9 +76,11 @@ class VideoWithTexts:
 
 
 class VideoTextEvaluation(EvaluationTask[VideoTextEvalConfig]):
-    """The model, the clips, and a video's embedding; each kind adds what it scores."""
+    """The model, the clips, and a video's embedding; each kind adds what it scores. A kind that
+    ``reads_texts`` gets each record's texts (captions, candidates) with its views."""
 
     encoder = "uniformerv2-clip"
+    reads_texts: ClassVar[bool] = False
 
     def build_model(self) -> VideoCLIP:
         model = VideoCLIP(self.config.model.clip_config())
@@ -97,11 +98,16 @@ class VideoTextEvaluation(EvaluationTask[VideoTextEvalConfig]):
                                                                            t.mlp_ratio)
 
     def texts_per_sample(self) -> int:
-        return 0
+        """The most texts a record of the list has (every sample is padded to it)."""
+        return max(len(r.captions) for r in self.config.data.val_source().read()) if self.reads_texts else 0
 
-    def clip_spec(self) -> ClipSpec:
-        visual = self.config.model.clip_config().visual
-        return test_clip_spec(self.config, visual.num_frames, visual.image_size)
+    def val_sample_fn(self) -> TestViewsOf | VideoWithTexts:
+        visual, test = self.config.model.clip_config().visual, self.config.test
+        spec = test_clip_spec(self.config, visual.num_frames, visual.image_size)
+        if not self.reads_texts:
+            return TestViewsOf(spec, test.clips, test.crops)
+        context = self.config.model.clip_config().text.context_length
+        return VideoWithTexts(spec, test.clips, test.crops, context, self.texts_per_sample())
 
     def check_captions(self, records: Sequence[VideoRecord], what: str) -> None:
         if any(not record.captions for record in records):
