@@ -4,19 +4,25 @@ The list's samples are cut into shards of ``eval.shard_size`` in sample-id order
 depend on the world size. A shard's predictions are written to ``shard-NNNNN.npz`` under a temporary
 name and renamed into place once complete (the rename is the commit): whatever ends a runner — a lost
 worker, a preemption, a rescale, a killed coordinator — the next one finds which shards are done by
-listing the folder, and redoes only the others.
+listing the folder, and redoes only the others. ``plan.json`` says what the shards were made under
+(the sample count, the shard size, a key of what the sample ids mean): under another plan they do
+not count.
 """
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+log = logging.getLogger(__name__)
 SAMPLE_IDS = "sample_ids"
-_SHARD = re.compile(r"shard-(\d{5})\.npz")
+_SHARD = re.compile(r"shard-(\d{5,})\.npz")
 
 
 @dataclass(frozen=True)
@@ -52,17 +58,28 @@ class CommittedShards:
             return set()
         return {int(m.group(1)) for name in os.listdir(self.folder) if (m := _SHARD.fullmatch(name))}
 
+    def bind(self, plan: ShardPlan, key: str) -> None:
+        """Committed shards count only for the plan they were made under (``key``: what the sample ids
+        mean); under another, they are removed and every shard is done again."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        manifest = self.folder / "plan.json"
+        wanted = {"num_samples": plan.num_samples, "shard_size": plan.shard_size, "key": key}
+        if manifest.exists() and json.loads(manifest.read_text()) == wanted:
+            return
+        stale = self.done()
+        if stale:
+            log.warning("%s: %d committed shards were made under another plan of the samples; redoing them",
+                        self.folder, len(stale))
+        for shard in stale:
+            self.path(shard).unlink()
+        _write_atomically(manifest, lambda file: file.write(json.dumps(wanted).encode()))
+
     def commit(self, shard: int, outputs: dict[str, np.ndarray]) -> Path:
         """Write the shard's predictions (rows in sample-id order, ``sample_ids`` among them) and make
         them count, atomically."""
         self.folder.mkdir(parents=True, exist_ok=True)
         final = self.path(shard)
-        partial = final.with_name(f".{final.name}.partial")
-        with open(partial, "wb") as file:
-            np.savez(file, **outputs)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(partial, final)
+        _write_atomically(final, lambda file: np.savez(file, **outputs))
         return final
 
     def load(self, plan: ShardPlan) -> dict[str, np.ndarray]:
@@ -77,6 +94,20 @@ class CommittedShards:
                 for name in arrays.files:
                     parts.setdefault(name, []).append(arrays[name])
         return {name: np.concatenate(values) for name, values in parts.items()}
+
+
+def _write_atomically(path: Path, write) -> None:
+    """``write(file)`` into a private temporary file beside ``path``, then rename it into place."""
+    descriptor, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
 
 
 def merge_rank_outputs(reports: list[dict], sample_ids: list[int]) -> tuple[dict[str, np.ndarray], list[dict]]:

@@ -58,6 +58,26 @@ class RunnerSettings:
         return self.state_dir / "jobs" / job_id
 
 
+@dataclass
+class BadVideos:
+    """The videos of one list that could not be decoded, counted against the list's size (a mixing
+    partner is of the same list; a held-out video is not the training list's)."""
+
+    what: str
+    paths: frozenset[str]
+    bad: set[str]
+
+    def __init__(self, what: str, records: list, known_bad: set[str]) -> None:
+        self.what, self.paths = what, frozenset(r.path for r in records)
+        self.bad = known_bad & self.paths
+
+    def add(self, skips: list[dict[str, Any]], max_fraction: float) -> None:
+        self.bad.update(skip["path"] for skip in skips if skip["path"] in self.paths)
+        if len(self.bad) > max_fraction * len(self.paths):
+            raise DataError(f"{len(self.bad)} of the {len(self.paths)} videos of {self.what} could not be "
+                            f"decoded, more than data.max_bad_fraction={max_fraction}; see the job's skipped videos")
+
+
 class JobCancelled(Exception):
     """The user cancelled the job."""
 
@@ -156,6 +176,7 @@ class JobRunner(threading.Thread):
         self._group: WorkerGroup | None = None
         self._checkpointed_step = -1
         self._held_out = 0  # held-out samples (data.val_list), counted once when the job starts
+        self._bad: dict[str, BadVideos] = {}  # by list: "data", "held_out"
         self._shards: ShardPlan | None = None  # an evaluation's unit of work
         self._predictions = CommittedShards(settings.job_dir(job.job_id) / "predictions")
         self.usage = UsageLedger()  # where the job's GPU-time and energy go (flushed to the store)
@@ -201,13 +222,19 @@ class JobRunner(threading.Thread):
             self.task = self.task_ref.load()
             self._so_far = self._usage_so_far()
             data = self.task.config.data  # the kind's: its lists may be read its own way (subsets, say)
+            known_bad = {video.path for video in self.store.skipped_videos(self.job_id)}
+            records = (data.val_source() if self.config.evaluates else data.source()).read()
+            self._bad = {"data": BadVideos("the list", records, known_bad)}
             if self.config.evaluates:
-                num_samples = self.task.sample_count(data.val_source().read())
+                num_samples = self.task.sample_count(records)
                 self._shards = ShardPlan(num_samples, self.config.eval.shard_size)
+                self._predictions.bind(self._shards, self.task.plan_key(records))
             else:
-                num_samples = len(data.source().read())
+                num_samples = len(records)
             if not self.config.evaluates and data.val_list:
-                self._held_out = len(data.val_source().read())
+                held_out = data.val_source().read()
+                self._held_out = len(held_out)
+                self._bad["held_out"] = BadVideos("the held-out list", held_out, known_bad)
             resume = self._resume_point()
             while True:
                 try:
@@ -273,14 +300,24 @@ class JobRunner(threading.Thread):
             return Path(checkpoints[-1].path)
         return Path(self.config.train.resume_from) if self.config.train.resume_from else None
 
+    def _where(self, resume: Path | None) -> str:
+        """Where the next attempt starts, in words."""
+        if self.config.evaluates:
+            return f"its {len(self._predictions.done())} committed shards"
+        return str(resume) if resume else "the start"
+
     def _requeued(self, requeue: Requeue) -> str:
         if requeue.preempted:
             self.store.transition(self.job_id, JobState.PREEMPTED, str(requeue), world_size=0)
         resume = self._resume_point()
-        return f"{requeue}; resumes from {resume or 'the start'}"
+        return f"{requeue}; resumes from {self._where(resume)}"
 
     def _attempt(self, num_samples: int, resume: Path | None) -> None:
-        """Start the decode pool and the worker group, restore ``resume``, train to the end."""
+        """Start the decode pool and the worker group, restore ``resume``, train (or evaluate) to the end."""
+        if self.config.evaluates and len(self._predictions.done()) == self._shards.num_shards:
+            # Every shard was committed before (a coordinator died before the result): no workers needed.
+            self.store.transition(self.job_id, JobState.RUNNING, "every shard is committed", world_size=0)
+            return
         data = self.task.config.data
         if self.config.evaluates:  # the evaluated list is what the pool decodes
             work, held_out = Dataset(data.val_source(), self.task.sample_fn(), replace_bad=False), None
@@ -338,7 +375,7 @@ class JobRunner(threading.Thread):
         resume = self._resume_point()
         what = (f"failure {self.failures} of at most {self.policy.max_failures}" if count_failure
                 else "no room for the workers yet")
-        message = f"{what}: {error}; restarting from {resume or 'the start'}"
+        message = f"{what}: {error}; restarting from {self._where(resume)}"
         if self.store.get_job(self.job_id).state is JobState.RECOVERING:
             self.store.update_job(self.job_id, message=message, world_size=0)
         else:
@@ -427,7 +464,7 @@ class JobRunner(threading.Thread):
             self.usage.step(step, [r["data_wait_seconds"] for r in reports], self._group.last_call_joules)
             self._flush_usage()
             step_samples = sum(r["samples"] for r in reports)
-            self._record_skips([skip for report in reports for skip in report["skipped"]], num_samples)
+            self._record_skips([skip for report in reports for skip in report["skipped"]], "data")
             if train.record_samples:
                 self._log_samples(step, reports)
             wait = max(r["data_wait_seconds"] / r["seconds"] for r in reports)  # the slowest rank gates a step
@@ -468,15 +505,16 @@ class JobRunner(threading.Thread):
             seconds = time.perf_counter() - began
             self.usage.step(shard, [r["data_wait_seconds"] for r in reports], self._group.last_call_joules)
             outputs, skipped = merge_rank_outputs(reports, sample_ids)
-            self._record_skips(skipped, num_samples)
+            self._record_skips(skipped, "data")
             path = self._predictions.commit(shard, outputs)
             self.usage.kept(shard + 1)
-            done = len(self._predictions.done())
+            done = self._predictions.done()
             predicted = len(outputs["sample_ids"])
             self.store.record_shard(self.job_id, {"shard": shard, "num_shards": plan.num_shards, "samples": predicted,
                                                   "path": str(path), "world_size": self.world_size})
             self.store.record_progress(self.job_id, {
-                "step": done, "total_steps": plan.num_shards, "samples": predicted, "step_samples": predicted,
+                "step": len(done), "total_steps": plan.num_shards,
+                "samples": sum(len(plan.sample_ids(s)) for s in done), "step_samples": predicted,
                 "clips_per_second": predicted / seconds, "step_seconds": seconds,
                 "data_wait_fraction": statistics.fmean(r["data_wait_seconds"] / r["seconds"] if r["seconds"] else 0.0
                                                        for r in reports),
@@ -486,7 +524,7 @@ class JobRunner(threading.Thread):
                 "kept_gpu_seconds": self._so_far.of("kept").gpu_seconds, "joules": self._so_far.joules,
             })
             self._flush_usage()
-            target = self._grow_target(self) if self._grow_target and done < plan.num_shards else 0
+            target = self._grow_target(self) if self._grow_target and len(done) < plan.num_shards else 0
             if target > self.world_size:
                 raise GrowAt(None, target)
 
@@ -512,7 +550,7 @@ class JobRunner(threading.Thread):
         size = self._held_out
         reports = self._call("validate", size, use="validation", timeout_s=self.config.train.step_timeout_s)
         outputs, skipped = merge_rank_outputs(reports, list(range(size)))
-        self._record_skips(skipped, size)
+        self._record_skips(skipped, "held_out")
         if len(outputs["sample_ids"]) == 0:
             raise DataError(f"not one of the {size} held-out videos could be decoded")
         results = self.task.validation_metrics({k: v for k, v in outputs.items() if k != "sample_ids"})
@@ -565,14 +603,12 @@ class JobRunner(threading.Thread):
         with open(path, "a") as log_file:
             log_file.write(json.dumps(line) + "\n")
 
-    def _record_skips(self, skips: list[dict[str, Any]], num_samples: int) -> None:
+    def _record_skips(self, skips: list[dict[str, Any]], which: str) -> None:
+        """Record the videos skipped in ``which`` list ("data", "held_out"), and fail the job once too
+        many of that list are bad."""
         for skip in skips:
             self.store.record_skipped(self.job_id, skip["path"], skip["reason"], skip["detail"])
-        bad = len(self.store.skipped_videos(self.job_id)) if skips else 0
-        limit = self.config.data.max_bad_fraction
-        if bad > limit * num_samples:
-            raise DataError(f"{bad} of {num_samples} videos could not be decoded, more than "
-                            f"data.max_bad_fraction={limit}; see the job's skipped videos")
+        self._bad[which].add(skips, self.config.data.max_bad_fraction)
 
     def _checkpoint(self, step: int) -> str:
         root = self.settings.job_dir(self.job_id) / "checkpoints"

@@ -104,11 +104,12 @@ class Scheduler:
             if self._stop.is_set():
                 return
             try:
-                if not self._admit(self._with_needs(queued), free):
-                    return  # strict order: nothing jumps the head of the queue
-            except Exception as err:  # noqa: BLE001 — a job that cannot be started fails; the queue goes on
-                log.exception("job %s cannot be started", queued.job_id)
-                self._end_queued(queued, JobState.FAILED, f"cannot be started: {type(err).__name__}: {err}")
+                job = self._with_needs(queued)
+            except Exception as err:  # noqa: BLE001 — a job whose record no longer reads fails; the queue goes on
+                self._cannot_start(queued, err)
+                continue
+            if not self._admit(job, free):
+                return  # strict order: nothing jumps the head of the queue
 
     def _admit(self, job: JobRecord, free: dict[str, float]) -> bool:
         """Start ``job`` if it may and fits (taking its resources from ``free``); False if it waits
@@ -121,20 +122,34 @@ class Scheduler:
             self._preempt_for(job, free)
             return False
         queued_at = self.store.queued_since(job.job_id)
-        runner = self.runner_factory(self.store, job, world, self.settings, on_exit=self._runner_exited,
-                                     fit_world_size=self.fit_world_size, grow_target=self.grow_target,
-                                     decode_limit=self.decode_limit)
+        try:
+            runner = self.runner_factory(self.store, job, world, self.settings, on_exit=self._runner_exited,
+                                         fit_world_size=self.fit_world_size, grow_target=self.grow_target,
+                                         decode_limit=self.decode_limit)
+        except Exception as err:  # noqa: BLE001 — its config no longer reads: it fails, the queue goes on
+            self._cannot_start(job, err)
+            return True
         with self._lock:  # atomic with cancel(): a job is either still QUEUED or has its runner
             try:
                 self.store.transition(job.job_id, JobState.STARTING, f"starting {world} workers", world_size=world)
             except InvalidTransition:
                 return True  # cancelled since the queue was read
             self.runners[job.job_id] = runner
+        try:
+            runner.start()
+        except Exception as err:  # noqa: BLE001 — no thread for it (the process is at its limit): it fails
+            with self._lock:
+                self.runners.pop(job.job_id, None)
+            self._cannot_start(job, err)
+            return True
         metrics.QUEUE_WAIT.observe(time.time() - queued_at)
         for key, amount in runner.demand.items():
             free[key] = free.get(key, 0.0) - amount
-        runner.start()
         return True
+
+    def _cannot_start(self, job: JobRecord, err: Exception) -> None:
+        log.error("job %s cannot be started", job.job_id, exc_info=err)
+        self._end_queued(job, JobState.FAILED, f"cannot be started: {type(err).__name__}: {err}")
 
     def _dependencies_succeeded(self, job: JobRecord) -> bool:
         """Whether every job it starts from (``job:<id>``) has succeeded. One that failed or was

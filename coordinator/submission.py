@@ -113,6 +113,10 @@ def validate_submission(*, kind: str, config_text: str, overrides: list[str], mi
     depends_on = _check_job_refs(raw, job_state)
     _check_inputs(task_type(config))
     needs = derive_needs(config, min_workers, max_workers, depends_on)
+    if not needs.world_sizes and config.evaluates:
+        raise InvalidSubmission(
+            "min_workers", f"a shard of {config.eval.shard_size} samples in micro-batches of {config.eval.micro_batch} "
+            f"keeps at most {config.eval.micro_batches_per_shard} workers busy, fewer than {min_workers}")
     if not needs.world_sizes:
         raise InvalidSubmission(
             "config.train.global_batch",

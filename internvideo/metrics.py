@@ -182,19 +182,31 @@ def retrieval_metrics(similarity: torch.Tensor, text_to_video: torch.Tensor) -> 
     return {**_rank_summary("t2v", t2v_ranks), **_rank_summary("v2t", v2t_ranks)}
 
 
-def dual_softmax(similarity: torch.Tensor, temperature: float = 100.0) -> torch.Tensor:
+def dual_softmax(similarity: torch.Tensor, temperature: float = 100.0, dim: int = 0) -> torch.Tensor:
     """Return the (T, V) similarity re-scored by the dual softmax (CAMoE's DSL, used by InternVideo).
 
-    Each video column's softmax over the captions (dim 0) of ``temperature * similarity`` is the
-    video's own preference among captions; multiplying the similarity by it keeps a caption's score
-    for a video only where the video also prefers that caption, which suppresses "hub" videos that
-    score highly against every caption. It uses all test captions at once (it is transductive), so
-    report its results as "with DSL". ``temperature`` is CLIP's logit scale, 100 by default.
+    The softmax of ``temperature * similarity`` along ``dim`` is the prior of the other side: along
+    the captions (dim 0, for ranking videos by caption) it is each video's own preference among
+    captions, and multiplying by it keeps a caption's score for a video only where the video also
+    prefers that caption, which suppresses "hub" videos that score highly against every caption;
+    along the videos (dim 1) it re-scores the other direction, video→text. It uses every test
+    item at once (it is transductive), so report its results as "with DSL". ``temperature`` is
+    CLIP's logit scale, 100 by default.
     """
     _check_scores("similarity", similarity)
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    return similarity * torch.softmax(similarity * temperature, dim=0)
+    return similarity * torch.softmax(similarity * temperature, dim=dim)
+
+
+def dual_softmax_retrieval(similarity: torch.Tensor, text_to_video: torch.Tensor,
+                           temperature: float = 100.0) -> dict[str, float]:
+    """``retrieval_metrics`` after the dual softmax, each direction with its own prior: text→video
+    ranks from the softmax over captions, video→text ranks from the softmax over videos."""
+    t2v = retrieval_metrics(dual_softmax(similarity, temperature, dim=0), text_to_video)
+    v2t = retrieval_metrics(dual_softmax(similarity, temperature, dim=1), text_to_video)
+    return {**{k: v for k, v in t2v.items() if k.startswith("t2v_")}, **{k: v for k, v in v2t.items()
+                                                                          if k.startswith("v2t_")}}
 
 
 def multiple_choice_accuracy(scores: torch.Tensor, answers: torch.Tensor) -> float:

@@ -294,7 +294,7 @@ class DecodePool:
         self.actors = []
 
 
-def held_out_batches(actors: list[ray.actor.ActorHandle], chunks: list[list[int]], held_out: bool,
+def ordered_batches(actors: list[ray.actor.ActorHandle], chunks: list[list[int]], held_out: bool,
                      max_in_flight: int, timeout_s: float) -> Iterator[dict[str, Any]]:
     """Samples from the decode pool that no training step asks for (held-out data, ``held_out``, or an
     evaluation's list): one request per chunk of sample ids, answered in order, with at most

@@ -26,7 +26,7 @@ from internvideo.tasks import TaskRef
 from workers import engine as ds
 from workers import telemetry
 from workers.checkpoint import checkpoint_folder
-from workers.decode import ClipStream, held_out_batches
+from workers.decode import ClipStream, ordered_batches
 from workers.energy import EnergyMeter, cpu_worker_meter, gpu_meter
 from workers.peak_flops import device_peak
 
@@ -186,7 +186,7 @@ class EncoderWorker:
         waited, samples = 0.0, 0
         data = self.config.data
         actors = self.stream.actors if held_out else self.decode_actors
-        batches = held_out_batches(actors, chunks, held_out, data.max_in_flight, data.decode_timeout_s)
+        batches = ordered_batches(actors, chunks, held_out, data.max_in_flight, data.decode_timeout_s)
         with torch.inference_mode():
             while True:
                 before = time.perf_counter()

@@ -166,6 +166,8 @@ def probe_video(path: str, options: DecodeOptions = DecodeOptions()) -> VideoInf
             continue
         if info.num_frames <= 0:
             raise DecodeError(path, "empty", "video has no frames")
+        if not info.fps > 0:
+            raise DecodeError(path, "corrupt", "no frame rate")
         return info
     raise DecodeError(path, "corrupt", "; ".join(failures))
 

@@ -371,7 +371,7 @@ class CLIPVideoClassifier(nn.Module):
 
     def __init__(self, config: CLIPVisualConfig, num_classes: int, head_dropout: float = 0.0) -> None:
         super().__init__()
-        self.token_dim, self.num_tokens = config.width, 1 + config.num_frames * (config.grid**2 + 1)
+        self.token_dim, self.num_queries = config.width, 1
         self.visual = VideoCLIPVisual(config)
         self.head_dropout = nn.Dropout(head_dropout)
         self.head = nn.Linear(config.width, num_classes)
@@ -381,6 +381,10 @@ class CLIPVideoClassifier(nn.Module):
     def tokens(self, video: Tensor) -> Tensor:
         """The video token, then every frame's tokens (B, 1 + T·(1 + H'·W'), width): ``VideoCLIPVisual.context``."""
         return self.visual.context(video)
+
+    def queries(self, tokens: Tensor) -> Tensor:
+        """The tokens ``classify`` reads: the video token alone (B, 1, width)."""
+        return tokens[:, :1]
 
     def classify(self, tokens: Tensor) -> Tensor:
         """Logits (B, num_classes) from the video token of ``tokens``."""

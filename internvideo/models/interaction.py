@@ -54,10 +54,11 @@ class TokenClassifier(Protocol):
     """A classifier split where another model may join in: ``VideoClassifier``, ``CLIPVideoClassifier``."""
 
     token_dim: int
-    num_tokens: int  # what ``tokens`` returns per clip
+    num_queries: int  # how many tokens ``queries`` keeps
     readout: tuple[str, ...]  # the child modules ``classify`` uses
 
     def tokens(self, video: Tensor) -> Tensor: ...
+    def queries(self, tokens: Tensor) -> Tensor: ...  # the tokens ``classify`` reads
     def classify(self, tokens: Tensor) -> Tensor: ...
 
 
@@ -90,7 +91,8 @@ class InteractionClassifier(nn.Module):
         base_view, other_view = self.views
         with torch.no_grad():
             tokens, other = self.base.tokens(base_view(video)), self.other.tokens(other_view(video))
-        logits = self.base.classify(self.interaction(tokens, other))
+        # Only the tokens the base's readout reads consult the other model (CLIP's: its video token).
+        logits = self.base.classify(self.interaction(self.base.queries(tokens), other))
         return logits + torch.tanh(self.other_gate) * self.other.classify(other)
 
 

@@ -227,7 +227,9 @@ def detect(head: LocalizationHead, predictions: Predictions, mask: Tensor, *, pr
     Soft-NMS applied per class."""
     logits, distances, masks = predictions
     points = torch.cat(head.positions(mask.shape[-1], mask.device))
-    scores, distances, valid = torch.cat(logits, 1).sigmoid(), torch.cat(distances, 1), torch.cat(masks, 1)
+    # In fp32: bf16 scores tie, and ties reorder detections (and with them AP).
+    scores, distances = torch.cat(logits, 1).float().sigmoid(), torch.cat(distances, 1).float()
+    valid = torch.cat(masks, 1)
     out = []
     for b in range(len(mask)):
         length = float(mask[b].sum())

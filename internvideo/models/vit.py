@@ -208,7 +208,7 @@ class VideoClassifier(nn.Module):
     def __init__(self, config: ClassifierConfig) -> None:
         super().__init__()
         self.config = config
-        self.token_dim, self.num_tokens = config.encoder.embed_dim, config.encoder.num_patches
+        self.token_dim, self.num_queries = config.encoder.embed_dim, config.encoder.num_patches
         self.encoder = VideoViTEncoder(config.encoder)
         self.fc_norm = nn.LayerNorm(config.encoder.embed_dim, eps=config.head_norm_eps)
         self.head_dropout = nn.Dropout(config.head_dropout)
@@ -221,6 +221,10 @@ class VideoClassifier(nn.Module):
     def tokens(self, video: Tensor) -> Tensor:
         """The encoder's tokens (B, N, C) of normalised clips (B, 3, T, H, W)."""
         return self.encoder(video)
+
+    def queries(self, tokens: Tensor) -> Tensor:
+        """The tokens ``classify`` reads: all of them."""
+        return tokens
 
     def pool(self, tokens: Tensor) -> Tensor:
         """The clip's feature (B, C) from its tokens (B, N, C): what the head reads."""

@@ -18,6 +18,7 @@ through ``SharedConfig`` and what was derived at submit; workers load the kind f
 """
 from __future__ import annotations
 
+import hashlib
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
@@ -216,6 +217,12 @@ class EvaluationTask(Task[EvalConfigT]):
     def sample_count(self, records: Sequence[VideoRecord]) -> int:
         """How many samples the evaluated list makes: one per record, unless the kind cuts records up."""
         return len(records)
+
+    def plan_key(self, records: Sequence[VideoRecord]) -> str:
+        """What sample ids mean: committed predictions count only under the same key (an edited list,
+        or a kind's plan of its samples that came out otherwise, starts the shards again)."""
+        described = [(r.path, r.label, r.captions) for r in records]
+        return hashlib.sha256(repr((self.sample_count(records), described)).encode()).hexdigest()
 
     @abstractmethod
     def evaluate(self, outputs: dict[str, np.ndarray], folder: Path) -> Evaluation:

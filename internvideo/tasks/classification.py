@@ -78,7 +78,12 @@ class ClassifierModel(Strict):
 
     def check_buildable(self, drop_path: float) -> None:
         """A bad size or override raises ValueError (at submit, not in the workers)."""
-        self.videomae_config(drop_path) if self.encoder == "videomae" else self.clip_config(drop_path)
+        self.token_width(drop_path)
+
+    def token_width(self, drop_path: float) -> int:
+        if self.encoder == "videomae":
+            return self.videomae_config(drop_path).encoder.embed_dim
+        return self.clip_config(drop_path).width
 
 
 class Regularization(Strict):

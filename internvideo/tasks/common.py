@@ -233,6 +233,11 @@ class EvalSection(Strict):
     shard_timeout_s: float = Field(600.0, gt=0)
     max_failures: int = Field(3, ge=0)  # worker losses survived by redoing the uncommitted shards
 
+    @property
+    def micro_batches_per_shard(self) -> int:
+        """The most workers a shard keeps busy."""
+        return -(-self.shard_size // self.micro_batch)
+
 
 class DebugSection(Strict):
     """Control points for tests and fault drills. Off by default; a production job leaves it empty."""
@@ -298,16 +303,12 @@ class SharedConfig(BaseModel):
     def max_failures(self) -> int:
         return self.eval.max_failures if self.eval else self.train.max_failures
 
-    @property
-    def call_timeout_s(self) -> float:
-        """The longest a unit of work (a step, a shard) may take."""
-        return self.eval.shard_timeout_s if self.eval else self.train.step_timeout_s
-
     def valid_world_sizes(self, min_workers: int, max_workers: int) -> list[int]:
-        """World sizes in [min, max] that keep the global batch whole (any, for an evaluation)."""
+        """World sizes in [min, max] that keep the global batch whole, or, for an evaluation, that
+        give every worker at least one micro-batch of a shard."""
         sizes = range(min_workers, max_workers + 1)
         if self.eval:
-            return list(sizes)
+            return [w for w in sizes if w <= self.eval.micro_batches_per_shard]
         return [w for w in sizes if self.train.global_batch % (self.train.micro_batch * w) == 0]
 
 

@@ -8,6 +8,7 @@ details, each class's accuracy (by name when ``data.classes`` names them) and th
 """
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,9 +41,12 @@ from internvideo.tasks.classification import (
 from internvideo.tasks.common import ConfigError, EvalJobConfig, Strict
 
 
-class TestViews(Strict):
+class Views(Strict):
     clips: int = Field(5, gt=0)  # windows in time (dense sampling; segment sampling takes 1)
     crops: int = Field(3, gt=0)  # squares along the long side
+
+
+class TestViews(Views):
     average: Literal["softmax", "logits"] = "softmax"  # what the views' average is taken of
 
 
@@ -62,6 +66,13 @@ class RecognitionConfig(EvalJobConfig):
             raise ValueError(f"model: {err}") from None
         check_views(self)
         return self
+
+
+def check_labelled(task: EvaluationTask) -> None:
+    """Classification needs labelled videos: a caption or question list labels every video 0."""
+    if task.config.data.format not in ("list", "ssv2"):
+        raise ConfigError("data.format", f"{task.kind} needs labelled videos (list or ssv2), "
+                                         f"not {task.config.data.format!r}")
 
 
 def check_views(config: EvalJobConfig) -> None:
@@ -109,6 +120,7 @@ class EvalRecognition(EvaluationTask[RecognitionConfig]):
             self.config.data.class_names(self.config.model.num_classes)
 
     def check_records(self, records: Sequence[VideoRecord]) -> None:
+        check_labelled(self)
         labels = {r.label for r in records}
         if max(labels) >= self.config.model.num_classes or min(labels) < 0:
             raise ConfigError("model.num_classes", f"{self.config.model.num_classes} classes, but the list has "
@@ -145,20 +157,32 @@ class EvalRecognition(EvaluationTask[RecognitionConfig]):
         num_classes = self.config.model.num_classes
         names = (self.config.data.class_names(num_classes) if self.config.data.classes
                  else [str(c) for c in range(num_classes)])
-        return classification_evaluation(outputs["scores"], outputs["label"], names, self.config.test)
+        return classification_evaluation(outputs["scores"], outputs["label"], names, self.config.test, folder)
 
 
-def classification_evaluation(scores: np.ndarray, labels: np.ndarray, class_names: list[str],
-                              views: TestViews) -> Evaluation:
+# Beyond this many classes the confusion matrix goes to a file in the job's folder, not into the job
+# record (710 classes would be half a million counts in every GetJob).
+INLINE_CONFUSION_CLASSES = 64
+
+
+def classification_evaluation(scores: np.ndarray, labels: np.ndarray, class_names: list[str], views: Views,
+                              folder: Path) -> Evaluation:
     """Top-1/top-5 and mean per-class accuracy of per-video class ``scores`` (N, C); each class's
-    accuracy (None for a class with no video) and the confusion matrix in the details."""
+    accuracy (None for a class with no video) and the confusion matrix (rows: true class) in the
+    details — for many classes, the path of ``confusion_matrix.json`` in ``folder`` instead."""
     scores_t, labels_t = torch.from_numpy(scores), torch.from_numpy(labels)
     num_classes = len(class_names)
     predictions = scores_t.argmax(dim=1)
     per_class = per_class_accuracy(predictions, labels_t, num_classes)
     metrics = topk_accuracy(scores_t, labels_t, ks=(1, 5) if num_classes > 5 else (1,))
     metrics["mean_class_accuracy"] = float(np.nanmean(per_class))
-    return Evaluation(metrics, {
-        "per_class_accuracy": {name: None if math.isnan(a) else a for name, a in zip(class_names, per_class)},
-        "confusion_matrix": confusion_matrix(predictions, labels_t, num_classes),
-        "views": {"clips": views.clips, "crops": views.crops}})
+    confusion = confusion_matrix(predictions, labels_t, num_classes)
+    details: dict = {"per_class_accuracy": {name: None if math.isnan(a) else a for name, a in zip(class_names, per_class)},
+                     "views": {"clips": views.clips, "crops": views.crops}}
+    if num_classes <= INLINE_CONFUSION_CLASSES:
+        details["confusion_matrix"] = confusion
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "confusion_matrix.json").write_text(json.dumps({"classes": class_names, "matrix": confusion}))
+        details["confusion_matrix_file"] = str(folder / "confusion_matrix.json")
+    return Evaluation(metrics, details)

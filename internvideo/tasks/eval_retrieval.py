@@ -2,7 +2,8 @@
 format; a video may have several captions). Every caption ranks every video, every video every
 caption: R@1/5/10 (percent), median and mean rank, each direction; a video's rank is that of its
 best-placed own caption. ``dual_softmax: true`` also reports the same after CAMoE's dual softmax
-(``dsl_`` prefix), which uses every test caption at once — a transductive re-scoring, labelled so.
+(``dsl_`` prefix; each direction re-scored by the other side's prior), which uses every test item at
+once — a transductive re-scoring, labelled so.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 from torch import Tensor
 
 from internvideo.data.lists import VideoRecord
-from internvideo.metrics import dual_softmax, retrieval_metrics
+from internvideo.metrics import dual_softmax_retrieval, retrieval_metrics
 from internvideo.models.clip import VideoCLIP
 from internvideo.tasks import register_task
 from internvideo.tasks.base import Evaluation
@@ -50,6 +51,6 @@ class EvalRetrieval(VideoTextEvaluation):
         similarity = texts[captioned] @ video.t()  # (captions, videos)
         metrics = retrieval_metrics(similarity, text_to_video)
         if self.config.dual_softmax:
-            rescored = retrieval_metrics(dual_softmax(similarity), text_to_video)
+            rescored = dual_softmax_retrieval(similarity, text_to_video)
             metrics.update({f"dsl_{name}": value for name, value in rescored.items()})
         return Evaluation(metrics, {"videos": len(video), "captions": len(text_to_video)})

@@ -21,7 +21,7 @@ from internvideo.models.tokenizer import default_tokenizer
 from internvideo.tasks import register_task
 from internvideo.tasks.base import Evaluation
 from internvideo.tasks.common import ConfigError
-from internvideo.tasks.eval_recognition import classification_evaluation
+from internvideo.tasks.eval_recognition import check_labelled, classification_evaluation
 from internvideo.tasks.video_language import VideoTextEvalConfig, VideoTextEvaluation, video_embedding
 
 
@@ -53,6 +53,7 @@ class EvalZeroShot(VideoTextEvaluation):
         self._classes: tuple[int, Tensor] | None = None  # (id of the model, its class embeddings)
 
     def check_records(self, records: Sequence[VideoRecord]) -> None:
+        check_labelled(self)
         names = self.config.data.class_names()
         labels = {r.label for r in records}
         if min(labels) < 0 or max(labels) >= len(names):
@@ -72,4 +73,5 @@ class EvalZeroShot(VideoTextEvaluation):
         return self._classes[1]
 
     def evaluate(self, outputs: dict[str, np.ndarray], folder: Path) -> Evaluation:
-        return classification_evaluation(outputs["scores"], outputs["label"], self.config.data.class_names(), self.config.test)
+        return classification_evaluation(outputs["scores"], outputs["label"], self.config.data.class_names(),
+                                         self.config.test, folder)

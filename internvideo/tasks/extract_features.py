@@ -13,6 +13,7 @@ features as ``job:<id>``.
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from internvideo.data.decode import DecodeError, DecodeOptions, probe_video, read_clip
+from internvideo.data.decode import DecodeError, DecodeOptions, VideoInfo, probe_video, read_clip
 from internvideo.data.features import FeatureGrid, write_features
 from internvideo.data.lists import VideoRecord
 from internvideo.data.transforms import normalize_clips, spatial_views
@@ -70,11 +71,14 @@ class ExtractFeaturesConfig(EvalJobConfig):
 
 @dataclass(frozen=True)
 class Chunk:
-    """Windows ``first … first + count - 1`` of record ``video``."""
+    """Windows ``first … first + count - 1`` of record ``video``; or, a video that could not even be
+    probed, no window and the ``failure`` (reason, detail) its sample raises — so that it is skipped
+    and counted like any video that cannot be decoded."""
 
     video: int
     first: int
     count: int
+    failure: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -95,16 +99,18 @@ class WindowChunks:
 
     def __call__(self, records: Sequence[VideoRecord], epoch: int, sample_id: int) -> dict[str, np.ndarray]:
         chunk = self.chunks[sample_id]
+        if chunk.failure is not None:
+            raise DecodeError(records[chunk.video].path, *chunk.failure)
         starts = (chunk.first + np.arange(self.windows_per_sample).clip(max=chunk.count - 1)) * self.stride
         wanted = starts[:, None] + np.arange(self.num_frames)[None, :] * self.sampling_rate  # (chunk, T)
         in_video: list[np.ndarray] = []
 
         def frames(n: int) -> np.ndarray:  # each frame decoded once; past the end, the last frame again
-            in_video.append(wanted.clip(max=n - 1))
-            return np.unique(in_video[0])
+            in_video.append(wanted.clip(max=n - 1))  # per backend tried: the last one decoded
+            return np.unique(in_video[-1])
 
         decoded = spatial_views(read_clip(records[chunk.video].path, frames, self.decode), self.input_size, 1)[0]
-        rows = np.searchsorted(np.unique(in_video[0]), in_video[0])  # (chunk, T) rows of ``decoded``
+        rows = np.searchsorted(np.unique(in_video[-1]), in_video[-1])  # (chunk, T) rows of ``decoded``
         return {"video": decoded[rows], "num_windows": np.int64(chunk.count), "video_index": np.int64(chunk.video),
                 "first_window": np.int64(chunk.first)}
 
@@ -132,33 +138,39 @@ class ExtractFeatures(EvaluationTask[ExtractFeaturesConfig]):
         return (self.config.model.num_frames - 1) * self.config.data.sampling_rate + 1
 
     @functools.cached_property
-    def _videos(self) -> list[tuple[VideoRecord, float, int]]:
-        """(record, fps, frames) of every video of the list; one that cannot be read gets one window
-        (its decode fails, and the video is skipped and counted with the reason)."""
+    def _videos(self) -> list[tuple[VideoRecord, VideoInfo | DecodeError]]:
+        """Every video of the list with its frame count and rate, or why it cannot be read."""
         decode = self.config.data.decode_options(self.config.model.img_size)
-        out = []
+        out: list[tuple[VideoRecord, VideoInfo | DecodeError]] = []
         for record in self.config.data.val_source().read():
             try:
-                info = probe_video(record.path, decode)
-                out.append((record, info.fps, info.num_frames))
-            except DecodeError:
-                out.append((record, 0.0, 1))
+                out.append((record, probe_video(record.path, decode)))
+            except DecodeError as err:
+                out.append((record, err))
         return out
 
-    def grid(self, fps: float, frames: int) -> FeatureGrid:
-        return FeatureGrid(fps=fps or 1.0, stride=self.config.windows.stride, window=self.span, num_frames=frames)
+    def grid(self, info: VideoInfo) -> FeatureGrid:
+        return FeatureGrid(fps=info.fps, stride=self.config.windows.stride, window=self.span,
+                           num_frames=info.num_frames)
 
     def sample_count(self, records: Sequence[VideoRecord]) -> int:
         return len(self.val_sample_fn().chunks)
 
+    def plan_key(self, records: Sequence[VideoRecord]) -> str:
+        """The chunks too: a video probed otherwise on a later start (a timeout under load) moves them."""
+        return hashlib.sha256(repr((super().plan_key(records), self.val_sample_fn().chunks)).encode()).hexdigest()
+
     def val_sample_fn(self) -> WindowChunks:
         per_sample = self.config.windows.chunk
-        chunks = tuple(Chunk(video, first, min(per_sample, count - first))
-                       for video, (_, fps, frames) in enumerate(self._videos)
-                       for count in [self.grid(fps, frames).count]
-                       for first in range(0, count, per_sample))
+        chunks: list[Chunk] = []
+        for video, (_, info) in enumerate(self._videos):
+            if isinstance(info, DecodeError):
+                chunks.append(Chunk(video, 0, 0, (info.reason, info.detail)))
+                continue
+            count = self.grid(info).count
+            chunks += [Chunk(video, first, min(per_sample, count - first)) for first in range(0, count, per_sample)]
         model, data = self.config.model, self.config.data
-        return WindowChunks(chunks, per_sample, model.num_frames, data.sampling_rate, self.config.windows.stride,
+        return WindowChunks(tuple(chunks), per_sample, model.num_frames, data.sampling_rate, self.config.windows.stride,
                             model.img_size, data.decode_options(model.img_size))
 
     def to_tensors(self, batch: dict[str, np.ndarray], device: torch.device,
@@ -183,8 +195,8 @@ class ExtractFeatures(EvaluationTask[ExtractFeaturesConfig]):
             by_video.setdefault(int(video), []).append((int(first), features[:count]))
         written = 0
         for video, parts in sorted(by_video.items()):
-            record, fps, frames = self._videos[video]
-            grid = self.grid(fps, frames)
+            record, info = self._videos[video]
+            grid = self.grid(info)
             features = np.concatenate([f for _, f in sorted(parts, key=lambda part: part[0])])
             if len(features) != grid.count:  # a chunk of it could not be decoded
                 continue

@@ -99,6 +99,9 @@ class InteractionConfig(ClassificationConfig):
         for name, count in (("model.num_frames", model.num_frames), ("model.other.num_frames", model.other.num_frames)):
             if frames % count:
                 raise ValueError(f"{name} ({count}) must divide the clip's {frames} frames")
+        width = model.token_width(drop_path=0.0)
+        if width % model.heads:
+            raise ValueError(f"model.heads ({model.heads}) must divide the base's token width ({width})")
         try:
             model.other_classifier().check_buildable(drop_path=0.0)
         except ValueError as err:
@@ -149,5 +152,5 @@ class Interaction(Classification):
         matrices, 2 FLOPs per weight and token (attention scores are small beside them here)."""
         interaction: InteractionClassifier = unwrap(model)
         trained = sum(p.numel() for p in interaction.parameters() if p.requires_grad)
-        tokens = interaction.base.num_tokens
+        tokens = interaction.base.num_queries
         return forward_flops(interaction.base) + forward_flops(interaction.other) + 3.0 * 2.0 * trained * tokens

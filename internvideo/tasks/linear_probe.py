@@ -1,7 +1,8 @@
 """``linear-probe``: how linearly separable a pretrained encoder's features are — the encoder loaded
 from ``model.init`` and frozen (in no optimizer group; its forward builds no graph), a linear head
-on its pooled features trained with cross-entropy. No mixing, no label smoothing, no drop path:
-nothing but the head changes. Validation: top-1/top-5 of the held-out list (``data.val_list``).
+on its pooled features trained with cross-entropy; only the head changes. By default no mixing and
+no label smoothing; drop path is held at 0 (the frozen encoder runs as it was trained).
+Validation: top-1/top-5 of the held-out list (``data.val_list``).
 """
 from __future__ import annotations
 

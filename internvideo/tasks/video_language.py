@@ -21,7 +21,7 @@ from internvideo.models.tokenizer import default_tokenizer
 from internvideo.models.vit import transformer_flops
 from internvideo.tasks.base import EvaluationTask, array_to_tensor, load_initial_weights
 from internvideo.tasks.common import ConfigError, EvalJobConfig, Strict
-from internvideo.tasks.eval_recognition import TestViews, TestViewsOf, check_views, test_clip_spec, views_to_clips
+from internvideo.tasks.eval_recognition import TestViewsOf, Views, check_views, test_clip_spec, views_to_clips
 
 # What a pretrain-mm checkpoint has beside the two towers: the caption decoder.
 NOT_EVALUATED = ("caption.*",)
@@ -43,7 +43,7 @@ class VideoTextModel(Strict):
 
 class VideoTextEvalConfig(EvalJobConfig):
     model: VideoTextModel
-    test: TestViews = Field(default_factory=lambda: TestViews(clips=1, crops=1))
+    test: Views = Field(default_factory=lambda: Views(clips=1, crops=1))  # a video's embedding: its views' mean
 
     @model_validator(mode="after")
     def _buildable(self) -> "VideoTextEvalConfig":

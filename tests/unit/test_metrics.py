@@ -12,6 +12,7 @@ from internvideo.metrics import (
     average_views,
     confusion_matrix,
     dual_softmax,
+    dual_softmax_retrieval,
     mean_class_accuracy,
     multiple_choice_accuracy,
     per_class_accuracy,
@@ -257,6 +258,21 @@ def test_dual_softmax_suppresses_a_hub_video():
     text_to_video = torch.tensor([0, 1])
     assert retrieval_metrics(similarity, text_to_video)["t2v_r1"] == 50.0
     assert retrieval_metrics(dual_softmax(similarity), text_to_video)["t2v_r1"] == 100.0
+
+
+def test_dual_softmax_rescores_video_to_text_with_the_captions_prior():
+    # Caption 0 is the raw favourite of both videos (0.9, 0.85), but it prefers video 0 (0.9 vs 0.85)
+    # far more than caption 1 tells its videos apart (0.8 vs 0.8): after re-scoring along the videos,
+    # video 1 finds its own caption first. Along the captions (the t2v prior) nothing changes for v2t:
+    # a column times its own positive softmax keeps its order.
+    similarity = torch.tensor([[0.9, 0.85], [0.8, 0.8]])
+    text_to_video = torch.tensor([0, 1])
+    assert retrieval_metrics(similarity, text_to_video)["v2t_r1"] == 50.0
+    assert retrieval_metrics(dual_softmax(similarity, dim=0), text_to_video)["v2t_r1"] == 50.0
+    assert dual_softmax_retrieval(similarity, text_to_video)["v2t_r1"] == 100.0
+    both = dual_softmax_retrieval(similarity, text_to_video)
+    assert {k: v for k, v in both.items() if k.startswith("t2v_")} == {
+        k: v for k, v in retrieval_metrics(dual_softmax(similarity, dim=0), text_to_video).items() if k.startswith("t2v_")}
 
 
 # --- multiple choice -----------------------------------------------------------------------------

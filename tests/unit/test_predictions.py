@@ -45,10 +45,23 @@ def test_commits_are_atomic_and_loading_needs_every_shard(tmp_path):
     shards, plan = CommittedShards(tmp_path / "predictions"), ShardPlan(num_samples=6, shard_size=3)
     assert shards.done() == set()
     shards.commit(1, merge_rank_outputs([report([3, 4, 5])], [3, 4, 5])[0])
-    (tmp_path / "predictions" / ".shard-00000.npz.partial").write_bytes(b"half written")  # a crash mid-write
+    (tmp_path / "predictions" / ".shard-00000.npz.x1y2.partial").write_bytes(b"half written")  # a crash mid-write
     assert shards.done() == {1}
     with pytest.raises(RuntimeError, match=r"shards \[0\] of 2 are not committed"):
         shards.load(plan)
     shards.commit(0, merge_rank_outputs([report([0, 2], skipped=[1])], [0, 1, 2])[0])
     loaded = shards.load(plan)
     assert loaded["sample_ids"].tolist() == [0, 2, 3, 4, 5] and loaded["scores"].shape == (5, 2)
+
+
+def test_shards_made_under_another_plan_do_not_count(tmp_path):
+    shards, plan = CommittedShards(tmp_path / "predictions"), ShardPlan(num_samples=6, shard_size=3)
+    shards.bind(plan, key="list v1")
+    shards.commit(0, merge_rank_outputs([report([0, 1, 2])], [0, 1, 2])[0])
+    shards.bind(plan, key="list v1")  # the same plan again (a restarted coordinator): kept
+    assert shards.done() == {0}
+    shards.bind(plan, key="list v2")  # the list was edited: sample 0 may be another video now
+    assert shards.done() == set()
+    shards.commit(0, merge_rank_outputs([report([0, 1, 2])], [0, 1, 2])[0])
+    shards.bind(ShardPlan(num_samples=6, shard_size=2), key="list v2")  # another cut
+    assert shards.done() == set() and not list((tmp_path / "predictions").glob(".*partial"))
