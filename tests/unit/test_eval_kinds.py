@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import yaml
 
 from coordinator.client import read_config
-from internvideo.data.decode import probe_video, read_clip
+from internvideo.data.decode import DecodeError, probe_video, read_clip
 from internvideo.data.features import FeatureGrid, read_features
 from internvideo.data.formats import VideoSource, read_activitynet
 from internvideo.data.pipeline import load_test_views
@@ -169,6 +169,8 @@ def test_bad_inputs_are_refused_naming_the_field(data, classifier_weights, clip_
         ("eval-zero-shot", "tiny-cpu-eval-mm", {"data": {"classes": str(tmp_path / "three_classes.txt")}},
          "data.classes"),
         ("eval-retrieval", "tiny-cpu-eval-mm", {}, "data.format"),  # a plain list has no captions
+        ("eval-recognition", "tiny-cpu-eval", {"data": {"format": "video_text", "val_list": str(data.val_captions)}},
+         "data.format"),  # every caption list's label is 0
         ("eval-multiple-choice", "tiny-cpu-eval-mm", {"data": {"format": "video_text",
                                                                "val_list": str(data.val_captions)}}, "data.format"),
     ]
@@ -279,3 +281,19 @@ def test_localization_scores_its_detections_in_seconds_and_ground_truth_scores_o
     result = evaluation.validation_metrics(predicted)
     assert set(result) == {"mAP@0.3", "mAP@0.4", "mAP@0.5", "mAP@0.6", "mAP@0.7", "average_mAP"}
     assert all(0.0 <= value <= 1.0 for value in result.values())
+
+
+def test_a_video_that_cannot_be_probed_is_a_sample_that_fails_not_a_made_up_grid(tmp_path, classifier_weights):
+    annotation = write_untrimmed_dataset(tmp_path / "untrimmed", num_videos=2, fps=8, size=64)
+    database = json.loads(annotation.read_text())
+    database["database"]["v_missing"] = {"subset": "validation", "duration": 4.0, "annotations": []}
+    annotation.write_text(json.dumps(database))
+    evaluation = task("extract-features", "tiny-cpu-extract", model={"init": str(classifier_weights)},
+                      data={"val_list": str(annotation)})
+    records = evaluation.config.data.val_source().read()
+    sample = evaluation.sample_fn()
+    (missing,) = [i for i, chunk in enumerate(sample.chunks) if records[chunk.video].path.endswith("v_missing.mp4")]
+    assert sample.record_index(missing) == [r.path for r in records].index(records[sample.chunks[missing].video].path)
+    with pytest.raises(DecodeError) as failed:
+        sample(records, 0, missing)
+    assert failed.value.reason == "missing"

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+import yaml
+from pydantic import ValidationError
 
+from coordinator.client import read_config
+from coordinator.submission import apply_overrides
 from internvideo.models.clip import CLIPVideoClassifier, clip_visual_config
 from internvideo.models.interaction import InteractionClassifier
 from internvideo.models.vit import VideoClassifier, classifier_config
+from internvideo.tasks import get_task_type
 
 CLASSES = 6
 
@@ -103,3 +108,16 @@ def test_each_model_sees_its_own_view_of_the_clip():
     with torch.no_grad():
         assert torch.equal(combined(video), base(video[:, :, :4]))
     assert torch.equal(seen[0], video[:, :, ::2])
+
+
+def test_an_interaction_whose_heads_do_not_divide_the_base_width_is_refused_at_submit():
+    config = apply_overrides(yaml.safe_load(read_config("tiny-cpu-finetune")), [
+        "data.train_list=unused.txt", "model.encoder=clip", "model.size=ViT-B/16",
+        "model.overrides={width: 64, layers: 2, heads: 2, patch_size: 16, global_layers: 1, output_dim: 32}",
+        "model.init=a.pt", "model.other.encoder=videomae", "model.other.size=tiny", "model.other.num_frames=8",
+        "model.other.overrides={embed_dim: 96, depth: 4, num_heads: 3}", "model.other.init=b.pt", "model.heads=3"])
+    config_type = get_task_type("interaction").config_type
+    with pytest.raises(ValidationError, match=r"model.heads \(3\) must divide the base's token width \(64\)"):
+        config_type.model_validate(config)
+    config["model"]["heads"] = 4
+    assert config_type.model_validate(config).model.heads == 4

@@ -267,3 +267,17 @@ def test_a_job_whose_runner_cannot_be_made_fails_with_the_reason_and_the_queue_g
     assert failed.state is JobState.FAILED
     assert failed.message == "cannot be started: ValueError: its config no longer reads"
     assert scheduler.store.get_job(fine).state is JobState.STARTING and scheduler.runners[fine].started
+
+
+def test_a_runner_that_cannot_start_fails_its_job_and_holds_nothing(scheduler, cluster):
+    job_id = submit(scheduler, 2, 2)
+
+    class Unstartable(FakeRunner):
+        def start(self):
+            raise RuntimeError("can't start new thread")
+
+    scheduler.runner_factory = Unstartable
+    scheduler.tick()
+    job = scheduler.store.get_job(job_id)
+    assert job.state is JobState.FAILED and job.message == "cannot be started: RuntimeError: can't start new thread"
+    assert job_id not in scheduler.runners and scheduler.free_resources() == cluster

@@ -1,6 +1,7 @@
 import pytest
 
 from coordinator.client import read_config
+from coordinator.state import JobState
 from coordinator.submission import (
     InvalidSubmission,
     apply_overrides,
@@ -108,3 +109,17 @@ def test_a_list_smaller_than_one_global_batch_is_refused(tmp_path):
         validate_submission(kind="pretrain-mae", config_text=read_config("tiny-cpu"),
                             overrides=[f"data.train_list={short}"], min_workers=1, max_workers=1)
     assert err.value.field == "config.train.global_batch" and "the data has 2 samples" in str(err.value)
+
+
+def test_an_evaluation_asks_for_no_more_workers_than_a_shard_keeps_busy(tmp_path):
+    (tmp_path / "val.txt").write_text("".join(f"{i}.mp4 0\n" for i in range(8)))
+    config = read_config("tiny-cpu-eval")
+    overrides = [f"data.val_list={tmp_path / 'val.txt'}", "model.init=job:unused", "eval.shard_size=8",
+                 "eval.micro_batch=2"]
+    spec = validate_submission(kind="eval-recognition", config_text=config, overrides=overrides, min_workers=2,
+                               max_workers=8, job_state=lambda job_id: JobState.SUCCEEDED)
+    assert spec.needs.world_sizes == (2, 3, 4)  # 8 samples in micro-batches of 2: at most 4 busy
+    with pytest.raises(InvalidSubmission) as err:
+        validate_submission(kind="eval-recognition", config_text=config, overrides=overrides, min_workers=5,
+                            max_workers=8, job_state=lambda job_id: JobState.SUCCEEDED)
+    assert err.value.field == "min_workers" and "at most 4 workers busy" in str(err.value)
