@@ -187,7 +187,9 @@ class EncoderWorker:
         data = self.config.data
         actors = self.stream.actors if held_out else self.decode_actors
         batches = ordered_batches(actors, chunks, held_out, data.max_in_flight, data.decode_timeout_s)
-        with torch.inference_mode():
+        # The training engine's model keeps training afterwards: inference-mode tensors (ZeRO-3's gathered
+        # weights, say) must not outlive this pass, so held-out data runs under no_grad only.
+        with torch.no_grad() if held_out else torch.inference_mode():
             while True:
                 before = time.perf_counter()
                 batch = next(batches, None)

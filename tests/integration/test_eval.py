@@ -21,7 +21,7 @@ from internvideo.data.lists import VideoRecord, read_video_list, write_video_lis
 from internvideo.data.synthetic import write_untrimmed_dataset
 from internvideo.tasks.classification import ClassifierModel, build_classifier
 from protos.internvideo.v1 import jobs_pb2 as pb
-from tests.integration.conftest import REPO, held, release
+from tests.integration.conftest import REPO, held, release, tiny_job
 from tests.integration.test_jobs import bodies, state, worker_pids
 
 pytestmark = pytest.mark.integration
@@ -45,10 +45,11 @@ def eval_list(dataset, tmp_path_factory) -> Path:
     return path
 
 
-def recognition(client: JobClient, classifier: Path, val_list: Path, *overrides: str, workers: int) -> pb.Job:
+def recognition(client: JobClient, classifier: Path, val_list: Path, *overrides: str, workers: int,
+                min_workers: int | None = None) -> pb.Job:
     return client.submit("eval-recognition", read_config("tiny-cpu-eval"), [
         f"model.init={classifier}", f"data.val_list={val_list}", "data.decode_workers=1", "eval.shard_size=4",
-        "eval.micro_batch=1", *overrides], min_workers=workers, max_workers=workers)
+        "eval.micro_batch=1", *overrides], min_workers=min_workers or workers, max_workers=workers)
 
 
 def finished(client: JobClient, job: pb.Job, coordinator) -> tuple[pb.Job, list]:
@@ -59,9 +60,11 @@ def finished(client: JobClient, job: pb.Job, coordinator) -> tuple[pb.Job, list]
 
 
 def predictions(coordinator, job: pb.Job) -> dict[str, np.ndarray]:
-    folder = coordinator.state_dir / "jobs" / job.job_id / "predictions"
-    shards = sorted(folder.glob("shard-*.npz"))
-    return {name: np.concatenate([np.load(s)[name] for s in shards]) for name in np.load(shards[0]).files}
+    """The job's committed predictions, every shard's (a shard of only undecodable videos holds ids alone)."""
+    shards = [np.load(path) for path in sorted((coordinator.state_dir / "jobs" / job.job_id / "predictions").glob(
+        "shard-*.npz"))]
+    names = {name for shard in shards for name in shard.files}
+    return {name: np.concatenate([shard[name] for shard in shards if name in shard.files]) for name in names}
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +155,9 @@ def test_videos_that_cannot_be_decoded_are_skipped_and_counted_not_replaced(clie
 
 def test_an_evaluation_is_refused_at_submit_when_its_inputs_do_not_fit(client, classifier, eval_list, tmp_path):
     (tmp_path / "classes.txt").write_text("one\ntwo\nthree\n")
+    torch.save({"encoder.nonsense": torch.zeros(3)}, tmp_path / "foreign.pt")
     cases = {
+        "config.model.init: " + str(tmp_path / "foreign.pt"): [f"model.init={tmp_path / 'foreign.pt'}"],
         "config.data.classes": [f"data.classes={tmp_path / 'classes.txt'}"],
         "config.model.init": [f"model.init={tmp_path / 'missing.pt'}"],
         "config.model.num_classes": ["model.num_classes=3"],
@@ -185,3 +190,23 @@ def test_features_are_extracted_then_localised_by_job_id(client, coordinator, cl
     metrics = localise.result.metrics
     assert {"val_mAP@0.3", "val_mAP@0.5", "val_mAP@0.7", "val_average_mAP"} <= metrics.keys()
     assert all(0 <= metrics[k] <= 1 for k in metrics if k.startswith("val_mAP"))
+
+
+def test_an_evaluation_that_grows_mid_way_gives_the_numbers_one_worker_gives(client, coordinator, classifier,
+                                                                            eval_list, dataset, on_one_worker):
+    """A training job holds 2 of the 4 CPU slots: the evaluation starts on 1 worker; once the training job
+    is cancelled, it grows to 3 at its next shard boundary and finishes there."""
+    one, _ = on_one_worker
+    blocker = tiny_job(client, dataset.train_list, "data.decode_workers=1", "debug.hold_at_steps=[1]", workers=1)
+    held(client, blocker.job_id, 1)
+    job = recognition(client, classifier, eval_list, "debug.hold_at_steps=[1]", workers=3, min_workers=1)
+    held(client, job.job_id, 1)
+    assert client.get(job.job_id).world_size == 1
+    client.cancel(blocker.job_id)
+    release(coordinator.state_dir, job.job_id, 1)
+    job, events = finished(client, job, coordinator)
+    transitions = [pb.JobState.Name(s.to_state).removeprefix("JOB_STATE_") for s in bodies(events, "state_changed")]
+    assert "RESCALING" in transitions
+    assert [(s.shard, s.world_size) for s in bodies(events, "shard_committed")] == [(0, 1), (1, 1), (2, 3)]
+    for name, values in predictions(coordinator, one).items():
+        assert np.array_equal(predictions(coordinator, job)[name], values), name
