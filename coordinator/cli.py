@@ -26,7 +26,8 @@ def render_event(event, out=sys.stdout) -> None:
         p = event.progress
         width = 30
         done = int(width * p.step / max(1, p.total_steps))
-        line = (f"[{'#' * done}{'.' * (width - done)}] step {p.step}/{p.total_steps} loss {p.loss:.4f} "
+        loss = "" if p.unit == "shard" else f" loss {p.loss:.4f}"  # an evaluation has none
+        line = (f"[{'#' * done}{'.' * (width - done)}] {p.unit or 'step'} {p.step}/{p.total_steps}{loss} "
                 f"{p.clips_per_second:.1f} clips/s data-wait {100 * p.data_wait_fraction:.0f}%")
         out.write(("\r" + line) if tty else line + "\n")
     else:

@@ -513,7 +513,7 @@ class JobRunner(threading.Thread):
             self.store.record_shard(self.job_id, {"shard": shard, "num_shards": plan.num_shards, "samples": predicted,
                                                   "path": str(path), "world_size": self.world_size})
             self.store.record_progress(self.job_id, {
-                "step": len(done), "total_steps": plan.num_shards,
+                "unit": "shard", "step": len(done), "total_steps": plan.num_shards,
                 "samples": sum(len(plan.sample_ids(s)) for s in done), "step_samples": predicted,
                 "clips_per_second": predicted / seconds, "step_seconds": seconds,
                 "data_wait_fraction": statistics.fmean(r["data_wait_seconds"] / r["seconds"] if r["seconds"] else 0.0

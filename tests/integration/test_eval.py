@@ -3,6 +3,7 @@ same numbers at any world size, a killed worker costing only the uncommitted sha
 skipped and counted rather than replaced."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from coordinator.cli import render_event
 from coordinator.client import JobClient, read_config
 from internvideo.data.lists import VideoRecord, read_video_list, write_video_list
 from internvideo.data.synthetic import write_untrimmed_dataset
@@ -89,6 +91,12 @@ def test_recognition_reports_multi_view_accuracy_per_class_and_the_confusion_mat
     np.testing.assert_allclose(outputs["scores"].sum(axis=1), 1.0, rtol=1e-5)
     assert [s.shard for s in bodies(events, "shard_committed")] == [0, 1, 2]
     assert [s.samples for s in bodies(events, "shard_committed")] == [4, 4, 2]
+    progress = bodies(events, "progress")
+    assert [(p.unit, p.step, p.total_steps, p.samples) for p in progress] == [
+        ("shard", 1, 3, 4), ("shard", 2, 3, 8), ("shard", 3, 3, 10)]
+    shown = io.StringIO()
+    render_event(next(e for e in events if e.WhichOneof("body") == "progress"), shown)
+    assert "] shard 1/3 " in shown.getvalue() and "loss" not in shown.getvalue()
 
     # ``internvideo results``: the numbers as tables, or everything as JSON.
     def results(*flags: str) -> str:
