@@ -42,7 +42,8 @@ class JobService(pb_grpc.JobServiceServicer):
         try:
             spec = validate_submission(
                 kind=request.kind, config_text=request.config_yaml, overrides=list(request.overrides),
-                min_workers=request.min_workers, max_workers=request.max_workers, priority=request.priority,
+                # proto3 cannot tell "unset" from 0: an unset min_workers takes its documented default, 1.
+                min_workers=request.min_workers or 1, max_workers=request.max_workers, priority=request.priority,
                 name=request.name, request_id=request.request_id, job_state=self._job_state)
         except InvalidSubmission as err:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))

@@ -21,6 +21,7 @@ from coordinator.launch import launch_coordinator
 from internvideo.data.lists import read_video_list
 from internvideo.data.order import GlobalBatchPlan
 from protos.internvideo.v1 import jobs_pb2 as pb
+from protos.internvideo.v1 import jobs_pb2_grpc as pb_grpc
 from tests.integration.conftest import (
     free_port,
     held,
@@ -128,6 +129,18 @@ def test_bad_requests_get_clear_errors_and_store_nothing(client, dataset):
     code, _ = code_and_details(lambda: client.list(page_token="not-a-token"))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert len(client.list(page_size=1000).jobs) == before
+
+
+def test_a_request_that_leaves_the_worker_counts_unset_gets_their_defaults(coordinator, dataset):
+    """What a third-party proto3 client sends when it omits them: zeros, meaning 1 worker."""
+    with grpc.insecure_channel(coordinator.address) as channel:
+        job = pb_grpc.JobServiceStub(channel).SubmitJob(pb.SubmitJobRequest(
+            kind="pretrain-mae", config_yaml=read_config("tiny-cpu"),
+            overrides=[f"data.train_list={dataset.train_list}", "train.steps=1"]), timeout=60)
+    assert (job.min_workers, job.max_workers) == (1, 1)
+    with JobClient(coordinator.address) as client:
+        list(client.watch(job.job_id))
+        assert state(client.get(job.job_id)) == "SUCCEEDED"
 
 
 def test_idempotent_submit_and_cancel_rules(client, dataset):
