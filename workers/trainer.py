@@ -103,7 +103,7 @@ class EncoderWorker:
         peak = device_peak(device_name, self.dtype, self.config.telemetry.peak_flops)
         if peak.flops is not None:
             telemetry.PEAK_FLOPS.labels(**self._labels).set(peak.flops)
-        return {"backend": backend, "device": str(self.device), "accumulation": getattr(self, "accumulation", 1),
+        return {"backend": backend, "device": str(self.device),
                 "parameters": sum(p.numel() for p in model.parameters()),
                 "flops_per_clip": self.flops_per_clip, "metrics_endpoint": self.metrics_endpoint,
                 "device_name": device_name, "peak_flops": peak.flops, "peak": peak.label,

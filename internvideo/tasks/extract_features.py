@@ -154,13 +154,14 @@ class ExtractFeatures(EvaluationTask[ExtractFeaturesConfig]):
                            num_frames=info.num_frames)
 
     def sample_count(self, records: Sequence[VideoRecord]) -> int:
-        return len(self.val_sample_fn().chunks)
+        return len(self._chunks)
 
     def plan_key(self, records: Sequence[VideoRecord]) -> str:
         """The chunks too: a video probed otherwise on a later start (a timeout under load) moves them."""
-        return hashlib.sha256(repr((super().plan_key(records), self.val_sample_fn().chunks)).encode()).hexdigest()
+        return hashlib.sha256(repr((super().plan_key(records), self._chunks)).encode()).hexdigest()
 
-    def val_sample_fn(self) -> WindowChunks:
+    @functools.cached_property
+    def _chunks(self) -> tuple[Chunk, ...]:
         per_sample = self.config.windows.chunk
         chunks: list[Chunk] = []
         for video, (_, info) in enumerate(self._videos):
@@ -169,9 +170,12 @@ class ExtractFeatures(EvaluationTask[ExtractFeaturesConfig]):
                 continue
             count = self.grid(info).count
             chunks += [Chunk(video, first, min(per_sample, count - first)) for first in range(0, count, per_sample)]
+        return tuple(chunks)
+
+    def val_sample_fn(self) -> WindowChunks:
         model, data = self.config.model, self.config.data
-        return WindowChunks(tuple(chunks), per_sample, model.num_frames, data.sampling_rate, self.config.windows.stride,
-                            model.img_size, data.decode_options(model.img_size))
+        return WindowChunks(self._chunks, self.config.windows.chunk, model.num_frames, data.sampling_rate,
+                            self.config.windows.stride, model.img_size, data.decode_options(model.img_size))
 
     def to_tensors(self, batch: dict[str, np.ndarray], device: torch.device,
                    dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:

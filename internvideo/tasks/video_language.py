@@ -4,6 +4,7 @@ job's checkpoint or a CLIP file — and a video's embedding over its test views.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -94,11 +95,12 @@ class VideoTextEvaluation(EvaluationTask[VideoTextEvalConfig]):
         v, t = clip.visual, clip.text
         video = v.num_frames * transformer_flops(v.width, v.layers, v.grid**2 + 1, v.mlp_ratio)
         views = self.config.test.clips * self.config.test.crops
-        return views * video + self.texts_per_sample() * transformer_flops(t.width, t.layers, t.context_length,
+        return views * video + self.texts_per_sample * transformer_flops(t.width, t.layers, t.context_length,
                                                                            t.mlp_ratio)
 
+    @functools.cached_property
     def texts_per_sample(self) -> int:
-        """The most texts a record of the list has (every sample is padded to it)."""
+        """The most texts a record of the list has (every sample is padded to it); read once."""
         return max(len(r.captions) for r in self.config.data.val_source().read()) if self.reads_texts else 0
 
     def val_sample_fn(self) -> TestViewsOf | VideoWithTexts:
@@ -107,7 +109,7 @@ class VideoTextEvaluation(EvaluationTask[VideoTextEvalConfig]):
         if not self.reads_texts:
             return TestViewsOf(spec, test.clips, test.crops)
         context = self.config.model.clip_config().text.context_length
-        return VideoWithTexts(spec, test.clips, test.crops, context, self.texts_per_sample())
+        return VideoWithTexts(spec, test.clips, test.crops, context, self.texts_per_sample)
 
     def check_captions(self, records: Sequence[VideoRecord], what: str) -> None:
         if any(not record.captions for record in records):

@@ -114,8 +114,9 @@ def test_recognition_reports_multi_view_accuracy_per_class_and_the_confusion_mat
 
 def test_three_workers_give_the_numbers_one_gives(client, coordinator, classifier, eval_list, on_one_worker):
     one, _ = on_one_worker
-    three, _ = finished(client, recognition(client, classifier, eval_list, workers=3), coordinator)
-    assert three.world_size == 0 and json.loads(three.result.details_json) == json.loads(one.result.details_json)
+    three, events = finished(client, recognition(client, classifier, eval_list, workers=3), coordinator)
+    assert {s.world_size for s in bodies(events, "shard_committed")} == {3}  # every shard on 3 workers
+    assert json.loads(three.result.details_json) == json.loads(one.result.details_json)
     for name in ("top1", "top5", "mean_class_accuracy", "samples"):
         assert three.result.metrics[name] == one.result.metrics[name]
     for name, values in predictions(coordinator, one).items():
