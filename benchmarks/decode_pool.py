@@ -84,7 +84,7 @@ def run_training_job(workdir: Path, list_path: Path, steps: int) -> dict:
 
     server, endpoints = launch_coordinator(workdir / "state", workdir / "coordinator.log")
     try:
-        with JobClient(endpoints["grpc"]) as client:
+        with JobClient(endpoints["grpc"], token=endpoints["token"]) as client:
             overrides = [f"data.train_list={list_path}", f"train.steps={steps}", "train.checkpoint_every=0",
                          "data.decode_workers=1", "data.decode_workers_max=3", "data.autoscale_window=6"]
             job = client.submit("pretrain-mae", read_config("tiny-cpu"), overrides, min_workers=1, max_workers=1)

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> dict:
 
     process, endpoints = launch_coordinator(root / "state", root / "coordinator.log")
     try:
-        with JobClient(endpoints["grpc"]) as client:
+        with JobClient(endpoints["grpc"], token=endpoints["token"]) as client:
             submitted = time.monotonic()
             job = client.submit("eval-recognition", yaml.safe_dump(config), [
                 f"data.decode_workers={args.decode_workers}"], min_workers=args.workers, max_workers=args.workers)

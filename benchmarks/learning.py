@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> dict:
     held_out = len(read_video_list(dataset.val_list))
     process, endpoints = launch_coordinator(root / "state", root / "coordinator.log")
     try:
-        with JobClient(endpoints["grpc"]) as client:
+        with JobClient(endpoints["grpc"], token=endpoints["token"]) as client:
             began = time.monotonic()
             steps = [f"{s}:{k}" for s in STAGES for n in [stage_steps(args, s)]
                      for k in (f"train.steps={n}", f"train.checkpoint_every={n}")]

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> dict:
     process, endpoints = launch_coordinator(root / "state", root / "coordinator.log")
     began = time.monotonic()
     try:
-        with JobClient(endpoints["grpc"]) as client:
+        with JobClient(endpoints["grpc"], token=endpoints["token"]) as client:
             encoder = args.encoder
             if encoder is None:
                 encoder = finished(client, client.submit("finetune", read_config("tiny-cpu-finetune"), [

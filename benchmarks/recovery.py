@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     "--ray-address", cluster.address, "--worker-host", "127.0.0.1",
                                                     "--placement-timeout", "15")
             try:
-                with JobClient(endpoints["grpc"]) as client:
+                with JobClient(endpoints["grpc"], token=endpoints["token"]) as client:
                     results.append(run_once(client, cluster, gpu_nodes, dataset.train_list, interval))
                 print(json.dumps(results[-1]), flush=True)
             finally:

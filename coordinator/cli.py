@@ -61,6 +61,19 @@ def _job_summary(job) -> dict:
             "skipped_videos": [{"path": v.path, "reason": v.reason, "count": v.count} for v in job.skipped_videos]}
 
 
+def connect(args: argparse.Namespace):
+    """The client a command's flags describe (address, token, TLS files)."""
+    from coordinator.client import ClientTls, JobClient
+    token = Path(args.token_file).expanduser().read_text().strip() if args.token_file and not args.token else args.token
+    tls = ClientTls(Path(args.tls_ca), args.tls_cert and Path(args.tls_cert), args.tls_key and Path(args.tls_key)
+                    ) if args.tls_ca else None
+    return JobClient(args.address, token=token, tls=tls)
+
+
+def _optional_path(value: str | None) -> Path | None:
+    return Path(value).expanduser() if value else None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from coordinator.server import ServeOptions, serve
     host, _, port = args.listen.rpartition(":")
@@ -68,12 +81,59 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               state_dir=Path(args.state_dir).expanduser(), ray_address=args.ray_address,
                               num_cpus=args.num_cpus, worker_host=args.worker_host,
                               placement_timeout_s=args.placement_timeout,
-                              ray_dashboard_port=None if args.ray_dashboard_port < 0 else args.ray_dashboard_port))
+                              ray_dashboard_port=None if args.ray_dashboard_port < 0 else args.ray_dashboard_port,
+                              tls_cert=_optional_path(args.tls_cert), tls_key=_optional_path(args.tls_key),
+                              tls_client_ca=_optional_path(args.tls_client_ca),
+                              data_roots=tuple(Path(r) for r in args.data_root),
+                              storage_roots=tuple(Path(r) for r in args.storage_root),
+                              max_watches_per_token=args.max_watches_per_token,
+                              shutdown_timeout_s=args.shutdown_timeout))
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from coordinator.tenancy import Role, TokenStore
+    tokens = TokenStore(Path(args.state_dir).expanduser() / "jobs.sqlite")
+    try:
+        if args.token_command == "create":
+            info, token = tokens.create(args.tenant, Role(args.role), args.name)
+            print(token)
+            print(f"token {info.token_id}: tenant {info.tenant}, role {info.role.value} (shown once; only a hash "
+                  "is kept)", file=sys.stderr)
+        elif args.token_command == "revoke":
+            tokens.revoke(args.token_id)
+            print(f"token {args.token_id} revoked")
+        else:
+            for info in tokens.tokens():
+                state = "revoked" if info.revoked_at else "active"
+                print(f"{info.token_id}  {info.tenant:<20} {info.role.value:<7} {state:<8} {info.name}")
+    except KeyError as err:
+        raise ValueError(err.args[0]) from None
+    finally:
+        tokens.close()
+    return 0
+
+
+def _limit(value: int | None) -> str:
+    return "no limit" if value is None else str(value)
+
+
+def cmd_quota(args: argparse.Namespace) -> int:
+    from coordinator.tenancy import Quota, TokenStore
+    tokens = TokenStore(Path(args.state_dir).expanduser() / "jobs.sqlite")
+    try:
+        if args.quota_command == "set":
+            tokens.set_quota(args.tenant, Quota(args.gpus, args.queued_jobs))
+        for tenant, quota in tokens.quotas().items():
+            print(f"{tenant:<20} running GPUs: {_limit(quota.max_running_gpus):<9} "
+                  f"queued jobs: {_limit(quota.max_queued_jobs)}")
+    finally:
+        tokens.close()
+    return 0
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from coordinator.client import JobClient, read_config
-    with JobClient(args.address) as client:
+    from coordinator.client import read_config
+    with connect(args) as client:
         job = client.submit(args.kind, read_config(args.config), args.set, min_workers=args.min_workers,
                             max_workers=args.max_workers, priority=args.priority, name=args.name,
                             request_id=args.request_id)
@@ -84,8 +144,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_submit_recipe(args: argparse.Namespace) -> int:
-    from coordinator.client import JobClient, read_recipe
-    with JobClient(args.address) as client:
+    from coordinator.client import read_recipe
+    with connect(args) as client:
         jobs = client.submit_recipe(read_recipe(args.recipe), args.set, priority=args.priority,
                                     request_id=args.request_id)
         for job in jobs:
@@ -122,10 +182,9 @@ def recipe_table(client, jobs) -> str:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from coordinator.client import JobClient
     from protos.internvideo.v1 import jobs_pb2 as pb
     states = [pb.JobState.Value(f"JOB_STATE_{s.upper()}") for s in args.state]
-    with JobClient(args.address) as client:
+    with connect(args) as client:
         token = ""
         while True:
             page = client.list(states=states, kinds=args.kind, page_token=token)
@@ -138,15 +197,13 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from coordinator.client import JobClient
-    with JobClient(args.address) as client:
+    with connect(args) as client:
         print(json.dumps(_job_summary(client.get(args.job_id)), indent=2))
     return 0
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from coordinator.client import JobClient
-    with JobClient(args.address) as client:
+    with connect(args) as client:
         for event in client.watch(args.job_id):
             render_event(event)
         job = client.get(args.job_id)
@@ -155,8 +212,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from coordinator.client import JobClient
-    with JobClient(args.address) as client:
+    with connect(args) as client:
         job = client.cancel(args.job_id)
     print(f"job {job.job_id}: {_state_name(job.state)} {job.message}")
     return 0
@@ -164,9 +220,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_cluster(args: argparse.Namespace) -> int:
     from google.protobuf.json_format import MessageToDict
-
-    from coordinator.client import JobClient
-    with JobClient(args.address) as client:
+    with connect(args) as client:
         print(json.dumps(MessageToDict(client.cluster()), indent=2))
     return 0
 
@@ -184,9 +238,8 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from coordinator.client import JobClient
     from coordinator.report import efficiency_rows, table, write_report
-    with JobClient(args.address) as client:
+    with connect(args) as client:
         job, efficiency = client.get(args.job_id), client.efficiency(args.job_id)
         print(f"{job.name} ({job.kind}, {job.job_id}, {_state_name(job.state)})")
         print(table(efficiency_rows(efficiency)))
@@ -197,9 +250,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from coordinator.client import JobClient
     from coordinator.report import results_text
-    with JobClient(args.address) as client:
+    with connect(args) as client:
         job = client.get(args.job_id)
     if args.json:
         details = json.loads(job.result.details_json) if job.result.details_json else {}
@@ -224,7 +276,20 @@ def build_parser() -> argparse.ArgumentParser:
     def client_command(name: str, fn, help_: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
         p.add_argument("--address", default=DEFAULT_ADDRESS, help="coordinator host:port")
+        p.add_argument("--token", default=None,
+                       help="bearer token (default: $INTERNVIDEO_TOKEN, else the file $INTERNVIDEO_TOKEN_FILE or "
+                            "~/.internvideo/client-token, which the embedded coordinator writes)")
+        p.add_argument("--token-file", default=None, help="read the bearer token from this file")
+        p.add_argument("--tls-ca", default=os.environ.get("INTERNVIDEO_TLS_CA"),
+                       help="CA certificate (PEM) of a coordinator that serves TLS")
+        p.add_argument("--tls-cert", default=None, help="this client's certificate (PEM), for mutual TLS")
+        p.add_argument("--tls-key", default=None, help="this client's key (PEM), for mutual TLS")
         p.set_defaults(fn=fn)
+        return p
+
+    def admin_command(parent, name: str, help_: str) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=help_)
+        p.add_argument("--state-dir", default="~/.internvideo", help="the coordinator's state folder")
         return p
 
     p = sub.add_parser("serve", help="run the coordinator (embedded Ray + SQLite by default)")
@@ -239,7 +304,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address workers' metrics and rendezvous listen on (default: their node's address)")
     p.add_argument("--placement-timeout", type=float, default=60.0,
                    help="seconds a job's gang waits for room before re-fitting its size to the cluster")
+    p.add_argument("--tls-cert", default=None, help="serve TLS with this certificate chain (PEM)")
+    p.add_argument("--tls-key", default=None, help="... and this private key (PEM)")
+    p.add_argument("--tls-client-ca", default=None,
+                   help="require client certificates signed by this CA (mutual TLS)")
+    p.add_argument("--data-root", action="append", default=[],
+                   help="confine the paths configs read to these folders and the storage roots (repeatable; "
+                        "none: paths are not confined)")
+    p.add_argument("--storage-root", action="append", default=[],
+                   help="folders jobs may write outputs to, besides the state folder (repeatable)")
+    p.add_argument("--max-watches-per-token", type=int, default=64, help="open WatchJob streams a token may hold")
+    p.add_argument("--shutdown-timeout", type=float, default=60.0,
+                   help="on SIGTERM, seconds running jobs get to checkpoint before the coordinator exits")
     p.set_defaults(fn=cmd_serve)
+
+    tokens = sub.add_parser("token", help="bearer tokens: create, list, revoke (on the coordinator's machine)")
+    tokens.set_defaults(fn=cmd_token)
+    token_sub = tokens.add_subparsers(dest="token_command", required=True)
+    p = admin_command(token_sub, "create", "a new token, printed once")
+    p.add_argument("--tenant", required=True, help="whose jobs it submits and sees (e.g. a team: vision-lab)")
+    p.add_argument("--role", choices=["viewer", "member", "admin"], default="member",
+                   help="viewer: read; member: read, submit, cancel; admin: every tenant's jobs")
+    p.add_argument("--name", default="", help="a note on who holds it")
+    admin_command(token_sub, "list", "every token (never the secret)")
+    admin_command(token_sub, "revoke", "revoke a token: its next call is refused").add_argument("token_id")
+
+    quotas = sub.add_parser("quota", help="per-tenant quotas: running GPUs, queued jobs")
+    quotas.set_defaults(fn=cmd_quota)
+    quota_sub = quotas.add_subparsers(dest="quota_command", required=True)
+    p = admin_command(quota_sub, "set", "set a tenant's quotas (an option left out: no limit)")
+    p.add_argument("tenant")
+    p.add_argument("--gpus", type=int, default=None, help="trainers its running jobs may hold at once")
+    p.add_argument("--queued-jobs", type=int, default=None, help="jobs it may have waiting in the queue")
+    admin_command(quota_sub, "list", "every tenant's quotas")
 
     p = client_command("submit", cmd_submit, "submit a job")
     p.add_argument("kind", help="job kind, e.g. pretrain-mae")

@@ -1,7 +1,9 @@
 """A small Python client for the JobService (the CLI uses it; so can notebooks and scripts)."""
 from __future__ import annotations
 
+import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -13,6 +15,34 @@ from protos.internvideo.v1 import jobs_pb2 as pb
 from protos.internvideo.v1 import jobs_pb2_grpc as pb_grpc
 
 PRESETS = Path(__file__).resolve().parent.parent / "internvideo" / "configs"
+# Where the embedded default's coordinator writes its admin token (``<state dir>/client-token``).
+DEFAULT_TOKEN_FILE = Path("~/.internvideo/client-token")
+
+
+def find_token(token: str | None = None) -> str | None:
+    """The bearer token to send: ``token`` ("": none), else ``$INTERNVIDEO_TOKEN``, else the file at
+    ``$INTERNVIDEO_TOKEN_FILE`` (default: the embedded coordinator's, ``~/.internvideo/client-token``)."""
+    if token is not None:
+        return token or None
+    if os.environ.get("INTERNVIDEO_TOKEN"):
+        return os.environ["INTERNVIDEO_TOKEN"]
+    path = Path(os.environ.get("INTERNVIDEO_TOKEN_FILE", DEFAULT_TOKEN_FILE)).expanduser()
+    return path.read_text().strip() if path.is_file() else None
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """The CA that signed the coordinator's certificate; with ``cert`` and ``key``, this client's own
+    (mutual TLS). PEM files."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca.read_bytes(), private_key=self.key.read_bytes() if self.key else None,
+            certificate_chain=self.cert.read_bytes() if self.cert else None)
 
 
 def read_config(config: str) -> str:
@@ -45,11 +75,16 @@ def read_recipe(recipe: str) -> str:
 
 
 class JobClient:
-    def __init__(self, address: str, timeout_s: float = 30.0) -> None:
+    """``token``: see ``find_token``; ``tls``: None for a plaintext channel (a coordinator on loopback)."""
+
+    def __init__(self, address: str, timeout_s: float = 30.0, token: str | None = None,
+                 tls: ClientTls | None = None) -> None:
         self.address = address
         self.timeout_s = timeout_s
-        self.channel = grpc.insecure_channel(address)
+        self.channel = grpc.secure_channel(address, tls.credentials()) if tls else grpc.insecure_channel(address)
         self.stub = pb_grpc.JobServiceStub(self.channel)
+        token = find_token(token)
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
     def close(self) -> None:
         self.channel.close()
@@ -73,32 +108,34 @@ class JobClient:
         return self.stub.SubmitJob(pb.SubmitJobRequest(
             request_id=request_id or uuid.uuid4().hex, kind=kind, config_yaml=config_yaml,
             overrides=list(overrides), min_workers=min_workers, max_workers=max_workers,
-            priority=priority, name=name), timeout=self.timeout_s)
+            priority=priority, name=name), timeout=self.timeout_s, metadata=self.metadata)
 
     def submit_recipe(self, recipe_yaml: str, overrides: list[str] = (), *, priority: int = 0,
                       request_id: str | None = None) -> list[pb.Job]:
         """One job per stage, each after the stages it names."""
         return list(self.stub.SubmitRecipe(pb.SubmitRecipeRequest(
             request_id=request_id or uuid.uuid4().hex, recipe_yaml=recipe_yaml, overrides=list(overrides),
-            priority=priority), timeout=self.timeout_s * 4).jobs)
+            priority=priority), timeout=self.timeout_s * 4, metadata=self.metadata).jobs)
 
     def get(self, job_id: str) -> pb.Job:
-        return self.stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=self.timeout_s)
+        return self.stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=self.timeout_s, metadata=self.metadata)
 
     def list(self, states: list[int] = (), kinds: list[str] = (), page_size: int = 0,
              page_token: str = "") -> pb.ListJobsResponse:
-        return self.stub.ListJobs(pb.ListJobsRequest(states=list(states), kinds=list(kinds), page_size=page_size,
-                                                     page_token=page_token), timeout=self.timeout_s)
+        request = pb.ListJobsRequest(states=list(states), kinds=list(kinds), page_size=page_size, page_token=page_token)
+        return self.stub.ListJobs(request, timeout=self.timeout_s, metadata=self.metadata)
 
     def cancel(self, job_id: str) -> pb.Job:
-        return self.stub.CancelJob(pb.CancelJobRequest(job_id=job_id), timeout=self.timeout_s * 2)
+        return self.stub.CancelJob(pb.CancelJobRequest(job_id=job_id), timeout=self.timeout_s * 2,
+                                   metadata=self.metadata)
 
     def watch(self, job_id: str, after_seq: int = 0, follow: bool = True) -> Iterator[pb.JobEvent]:
         """The job's events after ``after_seq``; with ``follow``, live ones too until the job ends."""
-        return self.stub.WatchJob(pb.WatchJobRequest(job_id=job_id, after_seq=after_seq, history_only=not follow))
+        return self.stub.WatchJob(pb.WatchJobRequest(job_id=job_id, after_seq=after_seq, history_only=not follow),
+                                   metadata=self.metadata)
 
     def efficiency(self, job_id: str) -> pb.JobEfficiency:
-        return self.stub.GetJobEfficiency(pb.GetJobRequest(job_id=job_id), timeout=self.timeout_s)
+        return self.stub.GetJobEfficiency(pb.GetJobRequest(job_id=job_id), timeout=self.timeout_s, metadata=self.metadata)
 
     def cluster(self) -> pb.ClusterStatus:
-        return self.stub.GetClusterStatus(pb.GetClusterStatusRequest(), timeout=self.timeout_s)
+        return self.stub.GetClusterStatus(pb.GetClusterStatusRequest(), timeout=self.timeout_s, metadata=self.metadata)

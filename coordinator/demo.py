@@ -57,7 +57,7 @@ def run_demo(workdir: Path, steps: int | None = None) -> int:
         print(f"wrote a synthetic dataset of 64 captioned videos in 8 classes to {dataset.root}", flush=True)
         shorten = [f"{s}:{k}" for s in STAGES for k in (f"train.steps={steps}", "train.checkpoint_every=0")
                    ] if steps else []
-        with JobClient(endpoints["grpc"]) as client:
+        with JobClient(endpoints["grpc"], token=endpoints["token"]) as client:
             started = time.monotonic()
             jobs = client.submit_recipe(read_recipe("tiny-cpu"), [*data_overrides(dataset), *shorten])
             print(f"submitted the tiny-cpu recipe: {len(jobs)} jobs, each starting once those it names succeed",

@@ -8,13 +8,15 @@ import sys
 import time
 from pathlib import Path
 
-from coordinator.client import JobClient
+from coordinator.client import ClientTls, JobClient
 
 
 def launch_coordinator(state_dir: Path, log_path: Path, *extra_args: str, timeout_s: float = 120.0,
-                       env: dict[str, str] | None = None) -> tuple[subprocess.Popen, dict[str, str]]:
-    """Returns the process (leader of its own session) and its endpoints ``{"grpc", "metrics"}``.
-    ``env``: variables to set for it (and the Ray processes it starts) on top of this process's.
+                       env: dict[str, str] | None = None, tls: ClientTls | None = None
+                       ) -> tuple[subprocess.Popen, dict[str, str]]:
+    """Returns the process (leader of its own session) and its endpoints ``{"grpc", "metrics"}`` with
+    ``token``, the admin token it wrote on its first start. ``env``: variables to set for it (and the
+    Ray processes it starts) on top of this process's; ``tls``: how to reach it when it serves TLS.
 
     Ports are picked by the OS and read back from ``<state_dir>/coordinator.json``, so
     concurrent coordinators never race for a port.
@@ -35,6 +37,7 @@ def launch_coordinator(state_dir: Path, log_path: Path, *extra_args: str, timeou
             raise RuntimeError(f"the coordinator did not start (exit code {process.poll()}); its log:\n{tail}")
         time.sleep(0.2)
     info = json.loads(endpoints.read_text())
-    with JobClient(info["grpc"]) as client:
+    info["token"] = Path(info["token_file"]).read_text().strip()
+    with JobClient(info["grpc"], tls=tls) as client:
         client.wait_ready(timeout_s=max(1.0, deadline - time.monotonic()))
     return process, info

@@ -10,8 +10,8 @@ is validated as a job would be, and either all are stored or none.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -19,7 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from coordinator.state import JobState
 from coordinator.store import JobSpec, new_job_id
-from coordinator.submission import InvalidSubmission, validate_submission
+from coordinator.submission import (
+    MAX_OVERRIDES,
+    InvalidSubmission,
+    SubmissionContext,
+    load_yaml,
+    validate_submission,
+)
+
+MAX_STAGES = 64
 
 STAGE_REF = re.compile(r"^stage:(?P<name>[\w.-]+)$")
 OVERRIDE = re.compile(r"^(?P<stage>[\w.-]+?):(?P<setting>.+=.*)$")
@@ -40,7 +48,7 @@ class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field("recipe", pattern=r"^[\w.-]+$")
-    stages: list[Stage] = Field(min_length=1)
+    stages: list[Stage] = Field(min_length=1, max_length=MAX_STAGES)
 
     @field_validator("stages")
     @classmethod
@@ -53,11 +61,11 @@ class Recipe(BaseModel):
 
 def parse_recipe(text: str, overrides: list[str]) -> Recipe:
     """The recipe, with ``STAGE:key=value`` overrides appended to that stage's ``set``."""
+    raw = load_yaml(text, "recipe_yaml")
+    if len(overrides) > MAX_OVERRIDES:
+        raise InvalidSubmission("overrides", f"{len(overrides)} of them, more than the limit of {MAX_OVERRIDES}")
     try:
-        raw = yaml.safe_load(text)
         recipe = Recipe.model_validate(raw if isinstance(raw, dict) else {"stages": raw})
-    except yaml.YAMLError as err:
-        raise InvalidSubmission("recipe_yaml", f"not valid YAML: {err}") from None
     except ValidationError as err:
         first = err.errors()[0]
         raise InvalidSubmission(".".join(str(p) for p in ("recipe", *first["loc"])), first["msg"]) from None
@@ -123,13 +131,16 @@ def _in_dependency_order(recipe: Recipe) -> list[Stage]:
     return ordered
 
 
-def plan_recipe(text: str, overrides: list[str], *, job_state: Callable[[str], JobState | None],
+def plan_recipe(text: str, overrides: list[str], *, context: SubmissionContext = SubmissionContext(),
                 priority: int = 0, request_id: str = "") -> list[JobSpec]:
     """Validated jobs for every stage, in dependency order, with the ids they will be stored under."""
     recipe = parse_recipe(text, overrides)
     ordered = _in_dependency_order(recipe)
     job_ids = {stage.name: new_job_id() for stage in recipe.stages}
     ours = set(job_ids.values())
+    outside = context.job_state
+    context = dataclasses.replace(
+        context, job_state=lambda job_id: JobState.QUEUED if job_id in ours else outside(job_id))
     specs = []
     for stage in ordered:
         try:
@@ -138,7 +149,7 @@ def plan_recipe(text: str, overrides: list[str], *, job_state: Callable[[str], J
                 overrides=_replace_stage_refs(stage.set, job_ids), min_workers=stage.min_workers,
                 max_workers=stage.max_workers, priority=priority, name=f"{recipe.name}/{stage.name}",
                 request_id=f"{request_id}/{stage.name}" if request_id else "", job_id=job_ids[stage.name],
-                job_state=lambda job_id: JobState.QUEUED if job_id in ours else job_state(job_id)))
+                context=context))
         except InvalidSubmission as err:
-            raise InvalidSubmission(f"recipe.{stage.name}.{err.field}", str(err).split(": ", 1)[1]) from None
+            raise type(err)(f"recipe.{stage.name}.{err.field}", str(err).split(": ", 1)[1]) from None
     return specs

@@ -5,6 +5,9 @@ reservation is its trainer gang plus its decode pool. The head of the queue bloc
 jobs behind it (strict order), so a large job is not starved by small ones. A head that does
 not fit preempts running jobs of lower priority when that makes room: they checkpoint, give
 their resources back and wait in the queue, from which they later resume exactly.
+
+A tenant's quota of running GPUs (trainers) caps its jobs' sizes, at start and when they grow; a job
+its quota holds back waits, saying so, without holding up other tenants' jobs behind it.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from coordinator.runner import JobRunner, RunnerSettings, resource_demand
 from coordinator.state import InvalidTransition, JobState
 from coordinator.store import JobNotFound, JobRecord, JobStore
 from coordinator.submission import derive_needs
+from coordinator.tenancy import Quota
 from internvideo.tasks.common import SharedConfig
 
 log = logging.getLogger(__name__)
@@ -28,9 +32,10 @@ log = logging.getLogger(__name__)
 class Scheduler:
     def __init__(self, store: JobStore, settings: RunnerSettings,
                  cluster_resources: Callable[[], dict[str, float]], tick_s: float = 1.0,
-                 scrape_targets: ScrapeTargets | None = None, runner_factory: Callable[..., JobRunner] = JobRunner
-                 ) -> None:
+                 scrape_targets: ScrapeTargets | None = None, runner_factory: Callable[..., JobRunner] = JobRunner,
+                 quota: Callable[[str], Quota] = lambda tenant: Quota()) -> None:
         self.store, self.settings = store, settings
+        self.quota = quota
         self.runner_factory = runner_factory  # tests drive admission with fake runners
         self.scrape_targets = scrape_targets
         self.cluster_resources = cluster_resources
@@ -46,18 +51,23 @@ class Scheduler:
         self._requeue_orphans()
         self._thread.start()
 
-    def stop(self, timeout_s: float = 60.0) -> None:
+    def stop(self, timeout_s: float = 60.0) -> list[str]:
         """Stop admitting; running jobs checkpoint and go back to the queue, to resume when a
-        coordinator runs again."""
+        coordinator runs again — all at once, within ``timeout_s`` in all. Returns the jobs whose
+        runners had not finished by then (the next coordinator requeues them from their last
+        committed checkpoint)."""
+        deadline = time.monotonic() + timeout_s
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
         with self._lock:
             runners = list(self.runners.values())
         for runner in runners:
             runner.preempt("the coordinator shut down")
         for runner in runners:
-            runner.join(timeout_s)
+            runner.join(max(0.0, deadline - time.monotonic()))
+        return [runner.job_id for runner in runners if runner.is_alive()]
 
     def active_runners(self) -> list[JobRunner]:
         with self._lock:
@@ -100,6 +110,7 @@ class Scheduler:
 
     def tick(self) -> None:
         free = self.free_resources()
+        quotas: dict[str, Quota] = {}  # read once a tick
         for queued in self.store.queue():
             if self._stop.is_set():
                 return
@@ -108,15 +119,29 @@ class Scheduler:
             except Exception as err:  # noqa: BLE001 — a job whose record no longer reads fails; the queue goes on
                 self._cannot_start(queued, err)
                 continue
-            if not self._admit(job, free):
+            quota = quotas.setdefault(job.tenant, self.quota(job.tenant))
+            if not self._admit(job, free, quota):
                 return  # strict order: nothing jumps the head of the queue
 
-    def _admit(self, job: JobRecord, free: dict[str, float]) -> bool:
+    def _quota_room(self, tenant: str, quota: Quota, besides: JobRunner | None = None) -> int | None:
+        """How many more trainers ``tenant``'s jobs may hold (not counting ``besides``'s); None: no limit."""
+        if quota.max_running_gpus is None:
+            return None
+        with self._lock:
+            held = sum(r.world_size for r in self.runners.values() if r.job.tenant == tenant and r is not besides)
+        return max(0, quota.max_running_gpus - held)
+
+    def _admit(self, job: JobRecord, free: dict[str, float], quota: Quota) -> bool:
         """Start ``job`` if it may and fits (taking its resources from ``free``); False if it waits
         for room, which holds up the jobs behind it."""
         if not self._dependencies_succeeded(job):
             return True  # it waits for jobs that are themselves queued or running: it blocks nobody
-        world = self._fitting_world_size(job, free)
+        room = self._quota_room(job.tenant, quota)
+        if room is not None and room < min(job.needs.world_sizes):
+            self._note(job, f"waiting for tenant {job.tenant}'s GPU quota: {quota.max_running_gpus - room} of "
+                            f"{quota.max_running_gpus} in use, it needs {min(job.needs.world_sizes)}")
+            return True  # its own tenant's quota holds it, not the cluster: it blocks nobody else
+        world = self._fitting_world_size(job, free, room)
         if world is None:
             self._note_waiting(job, free)
             self._preempt_for(job, free)
@@ -164,8 +189,8 @@ class Scheduler:
             if state.terminal:
                 self._end_queued(job, JobState.FAILED, f"job {dependency}, which it starts from, "
                                                        f"{state.value.lower()}: {message}")
-            elif job.message != (waiting := f"waiting for job {dependency} ({state.value}) to succeed"):
-                self.store.update_job(job.job_id, message=waiting)
+            else:
+                self._note(job, f"waiting for job {dependency} ({state.value}) to succeed")
             return False
         return True
 
@@ -207,7 +232,8 @@ class Scheduler:
         free = self.free_resources()
         for key, amount in runner.demand.items():
             free[key] = free.get(key, 0.0) + amount
-        return self._fitting_world_size(runner.job, free)
+        return self._fitting_world_size(runner.job, free,
+                                        self._quota_room(runner.job.tenant, self.quota(runner.job.tenant), runner))
 
     def grow_target(self, runner: JobRunner) -> int:
         """The size a running job may grow to: what fits, but only while nobody waits in the queue
@@ -234,9 +260,10 @@ class Scheduler:
         self.store.update_job(job.job_id, needs=needs.to_json())
         return dataclasses.replace(job, needs=needs)
 
-    def _fitting_world_size(self, job: JobRecord, free: dict[str, float]) -> int | None:
+    def _fitting_world_size(self, job: JobRecord, free: dict[str, float], most: int | None = None) -> int | None:
+        """The largest of the job's world sizes whose resources ``free`` holds, up to ``most`` trainers."""
         sizes = [w for w in job.needs.world_sizes
-                 if all(free.get(k, 0.0) >= v - 1e-9
+                 if (most is None or w <= most) and all(free.get(k, 0.0) >= v - 1e-9
                         for k, v in resource_demand(job.needs, w, self.settings.trainer_bundle).items())]
         return max(sizes) if sizes else None
 
@@ -244,7 +271,10 @@ class Scheduler:
         need = resource_demand(job.needs, job.min_workers, self.settings.trainer_bundle)
         short = ", ".join(f"{k} {v:g} (free {max(0.0, free.get(k, 0.0)):g})" for k, v in sorted(need.items())
                           if free.get(k, 0.0) < v)
-        message = f"waiting for resources: needs {short}"
+        self._note(job, f"waiting for resources: needs {short}")
+
+    def _note(self, job: JobRecord, message: str) -> None:
+        """Say why a queued job waits (written only when the reason changes)."""
         if job.message != message:
             self.store.update_job(job.job_id, message=message)
 

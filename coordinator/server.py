@@ -16,11 +16,14 @@ import ray
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from coordinator.auth import AuthInterceptor
 from coordinator.discovery import MetricsServer, ScrapeTargets
 from coordinator.runner import RunnerSettings
 from coordinator.scheduler import Scheduler
-from coordinator.service import JobService
+from coordinator.service import MAX_WATCHES_PER_TOKEN, JobService
 from coordinator.store import JobStore
+from coordinator.tenancy import TokenStore, ensure_local_token
+from internvideo.tasks.paths import PathPolicy
 from protos.internvideo.v1 import jobs_pb2 as pb
 from protos.internvideo.v1 import jobs_pb2_grpc as pb_grpc
 
@@ -28,6 +31,10 @@ log = logging.getLogger(__name__)
 RAY_START_ATTEMPTS = 3
 DASHBOARD_START_ATTEMPTS = 2
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["JobService"].full_name
+# The largest request (a recipe of inlined configs) is well under this; gRPC refuses a larger one
+# with RESOURCE_EXHAUSTED before it is parsed.
+MAX_MESSAGE_BYTES = 1024 * 1024
+LOCAL_TOKEN_FILE = "client-token"  # in the state folder: the embedded default's admin token
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,27 @@ class ServeOptions:
     # The embedded Ray's dashboard, on loopback only (its job API runs commands): 0 lets Ray pick
     # (8265, or the next free port); None: no dashboard.
     ray_dashboard_port: int | None = 0
+    # TLS: the server's certificate chain and key (PEM files); with a client CA, clients must
+    # present a certificate it signed (mutual TLS). None: plaintext (fine on loopback).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # Where configs' paths may point: inputs under a data or storage root, outputs under a storage
+    # root (the state folder always is one). No data roots: paths are not confined.
+    data_roots: tuple[Path, ...] = ()
+    storage_roots: tuple[Path, ...] = ()
+    # Calls served at once (each watch stream holds one for its life); more are refused
+    # (RESOURCE_EXHAUSTED) rather than queued. A token may hold at most max_watches_per_token streams.
+    max_concurrent_rpcs: int = 1200
+    max_watches_per_token: int = MAX_WATCHES_PER_TOKEN
+    # On SIGTERM: how long running jobs get to checkpoint and release their workers before the
+    # coordinator exits anyway (those not done resume from their last checkpoint at the next start).
+    shutdown_timeout_s: float = 60.0
+
+    def path_policy(self) -> PathPolicy | None:
+        if not self.data_roots:
+            return None
+        return PathPolicy.of(self.data_roots, (*self.storage_roots, self.state_dir))
 
 
 def start_ray(options: ServeOptions) -> str:
@@ -107,13 +135,33 @@ def trainer_bundle() -> dict[str, float]:
     return {"GPU": 1.0, "CPU": 1.0} if cluster_resources().get("GPU") else {"CPU": 1.0}
 
 
-def bind_server(host: str, port: int) -> tuple[grpc.Server, int]:
+def server_credentials(options: ServeOptions) -> grpc.ServerCredentials | None:
+    if options.tls_cert is None and options.tls_key is None:
+        if options.tls_client_ca is not None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if options.tls_cert is None or options.tls_key is None:
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
+    client_ca = options.tls_client_ca.read_bytes() if options.tls_client_ca else None
+    return grpc.ssl_server_credentials([(options.tls_key.read_bytes(), options.tls_cert.read_bytes())],
+                                       root_certificates=client_ca, require_client_auth=client_ca is not None)
+
+
+def bind_server(options: ServeOptions, tokens: TokenStore) -> tuple[grpc.Server, int]:
     """Create the gRPC server and take its port first: a taken port fails before anything starts."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=64))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=options.max_concurrent_rpcs),
+                         interceptors=[AuthInterceptor(tokens.authenticate)],
+                         maximum_concurrent_rpcs=options.max_concurrent_rpcs,
+                         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+    address = f"{options.host}:{options.port}"
+    credentials = server_credentials(options)
+    if credentials is None and options.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s without TLS: bearer tokens cross the network in the clear (--tls-cert)", address)
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        bound = (server.add_secure_port(address, credentials) if credentials
+                 else server.add_insecure_port(address))
     except RuntimeError as err:
-        raise OSError(f"cannot listen on {host}:{port}: {err}") from None
+        raise OSError(f"cannot listen on {address}: {err}") from None
     return server, bound
 
 
@@ -128,8 +176,10 @@ def add_services(server: grpc.Server, service: JobService) -> health.HealthServi
 
 def serve(options: ServeOptions) -> int:
     options.state_dir.mkdir(parents=True, exist_ok=True)
-    server, port = bind_server(options.host, options.port)
     store = JobStore(options.state_dir / "jobs.sqlite")
+    tokens = TokenStore(store.path)
+    ensure_local_token(tokens, options.state_dir / LOCAL_TOKEN_FILE)
+    server, port = bind_server(options, tokens)
     metrics_server = MetricsServer(store, options.host, options.metrics_port)
     metrics_port = metrics_server.port
     ray_dashboard = start_ray(options)
@@ -139,16 +189,20 @@ def serve(options: ServeOptions) -> int:
                               worker_host=options.worker_host or (None if options.ray_address else options.host))
     targets = ScrapeTargets(options.state_dir / "prometheus" / "targets.json", f"{options.host}:{metrics_port}")
     metrics_server.targets = targets
-    scheduler = Scheduler(store, settings, cluster_resources, scrape_targets=targets)
+    scheduler = Scheduler(store, settings, cluster_resources, scrape_targets=targets, quota=tokens.quota)
     scheduler.start()
-    health_servicer = add_services(server, JobService(store, scheduler, ray_dashboard=ray_dashboard))
+    health_servicer = add_services(server, JobService(store, scheduler, tokens, paths=options.path_policy(),
+                                                      ray_dashboard=ray_dashboard,
+                                                      max_watches_per_token=options.max_watches_per_token))
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     # Where to find this coordinator (ports may have been picked by the OS with port 0).
     endpoints = options.state_dir / "coordinator.json"
     endpoints.write_text(json.dumps({"grpc": f"{options.host}:{port}", "metrics": f"{options.host}:{metrics_port}",
-                                     "ray_dashboard": ray_dashboard, "pid": os.getpid()}))
+                                     "ray_dashboard": ray_dashboard, "pid": os.getpid(),
+                                     "token_file": str(options.state_dir / LOCAL_TOKEN_FILE),
+                                     "tls": options.tls_cert is not None}))
     log.info("serving on %s:%d (metrics on :%d, state in %s, trainers use %s)",
              options.host, port, metrics_port, options.state_dir, settings.trainer_bundle)
     print(f"internvideo coordinator listening on {options.host}:{port}; metrics on {options.host}:{metrics_port}"
@@ -158,11 +212,16 @@ def serve(options: ServeOptions) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
-    log.info("shutting down")
+    log.info("shutting down: running jobs checkpoint and go back to the queue (at most %.0fs)",
+             options.shutdown_timeout_s)
     endpoints.unlink(missing_ok=True)
     health_servicer.enter_graceful_shutdown()
-    server.stop(grace=5).wait()
-    scheduler.stop()
+    stopped = server.stop(grace=5)  # new calls are refused now; watch streams end with the grace
+    unfinished = scheduler.stop(options.shutdown_timeout_s)
+    if unfinished:
+        log.warning("jobs %s did not checkpoint in %.0fs; they resume from their last checkpoint at the next start",
+                    ", ".join(unfinished), options.shutdown_timeout_s)
+    stopped.wait()
     metrics_server.close()
     store.close()
     ray.shutdown()

@@ -1,4 +1,8 @@
-"""JobService: translates gRPC requests into store/scheduler calls and errors into status codes."""
+"""JobService: translates gRPC requests into store/scheduler calls and errors into status codes.
+
+Every handler gets the caller's ``Principal`` on its context (``coordinator.auth``). A job of
+another tenant is answered exactly as a job that does not exist (NOT_FOUND), so ids reveal nothing.
+"""
 from __future__ import annotations
 
 from typing import Iterator
@@ -7,98 +11,142 @@ import grpc
 import ray
 
 from coordinator import convert
+from coordinator.auth import CallContext, StreamLimit
 from coordinator.efficiency import job_efficiency
 from coordinator.recipe import plan_recipe
 from coordinator.scheduler import Scheduler
 from coordinator.state import InvalidTransition, JobState
-from coordinator.store import JobNotFound, JobStore
-from coordinator.submission import InvalidSubmission, validate_submission
+from coordinator.store import JobNotFound, JobRecord, JobSpec, JobStore, QueueFull
+from coordinator.submission import InvalidSubmission, PathNotAllowed, SubmissionContext, validate_submission
+from coordinator.tenancy import Principal, TokenStore
+from internvideo.tasks.paths import PathPolicy
 from protos.internvideo.v1 import jobs_pb2 as pb
 from protos.internvideo.v1 import jobs_pb2_grpc as pb_grpc
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+MAX_WATCHES_PER_TOKEN = 64
 
 
 class JobService(pb_grpc.JobServiceServicer):
-    def __init__(self, store: JobStore, scheduler: Scheduler, watch_poll_s: float = 1.0, ray_dashboard: str = "") -> None:
-        self.store, self.scheduler, self.ray_dashboard = store, scheduler, ray_dashboard
-        self.watch_poll_s = watch_poll_s
+    def __init__(self, store: JobStore, scheduler: Scheduler, tokens: TokenStore, *, paths: PathPolicy | None = None,
+                 watch_poll_s: float = 1.0, ray_dashboard: str = "",
+                 max_watches_per_token: int = MAX_WATCHES_PER_TOKEN) -> None:
+        self.store, self.scheduler, self.tokens, self.paths = store, scheduler, tokens, paths
+        self.ray_dashboard, self.watch_poll_s = ray_dashboard, watch_poll_s
+        self.watches = StreamLimit(max_watches_per_token)
 
-    def _job(self, job_id: str, context: grpc.ServicerContext) -> pb.Job:
+    def _visible(self, job_id: str, context: CallContext) -> JobRecord:
+        """The job, if the caller may see it; NOT_FOUND otherwise, the same as for no job at all."""
         try:
             job = self.store.get_job(job_id)
+            if context.principal.sees(job.tenant):
+                return job
         except JobNotFound:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"job_id: no job {job_id!r}")
+            pass
+        context.abort(grpc.StatusCode.NOT_FOUND, f"job_id: no job {job_id!r}")
+
+    def _job(self, job_id: str, context: CallContext) -> pb.Job:
+        job = self._visible(job_id, context)
         return convert.job_to_proto(job, self.store.checkpoints(job_id), self.store.skipped_videos(job_id))
 
-    def _job_state(self, job_id: str) -> JobState | None:
-        try:
-            return self.store.get_job(job_id).state
-        except JobNotFound:
-            return None
+    def _submission_context(self, principal: Principal) -> SubmissionContext:
+        def job_state(job_id: str) -> JobState | None:  # a job a config starts from: the tenant's own only
+            try:
+                job = self.store.get_job(job_id)
+            except JobNotFound:
+                return None
+            return job.state if job.tenant == principal.tenant else None
 
-    def SubmitJob(self, request: pb.SubmitJobRequest, context: grpc.ServicerContext) -> pb.Job:
+        return SubmissionContext(tenant=principal.tenant, job_state=job_state, paths=self.paths)
+
+    def _store(self, specs: list[JobSpec], context: CallContext) -> list[JobRecord]:
+        try:
+            jobs, created = self.store.create_jobs(specs, self.tokens.quota(context.principal.tenant).max_queued_jobs)
+        except QueueFull as err:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
+        if created:
+            self.scheduler.wake()
+        return jobs
+
+    @staticmethod
+    def _refuse(err: InvalidSubmission, context: CallContext) -> None:
+        code = grpc.StatusCode.PERMISSION_DENIED if isinstance(err, PathNotAllowed) else grpc.StatusCode.INVALID_ARGUMENT
+        context.abort(code, str(err))
+
+    def SubmitJob(self, request: pb.SubmitJobRequest, context: CallContext) -> pb.Job:
         try:
             spec = validate_submission(
                 kind=request.kind, config_text=request.config_yaml, overrides=list(request.overrides),
                 # proto3 cannot tell "unset" from 0: an unset min_workers takes its documented default, 1.
                 min_workers=request.min_workers or 1, max_workers=request.max_workers, priority=request.priority,
-                name=request.name, request_id=request.request_id, job_state=self._job_state)
+                name=request.name, request_id=request.request_id,
+                context=self._submission_context(context.principal))
         except InvalidSubmission as err:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
-        job, created = self.store.create_job(spec)
-        if created:
-            self.scheduler.wake()
+            self._refuse(err, context)
+        (job,) = self._store([spec], context)
         return self._job(job.job_id, context)
 
-    def SubmitRecipe(self, request: pb.SubmitRecipeRequest, context: grpc.ServicerContext) -> pb.SubmitRecipeResponse:
+    def SubmitRecipe(self, request: pb.SubmitRecipeRequest, context: CallContext) -> pb.SubmitRecipeResponse:
         try:
-            specs = plan_recipe(request.recipe_yaml, list(request.overrides), job_state=self._job_state,
+            specs = plan_recipe(request.recipe_yaml, list(request.overrides),
+                                context=self._submission_context(context.principal),
                                 priority=request.priority, request_id=request.request_id)
         except InvalidSubmission as err:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
-        jobs, created = self.store.create_jobs(specs)
-        if created:
-            self.scheduler.wake()
+            self._refuse(err, context)
+        jobs = self._store(specs, context)
         return pb.SubmitRecipeResponse(jobs=[self._job(job.job_id, context) for job in jobs])
 
-    def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.Job:
+    def GetJob(self, request: pb.GetJobRequest, context: CallContext) -> pb.Job:
         return self._job(request.job_id, context)
 
-    def GetJobEfficiency(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.JobEfficiency:
-        try:
-            job = self.store.get_job(request.job_id)
-        except JobNotFound:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"job_id: no job {request.job_id!r}")
+    def GetJobEfficiency(self, request: pb.GetJobRequest, context: CallContext) -> pb.JobEfficiency:
+        job = self._visible(request.job_id, context)
         _, usage = self.store.usage([job.job_id]).get(job.job_id, ("", None))
         efficiency = job_efficiency(self.store.events_after(job.job_id, 0), usage,
                                     (job.config.get("train") or {}).get("global_batch"))
         return convert.efficiency_to_proto(job.job_id, efficiency)
 
-    def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.ListJobsResponse:
+    def ListJobs(self, request: pb.ListJobsRequest, context: CallContext) -> pb.ListJobsResponse:
         try:
             after = int(request.page_token) if request.page_token else 0
             states = [convert.state_from_proto(s) for s in request.states]
         except ValueError as err:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"page_token or states: {err}")
+        if request.page_size < 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"page_size: must be ≥ 0, got {request.page_size}")
         limit = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        jobs, last = self.store.list_jobs(states=states, kinds=request.kinds, after_rowid=after, limit=limit)
+        jobs, last = self.store.list_jobs(states=states, kinds=request.kinds, after_rowid=after, limit=limit,
+                                          tenant=context.principal.tenant_filter)
         return pb.ListJobsResponse(
             jobs=[convert.job_to_proto(j, self.store.checkpoints(j.job_id), self.store.skipped_videos(j.job_id))
                   for j in jobs],
             next_page_token=str(last) if len(jobs) == limit else "")
 
-    def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext) -> pb.Job:
+    def CancelJob(self, request: pb.CancelJobRequest, context: CallContext) -> pb.Job:
+        self._visible(request.job_id, context)
         try:
-            self.scheduler.cancel(request.job_id)
+            # A running job is given until shortly before the caller's deadline to release its workers.
+            remaining = context.time_remaining()
+            self.scheduler.cancel(request.job_id, wait_s=30.0 if remaining is None else min(30.0, max(0.0, remaining - 1)))
         except JobNotFound:
             context.abort(grpc.StatusCode.NOT_FOUND, f"job_id: no job {request.job_id!r}")
         except InvalidTransition as err:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(err))
         return self._job(request.job_id, context)
 
-    def WatchJob(self, request: pb.WatchJobRequest, context: grpc.ServicerContext) -> Iterator[pb.JobEvent]:
+    def WatchJob(self, request: pb.WatchJobRequest, context: CallContext) -> Iterator[pb.JobEvent]:
+        self._visible(request.job_id, context)
+        token_id = context.principal.token_id
+        if not self.watches.acquire(token_id):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"this token has {self.watches.per_token} watch streams open, the most it may")
+        try:
+            yield from self._events(request, context)
+        finally:
+            self.watches.release(token_id)
+
+    def _events(self, request: pb.WatchJobRequest, context: CallContext) -> Iterator[pb.JobEvent]:
         seq = request.after_seq
         while context.is_active():
             try:
@@ -114,8 +162,7 @@ class JobService(pb_grpc.JobServiceServicer):
                 with self.store.changed:
                     self.store.changed.wait(self.watch_poll_s)
 
-    def GetClusterStatus(self, request: pb.GetClusterStatusRequest,
-                         context: grpc.ServicerContext) -> pb.ClusterStatus:
+    def GetClusterStatus(self, request: pb.GetClusterStatusRequest, context: CallContext) -> pb.ClusterStatus:
         nodes = [pb.Node(node_id=n["NodeID"], address=n.get("NodeManagerAddress", ""), alive=n["Alive"],
                          total={k: float(v) for k, v in n.get("Resources", {}).items()
                                 if k in ("CPU", "GPU", "memory")})
@@ -125,7 +172,7 @@ class JobService(pb_grpc.JobServiceServicer):
         total, free = self.scheduler.cluster_resources(), self.scheduler.free_resources()
         jobs = [pb.JobPlacement(job_id=r.job_id, trainer_workers=r.world_size, decode_workers=r.decode_workers,
                                 metrics_endpoints=[e for es in r.metrics_endpoints.values() for e in es])
-                for r in self.scheduler.active_runners()]
+                for r in self.scheduler.active_runners() if context.principal.sees(r.job.tenant)]
         return pb.ClusterStatus(
             nodes=nodes, trainer_resource=resource, jobs=jobs, ray_dashboard=self.ray_dashboard,
             trainer_slots_total=total.get(resource, 0.0) / bundle[resource],

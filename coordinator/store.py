@@ -79,7 +79,87 @@ MIGRATIONS: tuple[str, ...] = (
     );
     ALTER TABLE jobs ADD COLUMN held_gpu_seconds REAL NOT NULL DEFAULT 0;
     """,
+    # Tenants: every job belongs to one (jobs stored before belong to the embedded default's,
+    # "local"), and a request_id is one tenant's idempotency key, not everyone's. SQLite cannot drop
+    # a column's UNIQUE: the table is rebuilt (its documented procedure, foreign keys off meanwhile).
+    """
+    CREATE TABLE jobs_v5 (
+        job_id       TEXT PRIMARY KEY,
+        tenant       TEXT NOT NULL,
+        request_id   TEXT,
+        name         TEXT NOT NULL,
+        kind         TEXT NOT NULL,
+        state        TEXT NOT NULL,
+        message      TEXT NOT NULL DEFAULT '',
+        config_json  TEXT NOT NULL,
+        min_workers  INTEGER NOT NULL,
+        max_workers  INTEGER NOT NULL,
+        world_size   INTEGER NOT NULL DEFAULT 0,
+        priority     INTEGER NOT NULL DEFAULT 0,
+        progress_json TEXT NOT NULL DEFAULT '{}',
+        result_json  TEXT NOT NULL DEFAULT '{}',
+        created_at   REAL NOT NULL,
+        updated_at   REAL NOT NULL,
+        failures     INTEGER NOT NULL DEFAULT 0,
+        needs_json   TEXT NOT NULL DEFAULT '{}',
+        held_gpu_seconds REAL NOT NULL DEFAULT 0,
+        UNIQUE (tenant, request_id)
+    );
+    INSERT INTO jobs_v5 SELECT job_id, 'local', request_id, name, kind, state, message, config_json,
+        min_workers, max_workers, world_size, priority, progress_json, result_json, created_at, updated_at,
+        failures, needs_json, held_gpu_seconds FROM jobs ORDER BY rowid;
+    DROP TABLE jobs;
+    ALTER TABLE jobs_v5 RENAME TO jobs;
+    CREATE INDEX jobs_state ON jobs(state);
+    CREATE INDEX jobs_tenant ON jobs(tenant, state);
+    -- Bearer tokens: only a hash of the secret is kept (see coordinator.tenancy).
+    CREATE TABLE tokens (
+        token_id      TEXT PRIMARY KEY,
+        tenant        TEXT NOT NULL,
+        role          TEXT NOT NULL,
+        name          TEXT NOT NULL,
+        secret_sha256 TEXT NOT NULL,
+        created_at    REAL NOT NULL,
+        revoked_at    REAL
+    );
+    -- Per-tenant quotas; a tenant without a row, or a NULL, has no limit.
+    CREATE TABLE quotas (
+        tenant           TEXT PRIMARY KEY,
+        max_running_gpus INTEGER,
+        max_queued_jobs  INTEGER
+    );
+    """,
 )
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection to the coordinator's database at ``path``, migrated to this code's schema."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Several connections share the file (the job store, the token store, `internvideo token` from a
+    # shell): a writer waits for another's transaction instead of failing at once.
+    db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
+    db.row_factory = sqlite3.Row
+    db.execute("PRAGMA journal_mode=WAL")
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        db.close()
+        raise RuntimeError(f"{path} has schema version {version}, newer than this code "
+                           f"({len(MIGRATIONS)}); upgrade internvideo-on-ray")
+    # Foreign keys are off while the schema changes (a table rebuild drops the table others reference).
+    for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        try:
+            db.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {target}; COMMIT;")
+        except sqlite3.OperationalError:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            # Another connection migrated the same file meanwhile: its work stands.
+            if db.execute("PRAGMA user_version").fetchone()[0] < target:
+                raise
+    db.execute("PRAGMA foreign_keys=ON")
+    return db
+
+
+LOCAL_TENANT = "local"  # the embedded default's tenant, and every job's stored before tenants were
 
 
 def new_job_id() -> str:
@@ -88,6 +168,10 @@ def new_job_id() -> str:
 
 class JobNotFound(KeyError):
     pass
+
+
+class QueueFull(Exception):
+    """A tenant's queued-jobs quota would be exceeded."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +208,8 @@ class JobSpec:
     needs: JobNeeds
     priority: int = 0
     name: str = ""
-    request_id: str = ""
+    request_id: str = ""  # the tenant's idempotency key
+    tenant: str = LOCAL_TENANT  # whose job it is: only they (and admins) see it
     job_id: str = ""  # assigned by the caller (a recipe's jobs name each other); "": the store picks one
 
 
@@ -147,6 +232,7 @@ class JobRecord:
     updated_at: float
     failures: int = 0
     needs: JobNeeds | None = None
+    tenant: str = LOCAL_TENANT
 
 
 @dataclass(frozen=True)
@@ -178,25 +264,11 @@ class SkippedVideoRecord:
 class JobStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db = connect(self.path)
         self._lock = threading.RLock()
         self.changed = threading.Condition(self._lock)
-        self._migrate()
 
     # -- schema -------------------------------------------------------------------------
-    def _migrate(self) -> None:
-        with self._lock:
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > len(MIGRATIONS):
-                raise RuntimeError(f"{self.path} has schema version {version}, newer than this code "
-                                   f"({len(MIGRATIONS)}); upgrade internvideo-on-ray")
-            for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                self._db.executescript(f"BEGIN; {script}; PRAGMA user_version = {target}; COMMIT;")
-
     @property
     def schema_version(self) -> int:
         with self._lock:
@@ -220,19 +292,29 @@ class JobStore:
             self.changed.notify_all()
             return out
 
-    def create_job(self, spec: JobSpec) -> tuple[JobRecord, bool]:
+    def create_job(self, spec: JobSpec, max_queued: int | None = None) -> tuple[JobRecord, bool]:
         """Store a QUEUED job; returns ``(job, created)``. A known request_id returns its job."""
-        jobs, created = self.create_jobs([spec])
+        jobs, created = self.create_jobs([spec], max_queued)
         return jobs[0], created
 
-    def create_jobs(self, specs: list[JobSpec]) -> tuple[list[JobRecord], bool]:
-        """Store QUEUED jobs all together or none (a recipe's stages); returns ``(jobs, created)``.
-        If the first one's request_id is known, the jobs first made with these request_ids return."""
+    def create_jobs(self, specs: list[JobSpec], max_queued: int | None = None) -> tuple[list[JobRecord], bool]:
+        """Store QUEUED jobs of one tenant all together or none (a recipe's stages); returns ``(jobs,
+        created)``. If the first one's request_id is known, the jobs first made with these request_ids
+        return; otherwise ``QueueFull`` if the tenant would have more than ``max_queued`` queued."""
+        tenant = specs[0].tenant
+
         def create(db: sqlite3.Connection) -> tuple[list[str], bool]:
-            known = [db.execute("SELECT job_id FROM jobs WHERE request_id = ?", (spec.request_id,)).fetchone()
+            known = [db.execute("SELECT job_id FROM jobs WHERE tenant = ? AND request_id = ?",
+                                (tenant, spec.request_id)).fetchone()
                      if spec.request_id else None for spec in specs]
             if known[0] is not None:
                 return [row["job_id"] for row in known if row is not None], False
+            if max_queued is not None:
+                queued = db.execute("SELECT COUNT(*) FROM jobs WHERE tenant = ? AND state = ?",
+                                    (tenant, JobState.QUEUED.value)).fetchone()[0]
+                if queued + len(specs) > max_queued:
+                    raise QueueFull(f"tenant {tenant} has {queued} queued jobs; {len(specs)} more would pass its "
+                                    f"quota of {max_queued}")
             return [self._insert(db, spec) for spec in specs], True
 
         job_ids, created = self._write(create)
@@ -242,9 +324,9 @@ class JobStore:
         job_id = spec.job_id or new_job_id()
         now = time.time()
         db.execute(
-            "INSERT INTO jobs (job_id, request_id, name, kind, state, config_json, min_workers,"
-            " max_workers, priority, created_at, updated_at, needs_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (job_id, spec.request_id or None, spec.name or job_id, spec.kind, JobState.QUEUED.value,
+            "INSERT INTO jobs (job_id, tenant, request_id, name, kind, state, config_json, min_workers,"
+            " max_workers, priority, created_at, updated_at, needs_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (job_id, spec.tenant, spec.request_id or None, spec.name or job_id, spec.kind, JobState.QUEUED.value,
              json.dumps(spec.config), spec.min_workers, spec.max_workers, spec.priority, now, now,
              json.dumps(spec.needs.to_json())))
         self._append(db, job_id, "state", {"from": "", "to": JobState.QUEUED.value, "message": "submitted"})
@@ -377,17 +459,21 @@ class JobStore:
             min_workers=row["min_workers"], max_workers=row["max_workers"], world_size=row["world_size"],
             priority=row["priority"], progress=json.loads(row["progress_json"]),
             result=json.loads(row["result_json"]), created_at=row["created_at"], updated_at=row["updated_at"],
-            failures=row["failures"], needs=JobNeeds.from_json(json.loads(row["needs_json"])))
+            failures=row["failures"], needs=JobNeeds.from_json(json.loads(row["needs_json"])), tenant=row["tenant"])
 
     def get_job(self, job_id: str) -> JobRecord:
         with self._lock:
             return self._to_record(self._row(self._db, job_id))
 
     def list_jobs(self, states: Iterable[JobState] = (), kinds: Iterable[str] = (),
-                  after_rowid: int = 0, limit: int = 50) -> tuple[list[JobRecord], int]:
-        """Jobs in submission order after ``after_rowid``; returns them and the last rowid read."""
+                  after_rowid: int = 0, limit: int = 50, tenant: str | None = None) -> tuple[list[JobRecord], int]:
+        """Jobs in submission order after ``after_rowid`` (of ``tenant``; None: everyone's); returns
+        them and the last rowid read."""
         states, kinds = [s.value for s in states], list(kinds)
         sql, args = "SELECT rowid, * FROM jobs WHERE rowid > ?", [after_rowid]
+        if tenant is not None:
+            sql += " AND tenant = ?"
+            args.append(tenant)
         if states:
             sql += f" AND state IN ({','.join('?' * len(states))})"
             args += states

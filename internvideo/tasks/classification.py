@@ -41,6 +41,7 @@ from internvideo.tasks.base import (
     unwrap,
 )
 from internvideo.tasks.common import ConfigError, JobConfig, Strict
+from internvideo.tasks.paths import InputPath
 
 # What a pretraining checkpoint has that a classifier does not (dropped), and what a classifier has
 # that a pretrained encoder does not (initialised here).
@@ -64,7 +65,7 @@ class ClassifierModel(Strict):
     num_classes: int = Field(gt=1)
     overrides: dict[str, Any] = Field(default_factory=dict)
     head_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    init: str | None = None  # a checkpoint file in any supported layout, or a committed checkpoint folder
+    init: InputPath | None = None  # a checkpoint file in any supported layout, or a committed checkpoint folder
 
     def videomae_config(self, drop_path: float) -> ClassifierConfig:
         config = classifier_config(self.size, self.num_classes, img_size=self.img_size, num_frames=self.num_frames,

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from internvideo.data.decode import DecodeOptions
 from internvideo.data.formats import MergedSource, SourceFormat, VideoSource, read_class_names
+from internvideo.tasks.paths import JOB_REF, InputPath, is_job_ref
 
 
 class ConfigError(ValueError):
@@ -22,13 +23,6 @@ class ConfigError(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field, self.message = field, message
-
-
-JOB_REF = "job:"  # a config value "job:<id>": that job's final committed checkpoint
-
-
-def is_job_ref(value: object) -> bool:
-    return isinstance(value, str) and value.startswith(JOB_REF) and len(value) > len(JOB_REF)
 
 
 def job_refs(config: Any, path: str = "") -> dict[str, str]:
@@ -59,11 +53,11 @@ class Strict(BaseModel):
 class MergedDataset(Strict):
     """One dataset of a merged label space: its list, in ``format``, and its class names."""
 
-    train_list: str = Field(min_length=1)
-    classes: str = Field(min_length=1)  # class names, one per line: line i names class i
+    train_list: InputPath = Field(min_length=1)
+    classes: InputPath = Field(min_length=1)  # class names, one per line: line i names class i
     format: Literal["list", "ssv2"] = "list"
-    labels: str | None = None  # ssv2: its labels.json
-    root: str | None = None
+    labels: InputPath | None = None  # ssv2: its labels.json
+    root: InputPath | None = None
 
     def source(self) -> VideoSource:
         return VideoSource(self.format, self.train_list, self.root, self.labels)
@@ -74,15 +68,15 @@ class DataSection(Strict):
     # sharing an id; otherwise ``train_list``, the annotation file, in ``format``. (A training kind
     # needs one; an evaluation kind reads ``val_list``, and a train list only if it fits something.)
     merge: list[MergedDataset] = Field(default_factory=list)
-    train_list: str | None = Field(None, min_length=1)
+    train_list: InputPath | None = Field(None, min_length=1)
     # Held-out data in the same format: a kind that validates reports its metrics on it at every
     # checkpoint and at the end (its single test view of each video, sharded over the workers);
     # what an evaluation kind evaluates.
-    val_list: str | None = Field(None, min_length=1)
+    val_list: InputPath | None = Field(None, min_length=1)
     format: SourceFormat = "list"  # list (path label) | ssv2 | video_text | multiple_choice | activitynet
-    labels: str | None = None  # ssv2: its labels.json
+    labels: InputPath | None = None  # ssv2: its labels.json
     subset: str | None = None  # activitynet: one split
-    root: str | None = None  # relative video paths resolve against this (default: the list's folder)
+    root: InputPath | None = None  # relative video paths resolve against this (default: the list's folder)
     sampler: Literal["dense", "segment"] = "dense"  # segment: one frame from each of num_frames segments
     sampling_rate: int = Field(4, gt=0)  # dense only
     crop: Literal["multi_scale", "random_resized"] = "multi_scale"
@@ -161,7 +155,7 @@ class DataSection(Strict):
 class TrainingData(DataSection):
     """A training kind's data: the annotation file (or the merged datasets) is required."""
 
-    train_list: str | None = Field(None, min_length=1, validate_default=True)
+    train_list: InputPath | None = Field(None, min_length=1, validate_default=True)
 
     @field_validator("train_list")
     @classmethod
@@ -175,8 +169,8 @@ class EvalData(DataSection):
     """An evaluation kind's data: ``val_list`` is what it evaluates; ``classes`` names its labels (a
     file, one name per line: line i names class i), where a kind reads them."""
 
-    val_list: str = Field(min_length=1)
-    classes: str | None = Field(None, min_length=1)
+    val_list: InputPath = Field(min_length=1)
+    classes: InputPath | None = Field(None, min_length=1)
 
     def class_names(self, num_classes: int | None = None) -> list[str]:
         """The names in ``classes``; fails (``ConfigError``) unless the file reads, and, given
@@ -212,7 +206,7 @@ class TrainSection(Strict):
     step_timeout_s: float = Field(600.0, gt=0)
     max_failures: int = Field(3, ge=0)  # worker losses survived by restarting from the last checkpoint
     record_samples: bool = False  # debug: log the sample ids of every step to <job>/samples.jsonl
-    resume_from: str | None = None  # a committed checkpoint folder
+    resume_from: InputPath | None = None  # a committed checkpoint folder
 
     @model_validator(mode="after")
     def _batch_splits(self) -> "TrainSection":

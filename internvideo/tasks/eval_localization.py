@@ -33,11 +33,12 @@ from internvideo.models.localization import LocalizationConfig, LocalizationHead
 from internvideo.tasks import register_task
 from internvideo.tasks.base import StepEngine, Task, array_to_tensor, check_weights_path, unwrap
 from internvideo.tasks.common import ConfigError, JobConfig, Strict, TrainingData
+from internvideo.tasks.paths import InputPath
 
 
 class FeatureData(TrainingData):
     format: Literal["activitynet"] = "activitynet"
-    features: str = Field(min_length=1)  # <video id>.npy / .json per video, or job:<id> of extract-features
+    features: InputPath = Field(min_length=1)  # <video id>.npy / .json per video, or job:<id> of extract-features
     train_subset: str = "training"
     val_subset: str = "validation"
 

@@ -39,6 +39,7 @@ from internvideo.tasks.classification import (
     forward_flops,
 )
 from internvideo.tasks.common import ConfigError, EvalJobConfig, Strict
+from internvideo.tasks.paths import InputPath
 
 
 class Views(Strict):
@@ -51,7 +52,7 @@ class TestViews(Views):
 
 
 class EvaluatedClassifier(ClassifierModel):
-    init: str = Field(min_length=1)  # the checkpoint evaluated: a file, a committed checkpoint, job:<id>
+    init: InputPath = Field(min_length=1)  # the checkpoint evaluated: a file, a committed checkpoint, job:<id>
 
 
 class RecognitionConfig(EvalJobConfig):

@@ -32,6 +32,7 @@ from internvideo.tasks import register_task
 from internvideo.tasks.base import Evaluation, EvaluationTask, array_to_tensor, load_initial_weights, unwrap
 from internvideo.tasks.classification import PRETRAINING_ONLY, ClassifierModel, build_classifier, forward_flops
 from internvideo.tasks.common import EvalJobConfig, Strict
+from internvideo.tasks.paths import InputPath, OutputPath
 
 
 class FeatureEncoder(Strict):
@@ -42,7 +43,7 @@ class FeatureEncoder(Strict):
     img_size: int = Field(224, gt=0)
     num_frames: int = Field(16, gt=0)
     overrides: dict[str, Any] = Field(default_factory=dict)
-    init: str = Field(min_length=1)
+    init: InputPath = Field(min_length=1)
 
     def classifier(self) -> ClassifierModel:
         # Any class count builds the encoder and its pooling; the extractor removes the head.
@@ -53,7 +54,7 @@ class FeatureEncoder(Strict):
 class FeatureWindows(Strict):
     stride: int = Field(16, gt=0)  # frames between the starts of consecutive windows
     chunk: int = Field(16, gt=0)  # windows per sample
-    output: str | None = None  # the features' folder; None: <the job's folder>/features
+    output: OutputPath | None = None  # the features' folder; None: <the job's folder>/features
 
 
 class ExtractFeaturesConfig(EvalJobConfig):

@@ -42,6 +42,7 @@ from internvideo.tasks.classification import (
     forward_flops,
 )
 from internvideo.tasks.common import Strict
+from internvideo.tasks.paths import InputPath
 
 
 class OtherEncoder(Strict):
@@ -53,7 +54,7 @@ class OtherEncoder(Strict):
     num_frames: int = Field(16, gt=0)
     overrides: dict[str, Any] = Field(default_factory=dict)
     normalization: Literal["imagenet", "clip"] | None = None  # what it was trained on; None: data.normalization
-    init: str = Field(min_length=1)
+    init: InputPath = Field(min_length=1)
 
 
 class InteractionModel(ClassifierModel):
@@ -63,7 +64,7 @@ class InteractionModel(ClassifierModel):
     encoder: Literal["videomae", "clip"] = "clip"
     size: str = "ViT-B/16"
     num_frames: int = Field(8, gt=0)
-    init: str = Field(min_length=1)
+    init: InputPath = Field(min_length=1)
     other: OtherEncoder
     heads: int = Field(4, gt=0)
     depth: int = Field(1, gt=0)

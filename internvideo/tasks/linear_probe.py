@@ -18,10 +18,11 @@ from internvideo.tasks.classification import (
     Regularization,
     forward_flops,
 )
+from internvideo.tasks.paths import InputPath
 
 
 class ProbedEncoder(ClassifierModel):
-    init: str = Field(min_length=1)  # the encoder probed: a pretraining's checkpoint, or any classifier's
+    init: InputPath = Field(min_length=1)  # the encoder probed: a pretraining's checkpoint, or any classifier's
 
 
 class ProbeRegularization(Regularization):

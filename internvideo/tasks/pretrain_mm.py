@@ -38,6 +38,7 @@ from internvideo.models.vit import transformer_flops
 from internvideo.tasks import register_task
 from internvideo.tasks.base import StepEngine, Task, array_to_tensor, check_weights_path, load_initial_weights
 from internvideo.tasks.common import ConfigError, JobConfig, Strict
+from internvideo.tasks.paths import InputPath
 
 
 class MultimodalModelSection(Strict):
@@ -51,7 +52,7 @@ class MultimodalModelSection(Strict):
     caption: dict[str, Any] = Field(default_factory=dict)
     caption_weight: float = Field(1.0, ge=0.0)  # 0: no caption decoder
     negatives: Literal["global", "micro"] = "global"  # micro: only to show what global negatives fix
-    init: str | None = None  # a CLIP checkpoint (OpenAI, Hugging Face or InternVideo layout)
+    init: InputPath | None = None  # a CLIP checkpoint (OpenAI, Hugging Face or InternVideo layout)
 
     def clip_config(self) -> VideoCLIPConfig:
         return video_clip_config(self.size, visual=self.visual, text=self.text)

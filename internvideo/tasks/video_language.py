@@ -23,6 +23,7 @@ from internvideo.models.vit import transformer_flops
 from internvideo.tasks.base import EvaluationTask, array_to_tensor, load_initial_weights
 from internvideo.tasks.common import ConfigError, EvalJobConfig, Strict
 from internvideo.tasks.eval_recognition import TestViewsOf, Views, check_views, test_clip_spec, views_to_clips
+from internvideo.tasks.paths import InputPath
 
 # What a pretrain-mm checkpoint has beside the two towers: the caption decoder.
 NOT_EVALUATED = ("caption.*",)
@@ -36,7 +37,7 @@ class VideoTextModel(Strict):
     size: Literal["ViT-B/16", "ViT-L/14"] = "ViT-B/16"
     visual: dict[str, Any] = Field(default_factory=dict)
     text: dict[str, Any] = Field(default_factory=dict)
-    init: str = Field(min_length=1)
+    init: InputPath = Field(min_length=1)
 
     def clip_config(self) -> VideoCLIPConfig:
         return video_clip_config(self.size, visual=self.visual, text=self.text)

@@ -36,6 +36,7 @@ class Coordinator:
     state_dir: Path
     log_path: Path
     address: str = ""
+    token: str = ""  # the admin token it wrote on its first start
     metrics_port: int = 0
     process: subprocess.Popen | None = None
     env: dict[str, str] = field(default_factory=dict)  # for the coordinator and the Ray processes it starts
@@ -49,6 +50,7 @@ class Coordinator:
                                                 env={"INTERNVIDEO_TASK_MODULES": "tests.integration.tiny_kind",
                                                      **self.env})
         self.address, self.metrics_port = info["grpc"], int(info["metrics"].rsplit(":", 1)[1])
+        self.token = info["token"]
 
     def kill(self) -> None:
         """SIGKILL the whole process group: the coordinator and the Ray processes it started."""
@@ -96,7 +98,7 @@ def coordinator(tmp_path_factory):
 
 @pytest.fixture
 def client(coordinator):
-    with JobClient(coordinator.address) as c:
+    with JobClient(coordinator.address, token=coordinator.token) as c:
         yield c
 
 

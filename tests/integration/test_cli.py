@@ -20,7 +20,8 @@ pytestmark = pytest.mark.integration
 
 
 def cli(coordinator, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "coordinator.cli", *args, "--address", coordinator.address],
+    return subprocess.run([sys.executable, "-m", "coordinator.cli", *args, "--address", coordinator.address,
+                           "--token-file", str(coordinator.state_dir / "client-token")],
                           capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
@@ -59,7 +60,7 @@ def test_request_id_priority_watch_and_cancel(coordinator, dataset):
     assert again.stdout.strip() == job_id  # the same request makes no second job
     status = json.loads(cli(coordinator, "status", job_id).stdout)
     assert (status["priority"], status["request_id"]) == (3, "cli-request-1")
-    with JobClient(coordinator.address) as client:
+    with JobClient(coordinator.address, token=coordinator.token) as client:
         held(client, job_id, 2)
 
     cancel = cli(coordinator, "cancel", job_id)

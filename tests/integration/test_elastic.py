@@ -44,7 +44,7 @@ def coordinator_on_cluster(cluster, tmp_path_factory):
     process, endpoints = launch_coordinator(root / "state", root / "coordinator.log", "--ray-address",
                                             cluster[0].address, "--worker-host", "127.0.0.1",
                                             "--placement-timeout", "15")
-    yield endpoints["grpc"], root / "state"
+    yield endpoints, root / "state"
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=90)
 
@@ -76,8 +76,8 @@ def submit(client: JobClient, dataset, *overrides: str, min_workers: int, max_wo
 def test_a_job_rescaled_2_1_3_loses_no_sample_and_ends_where_an_uninterrupted_run_does(
         cluster, coordinator_on_cluster, dataset):
     ray_cluster, gpu_nodes = cluster
-    address, state_dir = coordinator_on_cluster
-    with JobClient(address) as client:
+    endpoints, state_dir = coordinator_on_cluster
+    with JobClient(endpoints["grpc"], token=endpoints["token"]) as client:
         assert client.cluster().trainer_resource == "GPU" and client.cluster().trainer_slots_total == 2
         # Held at step 5 on 2 workers (checkpoint 3 committed), it loses a node; held again at step 13 on
         # the 1 worker left, it gains a 2-GPU node and grows to 3 at its next checkpoint (15).
@@ -132,8 +132,8 @@ def test_a_job_rescaled_2_1_3_loses_no_sample_and_ends_where_an_uninterrupted_ru
 def test_below_min_workers_a_job_waits_in_the_queue_saying_why_then_resumes(cluster, coordinator_on_cluster,
                                                                            dataset):
     ray_cluster, gpu_nodes = cluster
-    address, state_dir = coordinator_on_cluster
-    with JobClient(address) as client:
+    endpoints, state_dir = coordinator_on_cluster
+    with JobClient(endpoints["grpc"], token=endpoints["token"]) as client:
         job = submit(client, dataset, "train.steps=12", "debug.hold_at_steps=[4]", min_workers=2, max_workers=2)
         held(client, job.job_id, 4)
         ray_cluster.remove_node(node_of_a_trainer(gpu_nodes), allow_graceful=False)
@@ -158,10 +158,10 @@ def test_below_min_workers_a_job_waits_in_the_queue_saying_why_then_resumes(clus
 def test_a_placement_that_times_out_re_fits_without_counting_a_failure(cluster, coordinator_on_cluster, dataset):
     """A GPU the coordinator cannot see is taken (another Ray user holds it): the gang waits
     --placement-timeout (15 s), re-fits, and runs once the GPU is back."""
-    address, _ = coordinator_on_cluster
+    endpoints, _ = coordinator_on_cluster
     blocker = ray.util.placement_group([{"GPU": 1}])
     assert blocker.wait(timeout_seconds=30)
-    with JobClient(address) as client:
+    with JobClient(endpoints["grpc"], token=endpoints["token"]) as client:
         job = submit(client, dataset, "train.steps=3", min_workers=2, max_workers=2)
         waiting = wait_for(lambda: (j := client.get(job.job_id)).state == pb.JOB_STATE_RECOVERING and j, 120,
                            "the placement to time out")
@@ -174,9 +174,9 @@ def test_a_placement_that_times_out_re_fits_without_counting_a_failure(cluster, 
 
 
 def test_cancel_gives_every_actor_and_placement_group_back_to_ray(cluster, coordinator_on_cluster, dataset):
-    address, _ = coordinator_on_cluster
+    endpoints, _ = coordinator_on_cluster
     total = ray.cluster_resources()
-    with JobClient(address) as client:
+    with JobClient(endpoints["grpc"], token=endpoints["token"]) as client:
         job = submit(client, dataset, "train.steps=1000", min_workers=1, max_workers=3)
         wait_for(lambda: client.get(job.job_id).progress.step >= 2, 300, "2 steps")
         assert ray.available_resources().get("GPU", 0) < total["GPU"]

@@ -71,7 +71,7 @@ def predictions(coordinator, job: pb.Job) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def on_one_worker(coordinator, classifier, eval_list):
-    with JobClient(coordinator.address) as client:
+    with JobClient(coordinator.address, token=coordinator.token) as client:
         return finished(client, recognition(client, classifier, eval_list, workers=1), coordinator)
 
 

@@ -138,7 +138,7 @@ def test_a_request_that_leaves_the_worker_counts_unset_gets_their_defaults(coord
             kind="pretrain-mae", config_yaml=read_config("tiny-cpu"),
             overrides=[f"data.train_list={dataset.train_list}", "train.steps=1"]), timeout=60)
     assert (job.min_workers, job.max_workers) == (1, 1)
-    with JobClient(coordinator.address) as client:
+    with JobClient(coordinator.address, token=coordinator.token) as client:
         list(client.watch(job.job_id))
         assert state(client.get(job.job_id)) == "SUCCEEDED"
 
@@ -289,7 +289,7 @@ RECOVERY_JOB = ("train.steps=30", "train.checkpoint_every=4")
 
 @pytest.fixture(scope="module")
 def uninterrupted_losses(coordinator, dataset):
-    with JobClient(coordinator.address) as client:
+    with JobClient(coordinator.address, token=coordinator.token) as client:
         job = tiny_job(client, dataset.train_list, *RECOVERY_JOB)
         events = list(client.watch(job.job_id))
         assert state(client.get(job.job_id)) == "SUCCEEDED"
@@ -499,7 +499,7 @@ def test_a_dashboard_that_will_not_start_leaves_the_coordinator_serving(tmp_path
     """Ray's dashboard process sometimes dies at start on a loaded machine; with no time to come up
     (Ray's own start-up timeout at 0) it never does, and the coordinator serves jobs without it."""
     with running_coordinator(tmp_path, ray_dashboard=True, RAY_DASHBOARD_STARTUP_TIMEOUT_S="0") as coord:
-        with JobClient(coord.address) as client:
+        with JobClient(coord.address, token=coord.token) as client:
             assert client.cluster().ray_dashboard == ""
             job = tiny_job(client, dataset.train_list, "train.steps=2", "train.checkpoint_every=0")
             list(client.watch(job.job_id))

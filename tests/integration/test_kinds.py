@@ -50,7 +50,7 @@ def without_key_biases(state: dict) -> dict:
 @pytest.fixture(scope="module")
 def uninterrupted_mm(coordinator, dataset):
     """Two 2-worker runs, 8 steps: global negatives (GradCache) and micro-batch negatives."""
-    with JobClient(coordinator.address) as client:
+    with JobClient(coordinator.address, token=coordinator.token) as client:
         return {negatives: finished(client, mm_job(client, dataset, f"model.negatives={negatives}"), coordinator)
                 for negatives in ("global", "micro")}
 
@@ -126,7 +126,7 @@ def finetune_job(client: JobClient, dataset, *overrides: str, workers: int = 2, 
 @pytest.fixture(scope="module")
 def uninterrupted_classifiers(coordinator, dataset):
     """Uninterrupted 2-worker runs of both supervised kinds (finetune: with Mixup/CutMix and the average)."""
-    with JobClient(coordinator.address) as client:
+    with JobClient(coordinator.address, token=coordinator.token) as client:
         return {kind: finished(client, finetune_job(client, dataset, kind=kind), coordinator)
                 for kind in ("finetune", "post-pretrain")}
 

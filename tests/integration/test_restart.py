@@ -39,7 +39,7 @@ def test_killed_coordinator_restarts_with_every_record_and_resumes_the_running_j
     coordinator.start()
     release(coordinator.state_dir, running.job_id, 6)
 
-    with JobClient(coordinator.address) as fresh:
+    with JobClient(coordinator.address, token=coordinator.token) as fresh:
         after = {j.job_id: j for j in fresh.list(page_size=1000).jobs}
         assert after.keys() == before.keys() == {finished.job_id, queued.job_id, running.job_id}
         assert after[finished.job_id] == before[finished.job_id]
@@ -89,7 +89,7 @@ def test_sigterm_preempts_the_running_job_which_resumes_where_it_stood_on_restar
     coordinator.start()
     release(coordinator.state_dir, job.job_id, 6)
 
-    with JobClient(coordinator.address) as fresh:
+    with JobClient(coordinator.address, token=coordinator.token) as fresh:
         events = list(fresh.watch(job.job_id))
         job = fresh.get(job.job_id)
     assert state(job) == "SUCCEEDED", job.message

@@ -8,7 +8,7 @@ import yaml
 from coordinator.client import read_recipe
 from coordinator.recipe import plan_recipe
 from coordinator.state import JobState
-from coordinator.submission import InvalidSubmission
+from coordinator.submission import InvalidSubmission, SubmissionContext
 from internvideo.data.synthetic import write_synthetic_dataset
 from internvideo.tasks import get_task_type
 
@@ -30,7 +30,7 @@ def no_jobs(job_id: str) -> None:
 
 
 def test_the_tiny_recipe_becomes_five_jobs_each_after_those_it_names(data):
-    specs = plan_recipe(read_recipe("tiny-cpu"), data_overrides(data), job_state=no_jobs, request_id="r1")
+    specs = plan_recipe(read_recipe("tiny-cpu"), data_overrides(data), context=SubmissionContext(job_state=no_jobs), request_id="r1")
     names = [s.name.split("/")[1] for s in specs]
     assert names == ["mae", "mm", "post-mae", "post-mm", "interaction", "eval-post-mae", "eval-mm"]
     ids = {name: s.job_id for name, s in zip(names, specs)}
@@ -45,7 +45,7 @@ def test_the_tiny_recipe_becomes_five_jobs_each_after_those_it_names(data):
 def test_stages_are_ordered_by_what_they_name_not_by_where_they_stand(data):
     recipe = yaml.safe_load(read_recipe("tiny-cpu"))
     recipe["stages"].reverse()
-    specs = plan_recipe(yaml.safe_dump(recipe), data_overrides(data), job_state=no_jobs)
+    specs = plan_recipe(yaml.safe_dump(recipe), data_overrides(data), context=SubmissionContext(job_state=no_jobs))
     order = [s.name.split("/")[1] for s in specs]
     assert order.index("mae") < order.index("post-mae") < order.index("interaction")
     assert order.index("mm") < order.index("post-mm") < order.index("interaction")
@@ -66,7 +66,7 @@ def test_bad_recipes_are_refused_naming_the_field(data, change, field, words):
     recipe = yaml.safe_load(read_recipe("tiny-cpu"))
     change(recipe)
     with pytest.raises(InvalidSubmission) as refused:
-        plan_recipe(yaml.safe_dump(recipe), data_overrides(data), job_state=no_jobs)
+        plan_recipe(yaml.safe_dump(recipe), data_overrides(data), context=SubmissionContext(job_state=no_jobs))
     assert refused.value.field == field and words in str(refused.value), str(refused.value)
 
 
@@ -74,9 +74,9 @@ def test_a_job_reference_to_an_ended_job_without_a_checkpoint_is_refused(data):
     recipe = yaml.safe_load(read_recipe("tiny-cpu"))
     recipe["stages"][2]["set"].append("model.init=job:job-123")
     with pytest.raises(InvalidSubmission, match="job job-123 failed"):
-        plan_recipe(yaml.safe_dump(recipe), data_overrides(data), job_state=lambda job_id: JobState.FAILED)
+        plan_recipe(yaml.safe_dump(recipe), data_overrides(data), context=SubmissionContext(job_state=lambda job_id: JobState.FAILED))
     with pytest.raises(InvalidSubmission, match="not STAGE:key=value"):
-        plan_recipe(read_recipe("tiny-cpu"), ["nostage:train.steps=3"], job_state=no_jobs)
+        plan_recipe(read_recipe("tiny-cpu"), ["nostage:train.steps=3"], context=SubmissionContext(job_state=no_jobs))
 
 
 def test_the_paper_recipe_validates_at_the_papers_sizes():

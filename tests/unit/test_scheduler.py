@@ -8,7 +8,8 @@ from coordinator.runner import RunnerSettings, resource_demand
 from coordinator.scheduler import Scheduler
 from coordinator.state import InvalidTransition, JobState
 from coordinator.store import JobStore
-from coordinator.submission import validate_submission
+from coordinator.submission import SubmissionContext, validate_submission
+from coordinator.tenancy import Quota
 from internvideo.tasks.common import SharedConfig
 
 
@@ -46,6 +47,9 @@ class FakeRunner:
             self.store.transition(self.job_id, JobState.CANCELLED, self.STOPPED, world_size=0)
             self.on_exit(self)
 
+    def is_alive(self):
+        return self.started and self.store.get_job(self.job_id).state.active
+
     def release_preempted(self):
         """What a real runner does once preempted: checkpoint, release, requeue."""
         self.store.transition(self.job_id, JobState.PREEMPTED, self.preempt_reason, world_size=0)
@@ -64,18 +68,25 @@ def cluster():
 
 
 @pytest.fixture
-def scheduler(tmp_path, cluster):
+def quotas():
+    return {}  # tenant → Quota; a test sets them
+
+
+@pytest.fixture
+def scheduler(tmp_path, cluster, quotas):
     store = JobStore(tmp_path / "jobs.sqlite")
     settings = RunnerSettings(state_dir=tmp_path, trainer_bundle={"CPU": 1.0})
-    return Scheduler(store, settings, lambda: cluster, runner_factory=FakeRunner)
+    return Scheduler(store, settings, lambda: cluster, runner_factory=FakeRunner,
+                     quota=lambda tenant: quotas.get(tenant, Quota()))
 
 
-def submit(scheduler, min_workers, max_workers, *overrides, priority=0):
+def submit(scheduler, min_workers, max_workers, *overrides, priority=0, tenant="local"):
     train_list = scheduler.settings.state_dir / "train.txt"
     train_list.write_text("a.mp4 0\n" * 16)
     spec = validate_submission(kind="pretrain-mae", config_text=read_config("tiny-cpu"),
                                overrides=[f"data.train_list={train_list}", *overrides],
-                               min_workers=min_workers, max_workers=max_workers, priority=priority)
+                               min_workers=min_workers, max_workers=max_workers, priority=priority,
+                               context=SubmissionContext(tenant=tenant))
     return scheduler.store.create_job(spec)[0].job_id
 
 
@@ -281,3 +292,36 @@ def test_a_runner_that_cannot_start_fails_its_job_and_holds_nothing(scheduler, c
     job = scheduler.store.get_job(job_id)
     assert job.state is JobState.FAILED and job.message == "cannot be started: RuntimeError: can't start new thread"
     assert job_id not in scheduler.runners and scheduler.free_resources() == cluster
+
+
+def test_a_tenants_gpu_quota_caps_its_jobs_and_its_waiting_job_holds_up_no_other_tenant(scheduler, cluster, quotas):
+    cluster["CPU"] = 16.0
+    quotas["vision-lab"] = Quota(max_running_gpus=3)
+    first = submit(scheduler, 1, 4, tenant="vision-lab")  # world sizes 1, 2, 4: the quota allows 2
+    second = submit(scheduler, 2, 2, tenant="vision-lab")
+    other = submit(scheduler, 2, 2, tenant="speech")
+    scheduler.tick()
+    assert scheduler.runners[first].world_size == 2
+    assert second not in scheduler.runners and other in scheduler.runners
+    assert scheduler.store.get_job(second).message == (
+        "waiting for tenant vision-lab's GPU quota: 2 of 3 in use, it needs 2")
+    # Growing is capped too: the first job may not take the quota's last GPU with a size of 4.
+    assert scheduler.fit_world_size(scheduler.runners[first]) == 2
+
+    scheduler.runners[first].finish()
+    scheduler.tick()
+    assert scheduler.runners[second].world_size == 2
+
+
+def test_stopping_preempts_every_running_job_at_once_within_one_deadline(scheduler):
+    jobs = [submit(scheduler, 2, 2) for _ in range(2)]
+    scheduler.tick()
+    for runner in scheduler.runners.values():
+        runner.join = lambda timeout=None, runner=runner: runner.calls.append(("join", timeout))  # never stops
+    unfinished = scheduler.stop(timeout_s=5.0)
+    assert unfinished == jobs
+    runners = [scheduler.runners[job] for job in jobs]
+    assert all(r.preempt_reason == "the coordinator shut down" for r in runners)
+    # One deadline for all: the second runner is given what the first left, not another 5 s.
+    (first,), (second,) = ([t for _, t in r.calls] for r in runners)
+    assert 0 < second <= first <= 5.0

@@ -6,9 +6,10 @@ from coordinator.state import InvalidTransition, JobState, check_transition
 from coordinator.store import MIGRATIONS, JobNeeds, JobNotFound, JobSpec, JobStore
 
 
-def spec(request_id: str = "") -> JobSpec:
+def spec(request_id: str = "", tenant: str = "local") -> JobSpec:
     return JobSpec(kind="pretrain-mae", config={"train": {"steps": 3}}, min_workers=1, max_workers=2,
-                   needs=JobNeeds(world_sizes=(1, 2), decode_workers=2, decode_cpus=1.0), request_id=request_id)
+                   needs=JobNeeds(world_sizes=(1, 2), decode_workers=2, decode_cpus=1.0), request_id=request_id,
+                   tenant=tenant)
 
 
 def test_terminal_states_allow_no_transition():

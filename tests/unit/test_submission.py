@@ -3,10 +3,16 @@ import pytest
 from coordinator.client import read_config
 from coordinator.state import JobState
 from coordinator.submission import (
+    MAX_CONFIG_BYTES,
+    MAX_OVERRIDES,
     InvalidSubmission,
+    PathNotAllowed,
+    SubmissionContext,
     apply_overrides,
+    parse_config,
     validate_submission,
 )
+from internvideo.tasks.paths import PathPolicy
 
 
 @pytest.fixture
@@ -117,9 +123,88 @@ def test_an_evaluation_asks_for_no_more_workers_than_a_shard_keeps_busy(tmp_path
     overrides = [f"data.val_list={tmp_path / 'val.txt'}", "model.init=job:unused", "eval.shard_size=8",
                  "eval.micro_batch=2"]
     spec = validate_submission(kind="eval-recognition", config_text=config, overrides=overrides, min_workers=2,
-                               max_workers=8, job_state=lambda job_id: JobState.SUCCEEDED)
+                               max_workers=8, context=SubmissionContext(job_state=lambda job_id: JobState.SUCCEEDED))
     assert spec.needs.world_sizes == (2, 3, 4)  # 8 samples in micro-batches of 2: at most 4 busy
     with pytest.raises(InvalidSubmission) as err:
         validate_submission(kind="eval-recognition", config_text=config, overrides=overrides, min_workers=5,
-                            max_workers=8, job_state=lambda job_id: JobState.SUCCEEDED)
+                            max_workers=8, context=SubmissionContext(job_state=lambda job_id: JobState.SUCCEEDED))
     assert err.value.field == "min_workers" and "at most 4 workers busy" in str(err.value)
+
+
+# -- confinement and limits (a shared coordinator) ------------------------------------------------------
+def confined_submit(text: str, overrides: list[str], data_root, storage_root, kind: str = "pretrain-mae"):
+    paths = PathPolicy.of([data_root], [storage_root])
+    return validate_submission(kind=kind, config_text=text, overrides=overrides, min_workers=1, max_workers=1,
+                               context=SubmissionContext(paths=paths))
+
+
+@pytest.fixture
+def roots(tmp_path, train_list):
+    """A data root holding the train list, a storage root, and a secret outside both."""
+    data, storage, outside = tmp_path / "data", tmp_path / "storage", tmp_path / "outside"
+    for folder in (data, storage, outside):
+        folder.mkdir()
+    (data / "train.txt").write_text(train_list.read_text())
+    (outside / "train.txt").write_text(train_list.read_text())
+    return data, storage, outside
+
+
+def test_paths_inside_the_roots_pass(roots):
+    data, storage, _ = roots
+    job = confined_submit(read_config("tiny-cpu"), [f"data.train_list={data}/train.txt"], data, storage)
+    assert job.config["data"]["train_list"] == f"{data}/train.txt"
+
+
+@pytest.mark.parametrize("path", [
+    "{outside}/train.txt",
+    "{data}/../outside/train.txt",  # .. is resolved before the check
+    "{data}/link/train.txt",        # so is a symlink inside a root that points out of it
+    "/etc/passwd",
+    "train.txt",                    # relative: against the coordinator's folder, not a root
+])
+def test_a_path_outside_the_roots_is_not_allowed(roots, path):
+    data, storage, outside = roots
+    (data / "link").symlink_to(outside)
+    with pytest.raises(PathNotAllowed, match=r"config\.data\.train_list: .* outside the coordinator's data or storage"):
+        confined_submit(read_config("tiny-cpu"), [f"data.train_list={path.format(data=data, outside=outside)}"],
+                        data, storage)
+
+
+def test_outputs_must_be_under_a_storage_root_not_a_data_root(roots, tmp_path):
+    data, storage, _ = roots
+    (data / "val.txt").write_text("videos/00.mp4 0\n")
+    (data / "ckpt.pt").write_bytes(b"")
+    base = ["model.init=job:job-x", f"data.val_list={data}/val.txt"]
+    with pytest.raises(PathNotAllowed, match=r"config\.windows\.output: .* outside the coordinator's storage roots"):
+        confined_submit("", [*base, f"windows.output={data}/features"], data, storage, kind="extract-features")
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands():
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+        f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
+        for i in range(8))  # 10^9 values once expanded
+    with pytest.raises(InvalidSubmission, match=r"config_yaml: more than 100000 values"):
+        parse_config(bomb)
+
+
+@pytest.mark.parametrize("text, overrides, match", [
+    ("x: " + "y" * (MAX_CONFIG_BYTES + 1), [], r"config_yaml: \d+ bytes, more than the limit"),
+    ("[" * 5000 + "]" * 5000, [], "config_yaml: nested too deeply"),
+    ("", ["train.steps=1"] * (MAX_OVERRIDES + 1), "overrides: 257 of them"),
+    ("", ["train.steps=" + "1" * 2000], "overrides: 2012 characters"),
+])
+def test_oversized_requests_are_refused_naming_the_limit(text, overrides, match):
+    with pytest.raises(InvalidSubmission, match=match):
+        validate_submission(kind="pretrain-mae", config_text=text, overrides=overrides, min_workers=1, max_workers=1)
+
+
+def test_overlong_names_are_refused():
+    with pytest.raises(InvalidSubmission, match="name: 300 characters"):
+        validate_submission(kind="pretrain-mae", config_text="", overrides=[], min_workers=1, max_workers=1,
+                            name="n" * 300)
+
+
+def test_yaml_is_loaded_safely_no_python_objects():
+    with pytest.raises(InvalidSubmission, match="not valid YAML"):
+        parse_config("model: !!python/object/apply:os.system ['touch /tmp/pwned']")
