@@ -3,7 +3,8 @@
 The interceptor turns ``authorization: Bearer <token>`` into a ``Principal`` and hands it to the
 handler on its context (``context.principal``); a call without a valid token never reaches one
 (UNAUTHENTICATED), nor does a viewer's submit or cancel (PERMISSION_DENIED). Health checks (probes)
-and reflection (the schema, which is public) need no token.
+and reflection (the schema, which is public) need no token. Bytes that do not parse as the request
+are the client's error (INVALID_ARGUMENT), not the server's (gRPC's own answer is INTERNAL).
 """
 from __future__ import annotations
 
@@ -18,6 +19,13 @@ from coordinator.tenancy import Principal
 OPEN_SERVICES = frozenset({"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
                            "grpc.reflection.v1.ServerReflection"})
 WRITE_METHODS = frozenset({"SubmitJob", "SubmitRecipe", "CancelJob"})
+
+
+class MalformedRequest:
+    """What a request that does not parse deserializes to; its handler refuses it."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
 
 
 class CallContext:
@@ -66,15 +74,28 @@ def _behaviour_field(handler: grpc.RpcMethodHandler) -> str:
 
 def _with_principal(handler: grpc.RpcMethodHandler, principal: Principal) -> grpc.RpcMethodHandler:
     field = _behaviour_field(handler)
-    behaviour = getattr(handler, field)
-    return handler._replace(**{field: lambda request, context: behaviour(request, CallContext(context, principal))})
+    behaviour, deserialize = getattr(handler, field), handler.request_deserializer
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as err:  # noqa: BLE001 — protobuf's DecodeError, or whatever a parser raises
+            return MalformedRequest(err)
+
+    def call(request: Any, context: grpc.ServicerContext) -> Any:
+        if isinstance(request, MalformedRequest):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request does not parse: {request.error}")
+        return behaviour(request, CallContext(context, principal))
+
+    return handler._replace(request_deserializer=parse, **{field: call})
 
 
 def _refusing(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, details: str) -> grpc.RpcMethodHandler:
     def refuse(request: Any, context: grpc.ServicerContext) -> None:
         context.abort(code, details)
 
-    return handler._replace(**{_behaviour_field(handler): refuse})
+    # The body of a refused call is never parsed (gRPC takes None for a failed parse: a stand-in, then).
+    return handler._replace(request_deserializer=lambda data: data, **{_behaviour_field(handler): refuse})
 
 
 class StreamLimit:

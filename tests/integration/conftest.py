@@ -14,7 +14,7 @@ from typing import Iterator
 import pytest
 import torch
 
-from coordinator.client import JobClient, read_config
+from coordinator.client import ClientTls, JobClient, read_config
 from coordinator.launch import launch_coordinator
 from internvideo.data.lists import VideoRecord, read_video_list, write_video_list
 from internvideo.data.synthetic import write_synthetic_dataset
@@ -41,12 +41,15 @@ class Coordinator:
     process: subprocess.Popen | None = None
     env: dict[str, str] = field(default_factory=dict)  # for the coordinator and the Ray processes it starts
     ray_dashboard: bool = False  # one process fewer to start on a loaded machine, where no test looks at it
+    args: tuple[str, ...] = ()  # more `internvideo serve` options
+    tls: ClientTls | None = None  # how to reach it when it serves TLS
 
     def start(self) -> None:
         # A job kind from the test folder, known to the coordinator and its workers only through the
         # registry's INTERNVIDEO_TASK_MODULES: adding a kind touches no coordinator or worker code.
         dashboard = [] if self.ray_dashboard else ["--ray-dashboard-port", "-1"]
         self.process, info = launch_coordinator(self.state_dir, self.log_path, "--num-cpus", "4", *dashboard,
+                                                *self.args, tls=self.tls,
                                                 env={"INTERNVIDEO_TASK_MODULES": "tests.integration.tiny_kind",
                                                      **self.env})
         self.address, self.metrics_port = info["grpc"], int(info["metrics"].rsplit(":", 1)[1])
@@ -80,9 +83,10 @@ def dataset(tmp_path_factory):
 
 
 @contextlib.contextmanager
-def running_coordinator(root: Path, ray_dashboard: bool = False, **env: str) -> Iterator[Coordinator]:
+def running_coordinator(root: Path, ray_dashboard: bool = False, args: tuple[str, ...] = (),
+                        tls: ClientTls | None = None, **env: str) -> Iterator[Coordinator]:
     coord = Coordinator(state_dir=root / "state", log_path=root / "coordinator.log", env=env,
-                        ray_dashboard=ray_dashboard)
+                        ray_dashboard=ray_dashboard, args=args, tls=tls)
     coord.start()
     try:
         yield coord
