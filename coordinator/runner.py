@@ -50,8 +50,11 @@ class RunnerSettings:
     trainer_bundle: dict[str, float]  # resources of one trainer: {"GPU": 1, "CPU": 1} or {"CPU": 1}
     start_timeout_s: float = 300.0
     # How long a gang waits for its placement group before the job re-fits its size to the cluster
-    # (a dead node's resources can look alive until Ray's health checks notice).
+    # (a dead node's resources can look alive until Ray's health checks notice), and how many such
+    # waits in a row before it goes back to the queue instead (where it waits for room Ray reports,
+    # saying what is missing): a placement never waits without end.
     placement_timeout_s: float = 60.0
+    placement_tries: int = 2
     worker_host: str | None = None  # where workers listen; None: each one's Ray node address
 
     def job_dir(self, job_id: str) -> Path:
@@ -175,6 +178,7 @@ class JobRunner(threading.Thread):
         self._pool: DecodePool | None = None
         self._group: WorkerGroup | None = None
         self._checkpointed_step = -1
+        self._placement_timeouts = 0  # in a row, since the last gang that was placed
         self._held_out = 0  # held-out samples (data.val_list), counted once when the job starts
         self._bad: dict[str, BadVideos] = {}  # by list: "data", "held_out"
         self._shards: ShardPlan | None = None  # an evaluation's unit of work
@@ -243,6 +247,9 @@ class JobRunner(threading.Thread):
                 except GrowAt as grow:
                     resume = self._grow(grow)
                 except PlacementTimeout as err:  # no room at this size (yet): re-fit, not a failure
+                    self._placement_timeouts += 1
+                    if self._placement_timeouts >= self.settings.placement_tries:
+                        raise Requeue(f"not placed in {self._placement_timeouts} tries: {err}") from err
                     resume = self._recover(err, count_failure=False)
                 except WorkerGroupError as err:
                     resume = self._recover(err)
@@ -342,6 +349,7 @@ class JobRunner(threading.Thread):
             host=self.settings.worker_host, timeout_s=self.settings.start_timeout_s,
             placement_timeout_s=self.settings.placement_timeout_s,
             load_universal=folder is not None and folder.name == UNIVERSAL)
+        self._placement_timeouts = 0
         self.usage.hold(self.world_size, since=self._group.placed_at)
         self.usage.charge(self._start_use, self._group.last_call_joules)
         self.store.record_workers(self.job_id, [{k: info[k] for k in WORKER_FACTS} for info in self._group.infos])

@@ -6,6 +6,11 @@ jobs behind it (strict order), so a large job is not starved by small ones. A he
 not fit preempts running jobs of lower priority when that makes room: they checkpoint, give
 their resources back and wait in the queue, from which they later resume exactly.
 
+What a queued job may take is what the coordinator's own jobs leave free, but never more than Ray
+reports available: room the coordinator does not count — another Ray user's, or a bundle Ray still
+holds for a node that died — keeps a job in the queue, saying so, instead of admitting it to a
+placement that cannot succeed.
+
 A tenant's quota of running GPUs (trainers) caps its jobs' sizes, at start and when they grow; a job
 its quota holds back waits, saying so, without holding up other tenants' jobs behind it.
 """
@@ -33,14 +38,17 @@ class Scheduler:
     def __init__(self, store: JobStore, settings: RunnerSettings,
                  cluster_resources: Callable[[], dict[str, float]], tick_s: float = 1.0,
                  scrape_targets: ScrapeTargets | None = None, runner_factory: Callable[..., JobRunner] = JobRunner,
-                 quota: Callable[[str], Quota] = lambda tenant: Quota()) -> None:
+                 quota: Callable[[str], Quota] = lambda tenant: Quota(),
+                 available_resources: Callable[[], dict[str, float]] | None = None) -> None:
         self.store, self.settings = store, settings
         self.quota = quota
+        self.available_resources = available_resources  # Ray's view of what is free now; None: trust our own
         self.runner_factory = runner_factory  # tests drive admission with fake runners
         self.scrape_targets = scrape_targets
         self.cluster_resources = cluster_resources
         self.tick_s = tick_s
         self.runners: dict[str, JobRunner] = {}
+        self._held_elsewhere: dict[str, float] = {}  # at the last tick: see admission_room
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -108,8 +116,17 @@ class Scheduler:
                     free[key] = free.get(key, 0.0) - amount
         return free
 
-    def tick(self) -> None:
+    def admission_room(self) -> tuple[dict[str, float], dict[str, float]]:
+        """What queued jobs may take now, and how much of what our jobs leave free Ray holds for others."""
         free = self.free_resources()
+        if self.available_resources is None:
+            return free, {}
+        available = self.available_resources()
+        held_elsewhere = {k: v - available.get(k, 0.0) for k, v in free.items() if available.get(k, 0.0) < v - 1e-9}
+        return {k: v - held_elsewhere.get(k, 0.0) for k, v in free.items()}, held_elsewhere
+
+    def tick(self) -> None:
+        free, self._held_elsewhere = self.admission_room()
         quotas: dict[str, Quota] = {}  # read once a tick
         for queued in self.store.queue():
             if self._stop.is_set():
@@ -269,9 +286,14 @@ class Scheduler:
 
     def _note_waiting(self, job: JobRecord, free: dict[str, float]) -> None:
         need = resource_demand(job.needs, job.min_workers, self.settings.trainer_bundle)
-        short = ", ".join(f"{k} {v:g} (free {max(0.0, free.get(k, 0.0)):g})" for k, v in sorted(need.items())
-                          if free.get(k, 0.0) < v)
-        self._note(job, f"waiting for resources: needs {short}")
+        short = [k for k, v in sorted(need.items()) if free.get(k, 0.0) < v]
+        message = "waiting for resources: needs " + ", ".join(
+            f"{k} {need[k]:g} (free {max(0.0, free.get(k, 0.0)):g})" for k in short)
+        elsewhere = {k: self._held_elsewhere[k] for k in short if k in self._held_elsewhere}
+        if elsewhere:
+            message += "; Ray holds " + ", ".join(f"{k} {v:g}" for k, v in elsewhere.items()) + (
+                " that no job of this coordinator does (another Ray user's, or a bundle of a node that died)")
+        self._note(job, message)
 
     def _note(self, job: JobRecord, message: str) -> None:
         """Say why a queued job waits (written only when the reason changes)."""

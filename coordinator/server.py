@@ -130,6 +130,12 @@ def cluster_resources() -> dict[str, float]:
     return totals
 
 
+def available_resources() -> dict[str, float]:
+    """CPUs and GPUs Ray reports free now, over the whole cluster (whoever holds the rest)."""
+    available = ray.available_resources()
+    return {key: available.get(key, 0.0) for key in ("CPU", "GPU")}
+
+
 def trainer_bundle() -> dict[str, float]:
     """One GPU per trainer on a GPU cluster; one CPU slot per trainer on the CPU-only default."""
     return {"GPU": 1.0, "CPU": 1.0} if cluster_resources().get("GPU") else {"CPU": 1.0}
@@ -189,7 +195,8 @@ def serve(options: ServeOptions) -> int:
                               worker_host=options.worker_host or (None if options.ray_address else options.host))
     targets = ScrapeTargets(options.state_dir / "prometheus" / "targets.json", f"{options.host}:{metrics_port}")
     metrics_server.targets = targets
-    scheduler = Scheduler(store, settings, cluster_resources, scrape_targets=targets, quota=tokens.quota)
+    scheduler = Scheduler(store, settings, cluster_resources, scrape_targets=targets, quota=tokens.quota,
+                          available_resources=available_resources)
     scheduler.start()
     health_servicer = add_services(server, JobService(store, scheduler, tokens, paths=options.path_policy(),
                                                       ray_dashboard=ray_dashboard,

@@ -45,7 +45,10 @@ class WorkerGroup:
         try:
             placement_timeout_s = placement_timeout_s or timeout_s
             if not pg.wait(timeout_seconds=placement_timeout_s):
-                raise PlacementTimeout(f"no room for {world_size} × {bundle} within {placement_timeout_s:.0f}s")
+                available = ray.available_resources()
+                raise PlacementTimeout(f"no room for {world_size} × {bundle} within {placement_timeout_s:.0f}s "
+                                       f"(Ray reports {', '.join(f'{k} {available.get(k, 0):g}' for k in bundle)} "
+                                       "free)")
             placed_at = time.perf_counter()
             actor_cls = ray.remote(EncoderWorker)
             for rank in range(world_size):
