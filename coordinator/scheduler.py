@@ -26,7 +26,7 @@ from coordinator import metrics
 from coordinator.discovery import ScrapeTargets
 from coordinator.runner import JobRunner, RunnerSettings, resource_demand
 from coordinator.state import InvalidTransition, JobState
-from coordinator.store import JobNotFound, JobRecord, JobStore
+from coordinator.store import JobNotFound, JobRecord, JobStore, QueuedJob
 from coordinator.submission import derive_needs
 from coordinator.tenancy import Quota
 from internvideo.tasks.common import SharedConfig
@@ -47,6 +47,7 @@ class Scheduler:
         self.scrape_targets = scrape_targets
         self.cluster_resources = cluster_resources
         self.tick_s = tick_s
+        self.full_tick_s = 30.0
         self.runners: dict[str, JobRunner] = {}
         self._held_elsewhere: dict[str, float] = {}  # at the last tick: see admission_room
         self._lock = threading.RLock()
@@ -85,14 +86,21 @@ class Scheduler:
         self._wake.set()
 
     def _loop(self) -> None:
+        """Read the queue when something may have changed its answer: a wake (a submit, a cancel, a job
+        that ended) or a change in the cluster's resources; otherwise only every ``full_tick_s`` (an
+        idle coordinator with a deep queue reads nothing)."""
+        woken, next_full_tick, seen = True, 0.0, None
         while not self._stop.is_set():
             try:
-                self.tick()
+                view = (self.cluster_resources(), self.available_resources() if self.available_resources else {})
+                if woken or view != seen or time.monotonic() >= next_full_tick:
+                    seen, next_full_tick = view, time.monotonic() + self.full_tick_s
+                    self.tick()
                 if self.scrape_targets:
                     self.scrape_targets.update({r.job_id: r.metrics_endpoints for r in self.active_runners()})
             except Exception:  # noqa: BLE001 — the scheduler must outlive any one bad tick
                 log.exception("scheduler tick failed")
-            self._wake.wait(self.tick_s)
+            woken = self._wake.wait(self.tick_s)
             self._wake.clear()
 
     def _requeue_orphans(self) -> None:
@@ -148,7 +156,7 @@ class Scheduler:
             held = sum(r.world_size for r in self.runners.values() if r.job.tenant == tenant and r is not besides)
         return max(0, quota.max_running_gpus - held)
 
-    def _admit(self, job: JobRecord, free: dict[str, float], quota: Quota) -> bool:
+    def _admit(self, job: QueuedJob, free: dict[str, float], quota: Quota) -> bool:
         """Start ``job`` if it may and fits (taking its resources from ``free``); False if it waits
         for room, which holds up the jobs behind it."""
         if not self._dependencies_succeeded(job):
@@ -165,7 +173,8 @@ class Scheduler:
             return False
         queued_at = self.store.queued_since(job.job_id)
         try:
-            runner = self.runner_factory(self.store, job, world, self.settings, on_exit=self._runner_exited,
+            record = dataclasses.replace(self.store.get_job(job.job_id), needs=job.needs)
+            runner = self.runner_factory(self.store, record, world, self.settings, on_exit=self._runner_exited,
                                          fit_world_size=self.fit_world_size, grow_target=self.grow_target,
                                          decode_limit=self.decode_limit)
         except Exception as err:  # noqa: BLE001 — its config no longer reads: it fails, the queue goes on
@@ -189,11 +198,11 @@ class Scheduler:
             free[key] = free.get(key, 0.0) - amount
         return True
 
-    def _cannot_start(self, job: JobRecord, err: Exception) -> None:
+    def _cannot_start(self, job: QueuedJob, err: Exception) -> None:
         log.error("job %s cannot be started", job.job_id, exc_info=err)
         self._end_queued(job, JobState.FAILED, f"cannot be started: {type(err).__name__}: {err}")
 
-    def _dependencies_succeeded(self, job: JobRecord) -> bool:
+    def _dependencies_succeeded(self, job: QueuedJob) -> bool:
         """Whether every job it starts from (``job:<id>``) has succeeded. One that failed or was
         cancelled fails it, saying why; one still on its way makes it wait, saying for what."""
         for dependency in job.needs.depends_on:
@@ -211,7 +220,7 @@ class Scheduler:
             return False
         return True
 
-    def _end_queued(self, job: JobRecord, state: JobState, message: str) -> None:
+    def _end_queued(self, job: QueuedJob, state: JobState, message: str) -> None:
         with self._lock:  # atomic with cancel(), as admission is
             try:
                 self.store.transition(job.job_id, state, message, world_size=0)
@@ -219,7 +228,7 @@ class Scheduler:
                 pass  # cancelled meanwhile: that stands
         self.wake()  # its own dependants learn at the next tick
 
-    def _preempt_for(self, job: JobRecord, free: dict[str, float]) -> None:
+    def _preempt_for(self, job: QueuedJob, free: dict[str, float]) -> None:
         """Preempt the fewest lowest-priority (then most recently started) running jobs whose
         resources, with what is free, let ``job`` start; none if even all of them would not."""
         with self._lock:
@@ -255,7 +264,7 @@ class Scheduler:
     def grow_target(self, runner: JobRunner) -> int:
         """The size a running job may grow to: what fits, but only while nobody waits in the queue
         (queued jobs come before growth)."""
-        if self.store.queue():
+        if self.store.has_queued():
             return runner.world_size
         return self.fit_world_size(runner) or runner.world_size
 
@@ -263,28 +272,29 @@ class Scheduler:
         """The most decode workers a running job may hold now: its starting size while any job waits
         in the queue (waiting jobs come before bigger pools), else its pool plus what free CPUs fit."""
         data = runner.config.data
-        if self.store.queue():
+        if self.store.has_queued():
             return data.decode_workers
         free_cpus = max(0.0, self.free_resources().get("CPU", 0.0))
         return runner.decode_workers + int(free_cpus / data.decode_cpus + 1e-9)
 
-    def _with_needs(self, job: JobRecord) -> JobRecord:
-        """The record with what was derived at submit; a job stored before needs were gets them
+    def _with_needs(self, job: QueuedJob) -> QueuedJob:
+        """The job with what was derived at submit; a job stored before needs were gets them
         derived once, here, and stored."""
         if job.needs is not None:
             return job
-        needs = derive_needs(SharedConfig.model_validate(job.config), job.min_workers, job.max_workers)
+        config = self.store.get_job(job.job_id).config
+        needs = derive_needs(SharedConfig.model_validate(config), job.min_workers, job.max_workers)
         self.store.update_job(job.job_id, needs=needs.to_json())
         return dataclasses.replace(job, needs=needs)
 
-    def _fitting_world_size(self, job: JobRecord, free: dict[str, float], most: int | None = None) -> int | None:
+    def _fitting_world_size(self, job: QueuedJob | JobRecord, free: dict[str, float], most: int | None = None) -> int | None:
         """The largest of the job's world sizes whose resources ``free`` holds, up to ``most`` trainers."""
         sizes = [w for w in job.needs.world_sizes
                  if (most is None or w <= most) and all(free.get(k, 0.0) >= v - 1e-9
                         for k, v in resource_demand(job.needs, w, self.settings.trainer_bundle).items())]
         return max(sizes) if sizes else None
 
-    def _note_waiting(self, job: JobRecord, free: dict[str, float]) -> None:
+    def _note_waiting(self, job: QueuedJob, free: dict[str, float]) -> None:
         need = resource_demand(job.needs, job.min_workers, self.settings.trainer_bundle)
         short = [k for k, v in sorted(need.items()) if free.get(k, 0.0) < v]
         message = "waiting for resources: needs " + ", ".join(
@@ -295,7 +305,7 @@ class Scheduler:
                 " that no job of this coordinator does (another Ray user's, or a bundle of a node that died)")
         self._note(job, message)
 
-    def _note(self, job: JobRecord, message: str) -> None:
+    def _note(self, job: QueuedJob, message: str) -> None:
         """Say why a queued job waits (written only when the reason changes)."""
         if job.message != message:
             self.store.update_job(job.job_id, message=message)

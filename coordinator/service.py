@@ -30,7 +30,7 @@ MAX_WATCHES_PER_TOKEN = 64
 
 class JobService(pb_grpc.JobServiceServicer):
     def __init__(self, store: JobStore, scheduler: Scheduler, tokens: TokenStore, *, paths: PathPolicy | None = None,
-                 watch_poll_s: float = 1.0, ray_dashboard: str = "",
+                 watch_poll_s: float = 5.0, ray_dashboard: str = "",
                  max_watches_per_token: int = MAX_WATCHES_PER_TOKEN) -> None:
         self.store, self.scheduler, self.tokens, self.paths = store, scheduler, tokens, paths
         self.ray_dashboard, self.watch_poll_s = ray_dashboard, watch_poll_s
@@ -148,19 +148,18 @@ class JobService(pb_grpc.JobServiceServicer):
 
     def _events(self, request: pb.WatchJobRequest, context: CallContext) -> Iterator[pb.JobEvent]:
         seq = request.after_seq
-        while context.is_active():
-            try:
-                events = self.store.events_after(request.job_id, seq)
-            except JobNotFound:
-                context.abort(grpc.StatusCode.NOT_FOUND, f"job_id: no job {request.job_id!r}")
-            for event in events:
+        while True:
+            # Read before the events: a job that had ended by then has its last event among them.
+            ended = self.store.get_job(request.job_id).state.terminal
+            for event in self.store.events_after(request.job_id, seq):
                 yield convert.event_to_proto(event)
                 seq = event.seq
-            if request.history_only or (not events and self.store.get_job(request.job_id).state.terminal):
+            if request.history_only or ended:
                 return
-            if not events:
-                with self.store.changed:
-                    self.store.changed.wait(self.watch_poll_s)
+            # Wake for the job's next event; meanwhile look up only to see whether the client left.
+            while not self.store.wait_for_events(request.job_id, seq, self.watch_poll_s):
+                if not context.is_active():
+                    return
 
     def GetClusterStatus(self, request: pb.GetClusterStatusRequest, context: CallContext) -> pb.ClusterStatus:
         nodes = [pb.Node(node_id=n["NodeID"], address=n.get("NodeManagerAddress", ""), alive=n["Alive"],

@@ -1,8 +1,9 @@
 """Job records, their event history and checkpoints, in SQLite (the embedded default).
 
 One connection guarded by a lock: the coordinator's writes are small and few (a
-progress row per step at most), and WAL mode keeps readers from blocking. Watchers
-wait on ``changed`` instead of polling the database in a tight loop.
+progress row per step at most), and WAL mode keeps readers from blocking. A watcher waits
+for its own job's next event (``wait_for_events``): a write wakes only the watchers of the
+jobs it touched, and a watcher's wait reads nothing from the database.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from coordinator.state import JobState, check_transition
 from coordinator.usage import JobUsage, Usage
@@ -112,6 +113,7 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs_v5 RENAME TO jobs;
     CREATE INDEX jobs_state ON jobs(state);
     CREATE INDEX jobs_tenant ON jobs(tenant, state);
+    CREATE INDEX jobs_queue ON jobs(state, priority DESC);  -- rowid, the tiebreak, is in every index
     -- Bearer tokens: only a hash of the secret is kept (see coordinator.tenancy).
     CREATE TABLE tokens (
         token_id      TEXT PRIMARY KEY,
@@ -160,6 +162,12 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 LOCAL_TENANT = "local"  # the embedded default's tenant, and every job's stored before tenants were
+
+
+@dataclass
+class _Watchers:
+    woken: threading.Condition
+    count: int = 0
 
 
 def new_job_id() -> str:
@@ -236,6 +244,20 @@ class JobRecord:
 
 
 @dataclass(frozen=True)
+class QueuedJob:
+    """What the scheduler reads of a queued job on every tick: everything but its config (which is
+    read, with the whole record, once the job is admitted)."""
+
+    job_id: str
+    tenant: str
+    priority: int
+    min_workers: int
+    max_workers: int
+    message: str
+    needs: JobNeeds | None
+
+
+@dataclass(frozen=True)
 class JobEvent:
     job_id: str
     seq: int
@@ -266,7 +288,9 @@ class JobStore:
         self.path = Path(path)
         self._db = connect(self.path)
         self._lock = threading.RLock()
-        self.changed = threading.Condition(self._lock)
+        self._last_seq: dict[str, int] = {}  # job id → its newest event's seq (committed), once read
+        self._appended: dict[str, int] = {}  # the same, in the open transaction
+        self._watchers: dict[str, _Watchers] = {}  # job id → those waiting for its next event
 
     # -- schema -------------------------------------------------------------------------
     @property
@@ -280,17 +304,43 @@ class JobStore:
 
     # -- writes -------------------------------------------------------------------------
     def _write(self, fn) -> Any:
-        """Run ``fn(db)`` in one transaction and wake every watcher."""
+        """Run ``fn(db)`` in one transaction and wake the watchers of the jobs it added events to."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 out = fn(self._db)
             except BaseException:
                 self._db.execute("ROLLBACK")
+                self._appended.clear()
                 raise
             self._db.execute("COMMIT")
-            self.changed.notify_all()
+            self._last_seq.update(self._appended)
+            for job_id in self._appended:
+                if job_id in self._watchers:
+                    self._watchers[job_id].woken.notify_all()
+            self._appended.clear()
             return out
+
+    def wait_for_events(self, job_id: str, after_seq: int, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for the job to have an event after ``after_seq``; whether it has."""
+        with self._lock:
+            if self._newest_seq(job_id) > after_seq:
+                return True
+            watchers = self._watchers.setdefault(job_id, _Watchers(threading.Condition(self._lock)))
+            watchers.count += 1
+            try:
+                watchers.woken.wait(timeout_s)
+            finally:
+                watchers.count -= 1
+                if not watchers.count:
+                    del self._watchers[job_id]
+            return self._newest_seq(job_id) > after_seq
+
+    def _newest_seq(self, job_id: str) -> int:
+        if job_id not in self._last_seq:
+            self._last_seq[job_id] = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?",
+                                                      (job_id,)).fetchone()[0]
+        return self._last_seq[job_id]
 
     def create_job(self, spec: JobSpec, max_queued: int | None = None) -> tuple[JobRecord, bool]:
         """Store a QUEUED job; returns ``(job, created)``. A known request_id returns its job."""
@@ -438,10 +488,10 @@ class JobStore:
         db.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in sets)} WHERE job_id = ?",
                    (*sets.values(), job_id))
 
-    @staticmethod
-    def _append(db: sqlite3.Connection, job_id: str, type_: str, payload: dict[str, Any]) -> None:
+    def _append(self, db: sqlite3.Connection, job_id: str, type_: str, payload: dict[str, Any]) -> None:
         seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?", (job_id,)).fetchone()[0]
         db.execute("INSERT INTO events VALUES (?,?,?,?,?)", (job_id, seq, time.time(), type_, json.dumps(payload)))
+        self._appended[job_id] = seq
 
     # -- reads --------------------------------------------------------------------------
     @staticmethod
@@ -486,13 +536,31 @@ class JobStore:
             rows = self._db.execute(sql, args).fetchall()
         return [self._to_record(r) for r in rows], (rows[-1]["rowid"] if rows else after_rowid)
 
-    def queue(self) -> list[JobRecord]:
+    QUEUE_PAGE = 64
+
+    def queue(self) -> Iterator[QueuedJob]:
         """QUEUED jobs in admission order: higher priority first, then first submitted first (a
-        requeued job keeps its place)."""
+        requeued job keeps its place). Read a page at a time, as the caller goes: a scheduler that
+        stops at the head of a deep queue reads the head, not the queue."""
+        after: tuple[int, int] = (2**63 - 1, 0)  # (priority, rowid) of the last job read
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT rowid, job_id, tenant, priority, min_workers, max_workers, message, needs_json FROM jobs"
+                    " WHERE state = ? AND (priority < ? OR (priority = ? AND rowid > ?))"
+                    " ORDER BY priority DESC, rowid LIMIT ?",
+                    (JobState.QUEUED.value, after[0], after[0], after[1], self.QUEUE_PAGE)).fetchall()
+            for r in rows:
+                yield QueuedJob(r["job_id"], r["tenant"], r["priority"], r["min_workers"], r["max_workers"],
+                                r["message"], JobNeeds.from_json(json.loads(r["needs_json"])))
+            if len(rows) < self.QUEUE_PAGE:
+                return
+            after = (rows[-1]["priority"], rows[-1]["rowid"])
+
+    def has_queued(self) -> bool:
         with self._lock:
-            rows = self._db.execute("SELECT * FROM jobs WHERE state = ? ORDER BY priority DESC, rowid",
-                                    (JobState.QUEUED.value,)).fetchall()
-        return [self._to_record(r) for r in rows]
+            return self._db.execute("SELECT 1 FROM jobs WHERE state = ? LIMIT 1",
+                                    (JobState.QUEUED.value,)).fetchone() is not None
 
     def events_after(self, job_id: str, seq: int) -> list[JobEvent]:
         with self._lock:

@@ -104,3 +104,21 @@ def test_deleted_checkpoints_are_forgotten(tmp_path):
         store.record_checkpoint(job.job_id, step, f"/ckpt/step-{step}", 1)
     store.delete_checkpoint(job.job_id, 1)
     assert [c.step for c in store.checkpoints(job.job_id)] == [2, 3]
+
+
+def test_a_watcher_wakes_for_its_own_jobs_next_event_only(tmp_path):
+    import threading
+    store = JobStore(tmp_path / "jobs.sqlite")
+    watched, other = (store.create_job(spec())[0].job_id for _ in range(2))
+    assert store.wait_for_events(watched, 0, 0.01)  # the submit event is already there
+    assert not store.wait_for_events(watched, 1, 0.05)
+    woke = []
+    waiter = threading.Thread(target=lambda: woke.append(store.wait_for_events(watched, 1, 30)))
+    waiter.start()
+    for step in range(3):
+        store.record_progress(other, {"step": step})
+    waiter.join(0.3)
+    assert waiter.is_alive() and not woke  # another job's events leave it waiting
+    store.record_progress(watched, {"step": 1})
+    waiter.join(5)
+    assert woke == [True] and not store._watchers  # and nothing is kept once nobody waits
