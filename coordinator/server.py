@@ -57,7 +57,8 @@ class ServeOptions:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     # Where configs' paths may point: inputs under a data or storage root, outputs under a storage
-    # root (the state folder always is one). No data roots: paths are not confined.
+    # root, never inside the state folder (tokens, every tenant's checkpoints). No data roots: paths
+    # are not confined.
     data_roots: tuple[Path, ...] = ()
     storage_roots: tuple[Path, ...] = ()
     # Calls served at once (each watch stream holds one for its life); more are refused
@@ -71,7 +72,7 @@ class ServeOptions:
     def path_policy(self) -> PathPolicy | None:
         if not self.data_roots:
             return None
-        return PathPolicy.of(self.data_roots, (*self.storage_roots, self.state_dir))
+        return PathPolicy.of(self.data_roots, self.storage_roots, private=(self.state_dir,))
 
 
 def start_ray(options: ServeOptions) -> str:
@@ -193,7 +194,9 @@ def serve(options: ServeOptions) -> int:
     settings = RunnerSettings(state_dir=options.state_dir, trainer_bundle=trainer_bundle(),
                               start_timeout_s=options.start_timeout_s, placement_timeout_s=options.placement_timeout_s,
                               worker_host=options.worker_host or (None if options.ray_address else options.host))
-    targets = ScrapeTargets(options.state_dir / "prometheus" / "targets.json", f"{options.host}:{metrics_port}")
+    # Prometheus scrapes the coordinator where it can be reached, not at a wildcard listen address.
+    advertised = options.host if options.host not in ("0.0.0.0", "::", "") else ray.util.get_node_ip_address()
+    targets = ScrapeTargets(options.state_dir / "prometheus" / "targets.json", f"{advertised}:{metrics_port}")
     metrics_server.targets = targets
     scheduler = Scheduler(store, settings, cluster_resources, scrape_targets=targets, quota=tokens.quota,
                           available_resources=available_resources)

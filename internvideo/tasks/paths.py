@@ -26,21 +26,37 @@ def is_job_ref(value: object) -> bool:
     return isinstance(value, str) and value.startswith(JOB_REF) and len(value) > len(JOB_REF)
 
 
+def _under(path: str, folder: str) -> bool:
+    return os.path.commonpath((path, folder)) == folder
+
+
 @dataclass(frozen=True)
 class PathPolicy:
+    """``private``: folders no config may name even inside a root — the coordinator's own state (its
+    database and tokens, every tenant's checkpoints: a job reaches its own through ``job:<id>``)."""
+
     data_roots: tuple[str, ...]
     storage_roots: tuple[str, ...]
+    private: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, data_roots: Iterable[str | os.PathLike], storage_roots: Iterable[str | os.PathLike]) -> "PathPolicy":
-        return cls(tuple(os.path.realpath(r) for r in data_roots), tuple(os.path.realpath(r) for r in storage_roots))
+    def of(cls, data_roots: Iterable[str | os.PathLike], storage_roots: Iterable[str | os.PathLike],
+           private: Iterable[str | os.PathLike] = ()) -> "PathPolicy":
+        def resolved(paths: Iterable[str | os.PathLike]) -> tuple[str, ...]:
+            return tuple(os.path.realpath(p) for p in paths)
+
+        return cls(resolved(data_roots), resolved(storage_roots), resolved(private))
 
     def check(self, value: str, writes: bool) -> str:
         if is_job_ref(value):
             return value
         roots = self.storage_roots if writes else self.data_roots + self.storage_roots
         resolved = os.path.realpath(value)
-        if not any(os.path.commonpath((resolved, root)) == root for root in roots):
+        if any(_under(resolved, folder) for folder in self.private):
+            raise PydanticCustomError(OUTSIDE_ROOTS, "{value} resolves to {resolved}, inside the coordinator's own "
+                                      "state (name another job's checkpoint as job:<id>)",
+                                      {"value": value, "resolved": resolved})
+        if not any(_under(resolved, root) for root in roots):
             what = "storage" if writes else "data or storage"
             raise PydanticCustomError(OUTSIDE_ROOTS, "{value} resolves to {resolved}, outside the coordinator's "
                                       "{what} roots ({roots})",

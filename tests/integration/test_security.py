@@ -31,9 +31,11 @@ def roots(tmp_path_factory, dataset):
 
 @pytest.fixture(scope="module")
 def coordinator(tmp_path_factory, dataset, roots):
-    args = ("--data-root", str(dataset.root), "--data-root", str(roots[0]),
+    root = tmp_path_factory.mktemp("security")
+    # The state folder inside a storage root, as deployed on shared storage: still no config may name it.
+    args = ("--data-root", str(dataset.root), "--data-root", str(roots[0]), "--storage-root", str(root),
             "--max-watches-per-token", str(WATCHES_PER_TOKEN))
-    with running_coordinator(tmp_path_factory.mktemp("security"), args=args) as coord:
+    with running_coordinator(root, args=args) as coord:
         yield coord
 
 
@@ -147,6 +149,11 @@ def test_paths_outside_the_roots_are_denied_directly_and_through_a_symlink(coord
             details = refused(lambda: submit(a, dataset, f"data.train_list={path}"),
                               grpc.StatusCode.PERMISSION_DENIED, "config.data.train_list")
             assert "outside the coordinator's data or storage roots" in details
+        # The coordinator's own state (its admin token, its database) is private even inside a root.
+        for path in (coordinator.state_dir / "client-token", coordinator.state_dir / "jobs.sqlite"):
+            details = refused(lambda: submit(a, dataset, f"data.train_list={path}"),
+                              grpc.StatusCode.PERMISSION_DENIED, "inside the coordinator's own state")
+            assert coordinator.token not in details
         refused(lambda: a.submit_recipe(f"stages: [{{name: s, kind: pretrain-mae, config: {{}}, set: "
                                         f"[data.train_list={outside}/train.txt]}}]"),
                 grpc.StatusCode.PERMISSION_DENIED, "recipe.s.config.data.train_list")

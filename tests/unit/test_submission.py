@@ -208,3 +208,16 @@ def test_overlong_names_are_refused():
 def test_yaml_is_loaded_safely_no_python_objects():
     with pytest.raises(InvalidSubmission, match="not valid YAML"):
         parse_config("model: !!python/object/apply:os.system ['touch /tmp/pwned']")
+
+
+def test_the_coordinators_own_state_is_private_even_inside_a_root(roots, tmp_path):
+    data, storage, _ = roots
+    state = storage / "coordinator"  # as deployed: the state folder on the shared storage
+    state.mkdir()
+    (state / "client-token").write_text("ivt_secret\n")
+    paths = PathPolicy.of([data], [storage], private=[state])
+    for path in (state / "client-token", storage / "x" / ".." / "coordinator" / "jobs.sqlite"):
+        with pytest.raises(PathNotAllowed, match="inside the coordinator's own state"):
+            validate_submission(kind="pretrain-mae", config_text=read_config("tiny-cpu"),
+                                overrides=[f"data.train_list={path}"], min_workers=1, max_workers=1,
+                                context=SubmissionContext(paths=paths))
