@@ -2,8 +2,9 @@
 
 The interceptor turns ``authorization: Bearer <token>`` into a ``Principal`` and hands it to the
 handler on its context (``context.principal``); a call without a valid token never reaches one
-(UNAUTHENTICATED), nor does a viewer's submit or cancel (PERMISSION_DENIED). Health checks (probes)
-and reflection (the schema, which is public) need no token. Bytes that do not parse as the request
+(UNAUTHENTICATED), nor does a viewer's submit or cancel (PERMISSION_DENIED). Only health checks
+(probes) need no token; reflection does (`grpcurl -H 'authorization: Bearer …'`), or anyone could
+hold server threads with its streams. Bytes that do not parse as the request
 are the client's error (INVALID_ARGUMENT), not the server's (gRPC's own answer is INTERNAL).
 """
 from __future__ import annotations
@@ -16,8 +17,7 @@ import grpc
 
 from coordinator.tenancy import Principal
 
-OPEN_SERVICES = frozenset({"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
-                           "grpc.reflection.v1.ServerReflection"})
+OPEN_METHODS = frozenset({"/grpc.health.v1.Health/Check"})
 WRITE_METHODS = frozenset({"SubmitJob", "SubmitRecipe", "CancelJob"})
 
 
@@ -50,10 +50,11 @@ class AuthInterceptor(grpc.ServerInterceptor):
     def __init__(self, authenticate: Callable[[str], Principal | None]) -> None:
         self.authenticate = authenticate
 
-    def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+                          details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         handler = continuation(details)
-        service, _, method = details.method.lstrip("/").rpartition("/")
-        if handler is None or service in OPEN_SERVICES:
+        method = details.method.rpartition("/")[2]
+        if handler is None or details.method in OPEN_METHODS:
             return handler
         token = bearer_token(details.invocation_metadata)
         principal = self.authenticate(token) if token else None

@@ -122,10 +122,10 @@ def cmd_quota(args: argparse.Namespace) -> int:
     tokens = TokenStore(Path(args.state_dir).expanduser() / "jobs.sqlite")
     try:
         if args.quota_command == "set":
-            tokens.set_quota(args.tenant, Quota(args.gpus, args.queued_jobs))
+            tokens.set_quota(args.tenant, Quota(args.gpus, args.queued_jobs, args.max_priority))
         for tenant, quota in tokens.quotas().items():
             print(f"{tenant:<20} running GPUs: {_limit(quota.max_running_gpus):<9} "
-                  f"queued jobs: {_limit(quota.max_queued_jobs)}")
+                  f"queued jobs: {_limit(quota.max_queued_jobs):<9} max priority: {quota.max_priority}")
     finally:
         tokens.close()
     return 0
@@ -139,7 +139,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                             request_id=args.request_id)
         print(job.job_id)
         if args.watch:
-            return cmd_watch(argparse.Namespace(address=args.address, job_id=job.job_id))
+            return cmd_watch(argparse.Namespace(**{**vars(args), "job_id": job.job_id}))
     return 0
 
 
@@ -332,10 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     quotas = sub.add_parser("quota", help="per-tenant quotas: running GPUs, queued jobs")
     quotas.set_defaults(fn=cmd_quota)
     quota_sub = quotas.add_subparsers(dest="quota_command", required=True)
-    p = admin_command(quota_sub, "set", "set a tenant's quotas (an option left out: no limit)")
+    p = admin_command(quota_sub, "set", "set a tenant's quotas (--gpus or --queued-jobs left out: no limit)")
     p.add_argument("tenant")
     p.add_argument("--gpus", type=int, default=None, help="trainers its running jobs may hold at once")
     p.add_argument("--queued-jobs", type=int, default=None, help="jobs it may have waiting in the queue")
+    p.add_argument("--max-priority", type=int, default=0,
+                   help="the highest priority its members may submit at (priority preempts other tenants' jobs)")
     admin_command(quota_sub, "list", "every tenant's quotas")
 
     p = client_command("submit", cmd_submit, "submit a job")

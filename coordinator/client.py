@@ -135,7 +135,8 @@ class JobClient:
                                    metadata=self.metadata)
 
     def efficiency(self, job_id: str) -> pb.JobEfficiency:
-        return self.stub.GetJobEfficiency(pb.GetJobRequest(job_id=job_id), timeout=self.timeout_s, metadata=self.metadata)
+        return self.stub.GetJobEfficiency(pb.GetJobRequest(job_id=job_id), timeout=self.timeout_s,
+                                          metadata=self.metadata)
 
     def cluster(self) -> pb.ClusterStatus:
         return self.stub.GetClusterStatus(pb.GetClusterStatusRequest(), timeout=self.timeout_s, metadata=self.metadata)

@@ -75,6 +75,8 @@ def run_demo(workdir: Path, steps: int | None = None) -> int:
             for job, (_, efficiency) in zip(ended, efficiencies):
                 write_report(workdir / "reports" / job.name.split("/")[-1], job, efficiency,
                              list(client.watch(job.job_id, follow=False)))
+            print(f"\nthe CLI against this coordinator: internvideo jobs --address {endpoints['grpc']} "
+                  f"--token-file {endpoints['token_file']}")
             print(f"\nreports (plots and a page per stage): {workdir / 'reports'}/<stage>/index.html"
                   f"\ndashboards: deploy/grafana/ (provisioning and JSON) over Prometheus with "
                   f"deploy/prometheus/prometheus.yml, whose targets file is {workdir / 'state/prometheus/targets.json'}")

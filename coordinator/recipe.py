@@ -28,7 +28,6 @@ from coordinator.submission import (
 )
 
 MAX_STAGES = 64
-
 STAGE_REF = re.compile(r"^stage:(?P<name>[\w.-]+)$")
 OVERRIDE = re.compile(r"^(?P<stage>[\w.-]+?):(?P<setting>.+=.*)$")
 

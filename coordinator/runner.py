@@ -263,15 +263,18 @@ class JobRunner(threading.Thread):
             log.exception("job %s failed", self.job_id)
             outcome = (JobState.FAILED, f"{type(err).__name__}: {err}")
         finally:
-            # Release everything before the job is seen to end, so that its end means "resources free".
+            # Release everything before the job is seen to end, so that its end means "resources free";
+            # tell the scheduler after, so that what it reads on waking is the job's end (a dependant
+            # may start, a requeued job is in the queue).
             self._release()
             for gauge, name in self._exported:
                 gauge.remove(self.job_id, self.job.kind, name)
-            self._on_exit(self)
             try:
                 self.store.transition(self.job_id, *outcome, world_size=0)
             except InvalidTransition as err:  # cancelled while it was releasing: the cancel stands
                 log.info("job %s: %s", self.job_id, err)
+            finally:
+                self._on_exit(self)
 
     def _result(self) -> dict[str, Any]:
         events = self.store.events_after(self.job_id, 0)

@@ -32,6 +32,7 @@ from coordinator.tenancy import Quota
 from internvideo.tasks.common import SharedConfig
 
 log = logging.getLogger(__name__)
+FULL_TICK_S = 30.0  # the queue is read at least this often, even when nothing seems to change
 
 
 class Scheduler:
@@ -39,17 +40,17 @@ class Scheduler:
                  cluster_resources: Callable[[], dict[str, float]], tick_s: float = 1.0,
                  scrape_targets: ScrapeTargets | None = None, runner_factory: Callable[..., JobRunner] = JobRunner,
                  quota: Callable[[str], Quota] = lambda tenant: Quota(),
-                 available_resources: Callable[[], dict[str, float]] | None = None) -> None:
+                 available_resources: Callable[[], dict[str, float]] | None = None,
+                 full_tick_s: float = FULL_TICK_S) -> None:
         self.store, self.settings = store, settings
         self.quota = quota
         self.available_resources = available_resources  # Ray's view of what is free now; None: trust our own
         self.runner_factory = runner_factory  # tests drive admission with fake runners
         self.scrape_targets = scrape_targets
         self.cluster_resources = cluster_resources
-        self.tick_s = tick_s
-        self.full_tick_s = 30.0
+        self.tick_s, self.full_tick_s = tick_s, full_tick_s
         self.runners: dict[str, JobRunner] = {}
-        self._held_elsewhere: dict[str, float] = {}  # at the last tick: see admission_room
+        self._room_wanted = False  # at the last tick: a job that could start waited for resources
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -69,7 +70,7 @@ class Scheduler:
         self._stop.set()
         self._wake.set()
         if self._thread.is_alive():
-            self._thread.join(timeout_s)
+            self._thread.join(timeout_s)  # a tick checks the stop between admissions: it ends promptly
         with self._lock:
             runners = list(self.runners.values())
         for runner in runners:
@@ -101,7 +102,8 @@ class Scheduler:
             except Exception:  # noqa: BLE001 — the scheduler must outlive any one bad tick
                 log.exception("scheduler tick failed")
             woken = self._wake.wait(self.tick_s)
-            self._wake.clear()
+            if woken:  # cleared only when seen: a wake between a timed-out wait and here is not lost
+                self._wake.clear()
 
     def _requeue_orphans(self) -> None:
         """Jobs that held resources when a previous coordinator died lost their actors with it
@@ -134,8 +136,9 @@ class Scheduler:
         return {k: v - held_elsewhere.get(k, 0.0) for k, v in free.items()}, held_elsewhere
 
     def tick(self) -> None:
-        free, self._held_elsewhere = self.admission_room()
+        free, held_elsewhere = self.admission_room()
         quotas: dict[str, Quota] = {}  # read once a tick
+        self._room_wanted = False
         for queued in self.store.queue():
             if self._stop.is_set():
                 return
@@ -145,7 +148,8 @@ class Scheduler:
                 self._cannot_start(queued, err)
                 continue
             quota = quotas.setdefault(job.tenant, self.quota(job.tenant))
-            if not self._admit(job, free, quota):
+            if not self._admit(job, free, quota, held_elsewhere):
+                self._room_wanted = True
                 return  # strict order: nothing jumps the head of the queue
 
     def _quota_room(self, tenant: str, quota: Quota, besides: JobRunner | None = None) -> int | None:
@@ -156,7 +160,7 @@ class Scheduler:
             held = sum(r.world_size for r in self.runners.values() if r.job.tenant == tenant and r is not besides)
         return max(0, quota.max_running_gpus - held)
 
-    def _admit(self, job: QueuedJob, free: dict[str, float], quota: Quota) -> bool:
+    def _admit(self, job: QueuedJob, free: dict[str, float], quota: Quota, held_elsewhere: dict[str, float]) -> bool:
         """Start ``job`` if it may and fits (taking its resources from ``free``); False if it waits
         for room, which holds up the jobs behind it."""
         if not self._dependencies_succeeded(job):
@@ -168,7 +172,7 @@ class Scheduler:
             return True  # its own tenant's quota holds it, not the cluster: it blocks nobody else
         world = self._fitting_world_size(job, free, room)
         if world is None:
-            self._note_waiting(job, free)
+            self._note_waiting(job, free, held_elsewhere)
             self._preempt_for(job, free)
             return False
         queued_at = self.store.queued_since(job.job_id)
@@ -262,17 +266,17 @@ class Scheduler:
                                         self._quota_room(runner.job.tenant, self.quota(runner.job.tenant), runner))
 
     def grow_target(self, runner: JobRunner) -> int:
-        """The size a running job may grow to: what fits, but only while nobody waits in the queue
-        (queued jobs come before growth)."""
-        if self.store.has_queued():
+        """The size a running job may grow to: what fits, but only while no queued job that could start
+        waits for room (queued jobs come before growth; one held by its quota or its dependencies does not)."""
+        if self._room_wanted:
             return runner.world_size
         return self.fit_world_size(runner) or runner.world_size
 
     def decode_limit(self, runner: JobRunner) -> int:
-        """The most decode workers a running job may hold now: its starting size while any job waits
-        in the queue (waiting jobs come before bigger pools), else its pool plus what free CPUs fit."""
+        """The most decode workers a running job may hold now: its starting size while a queued job waits
+        for room (waiting jobs come before bigger pools), else its pool plus what free CPUs fit."""
         data = runner.config.data
-        if self.store.has_queued():
+        if self._room_wanted:
             return data.decode_workers
         free_cpus = max(0.0, self.free_resources().get("CPU", 0.0))
         return runner.decode_workers + int(free_cpus / data.decode_cpus + 1e-9)
@@ -287,19 +291,20 @@ class Scheduler:
         self.store.update_job(job.job_id, needs=needs.to_json())
         return dataclasses.replace(job, needs=needs)
 
-    def _fitting_world_size(self, job: QueuedJob | JobRecord, free: dict[str, float], most: int | None = None) -> int | None:
+    def _fitting_world_size(self, job: QueuedJob | JobRecord, free: dict[str, float],
+                            most: int | None = None) -> int | None:
         """The largest of the job's world sizes whose resources ``free`` holds, up to ``most`` trainers."""
         sizes = [w for w in job.needs.world_sizes
                  if (most is None or w <= most) and all(free.get(k, 0.0) >= v - 1e-9
                         for k, v in resource_demand(job.needs, w, self.settings.trainer_bundle).items())]
         return max(sizes) if sizes else None
 
-    def _note_waiting(self, job: QueuedJob, free: dict[str, float]) -> None:
+    def _note_waiting(self, job: QueuedJob, free: dict[str, float], held_elsewhere: dict[str, float]) -> None:
         need = resource_demand(job.needs, job.min_workers, self.settings.trainer_bundle)
         short = [k for k, v in sorted(need.items()) if free.get(k, 0.0) < v]
         message = "waiting for resources: needs " + ", ".join(
             f"{k} {need[k]:g} (free {max(0.0, free.get(k, 0.0)):g})" for k in short)
-        elsewhere = {k: self._held_elsewhere[k] for k in short if k in self._held_elsewhere}
+        elsewhere = {k: held_elsewhere[k] for k in short if k in held_elsewhere}
         if elsewhere:
             message += "; Ray holds " + ", ".join(f"{k} {v:g}" for k, v in elsewhere.items()) + (
                 " that no job of this coordinator does (another Ray user's, or a bundle of a node that died)")
@@ -324,7 +329,9 @@ class Scheduler:
         with self._lock:
             runner = self.runners.get(job_id)
             if runner is None:
-                return self.store.transition(job_id, JobState.CANCELLED, "cancelled by request")
+                cancelled = self.store.transition(job_id, JobState.CANCELLED, "cancelled by request")
+                self.wake()  # the jobs behind it may start now
+                return cancelled
         runner.cancel()
         runner.join(wait_s)
         return self.store.get_job(job_id)

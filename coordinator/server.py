@@ -56,9 +56,9 @@ class ServeOptions:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
-    # Where configs' paths may point: inputs under a data or storage root, outputs under a storage
-    # root, never inside the state folder (tokens, every tenant's checkpoints). No data roots: paths
-    # are not confined.
+    # Where configs' paths may point: inputs under a data root or the tenant's folder of a storage
+    # root (<root>/<tenant>), outputs under the latter, and never — confined or not — inside the
+    # state folder (tokens, every tenant's checkpoints). No data roots: paths are not confined.
     data_roots: tuple[Path, ...] = ()
     storage_roots: tuple[Path, ...] = ()
     # Calls served at once (each watch stream holds one for its life); more are refused
@@ -69,10 +69,8 @@ class ServeOptions:
     # coordinator exits anyway (those not done resume from their last checkpoint at the next start).
     shutdown_timeout_s: float = 60.0
 
-    def path_policy(self) -> PathPolicy | None:
-        if not self.data_roots:
-            return None
-        return PathPolicy.of(self.data_roots, self.storage_roots, private=(self.state_dir,))
+    def path_policy(self) -> PathPolicy:
+        return PathPolicy.of(self.data_roots or None, self.storage_roots, private=(self.state_dir,))
 
 
 def start_ray(options: ServeOptions) -> str:
@@ -89,8 +87,10 @@ def start_ray(options: ServeOptions) -> str:
     for attempt in range(1, RAY_START_ATTEMPTS + 1):
         last = attempt == RAY_START_ATTEMPTS
         # The dashboard is a convenience, not part of the service: when its process will not come
-        # up, the coordinator serves without it rather than not at all.
-        dashboard = options.ray_dashboard_port is not None and dashboard_failures < DASHBOARD_START_ATTEMPTS
+        # up, the coordinator serves without it rather than not at all — and the last try, which
+        # must not fail, is made without it once it has failed at all.
+        dashboard = (options.ray_dashboard_port is not None and dashboard_failures < DASHBOARD_START_ATTEMPTS
+                     and not (last and dashboard_failures))
         # Ray logs a failed start at ERROR (several lines) before raising; a start we retry is one
         # warning of ours instead, and only the last attempt's failure is shown in full.
         level = services.level
@@ -101,7 +101,7 @@ def start_ray(options: ServeOptions) -> str:
                                include_dashboard=dashboard, dashboard_host="127.0.0.1",
                                dashboard_port=options.ray_dashboard_port or None)
             if options.ray_dashboard_port is not None and not dashboard:
-                log.warning("Ray's dashboard did not start (%d tries); serving without it", dashboard_failures)
+                log.warning("Ray's dashboard did not start; serving without it (failed tries: %d)", dashboard_failures)
             return context.dashboard_url or ""
         except ValueError as err:  # Ray's answer to a dashboard port someone else holds
             raise OSError(f"cannot serve Ray's dashboard: {err}") from None
@@ -182,7 +182,7 @@ def add_services(server: grpc.Server, service: JobService) -> health.HealthServi
 
 
 def serve(options: ServeOptions) -> int:
-    options.state_dir.mkdir(parents=True, exist_ok=True)
+    options.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # its database holds every tenant's jobs
     store = JobStore(options.state_dir / "jobs.sqlite")
     tokens = TokenStore(store.path)
     ensure_local_token(tokens, options.state_dir / LOCAL_TOKEN_FILE)

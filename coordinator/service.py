@@ -5,7 +5,7 @@ another tenant is answered exactly as a job that does not exist (NOT_FOUND), so 
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, NoReturn
 
 import grpc
 import ray
@@ -18,7 +18,7 @@ from coordinator.scheduler import Scheduler
 from coordinator.state import InvalidTransition, JobState
 from coordinator.store import JobNotFound, JobRecord, JobSpec, JobStore, QueueFull
 from coordinator.submission import InvalidSubmission, PathNotAllowed, SubmissionContext, validate_submission
-from coordinator.tenancy import Principal, TokenStore
+from coordinator.tenancy import Principal, Role, TokenStore
 from internvideo.tasks.paths import PathPolicy
 from protos.internvideo.v1 import jobs_pb2 as pb
 from protos.internvideo.v1 import jobs_pb2_grpc as pb_grpc
@@ -29,22 +29,26 @@ MAX_WATCHES_PER_TOKEN = 64
 
 
 class JobService(pb_grpc.JobServiceServicer):
-    def __init__(self, store: JobStore, scheduler: Scheduler, tokens: TokenStore, *, paths: PathPolicy | None = None,
-                 watch_poll_s: float = 5.0, ray_dashboard: str = "",
+    def __init__(self, store: JobStore, scheduler: Scheduler, tokens: TokenStore, *,
+                 paths: PathPolicy = PathPolicy.of(None), watch_poll_s: float = 5.0, ray_dashboard: str = "",
                  max_watches_per_token: int = MAX_WATCHES_PER_TOKEN) -> None:
         self.store, self.scheduler, self.tokens, self.paths = store, scheduler, tokens, paths
         self.ray_dashboard, self.watch_poll_s = ray_dashboard, watch_poll_s
         self.watches = StreamLimit(max_watches_per_token)
 
+    @staticmethod
+    def _not_found(job_id: str, context: CallContext) -> NoReturn:
+        context.abort(grpc.StatusCode.NOT_FOUND, f"job_id: no job {job_id!r}")
+
     def _visible(self, job_id: str, context: CallContext) -> JobRecord:
         """The job, if the caller may see it; NOT_FOUND otherwise, the same as for no job at all."""
         try:
             job = self.store.get_job(job_id)
-            if context.principal.sees(job.tenant):
-                return job
         except JobNotFound:
-            pass
-        context.abort(grpc.StatusCode.NOT_FOUND, f"job_id: no job {job_id!r}")
+            self._not_found(job_id, context)
+        if not context.principal.sees(job.tenant):
+            self._not_found(job_id, context)
+        return job
 
     def _job(self, job_id: str, context: CallContext) -> pb.Job:
         job = self._visible(job_id, context)
@@ -58,7 +62,17 @@ class JobService(pb_grpc.JobServiceServicer):
                 return None
             return job.state if job.tenant == principal.tenant else None
 
-        return SubmissionContext(tenant=principal.tenant, job_state=job_state, paths=self.paths)
+        return SubmissionContext(tenant=principal.tenant, job_state=job_state,
+                                 paths=self.paths.for_tenant(principal.tenant))
+
+    def _check_priority(self, priority: int, context: CallContext) -> None:
+        """Priority preempts other tenants' jobs: above its tenant's maximum only an admin may ask for it."""
+        principal = context.principal
+        most = self.tokens.quota(principal.tenant).max_priority
+        if principal.role is not Role.ADMIN and priority > most:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          f"priority: {priority} is above tenant {principal.tenant}'s maximum of {most} "
+                          f"(an admin raises it: internvideo quota set {principal.tenant} --max-priority N)")
 
     def _store(self, specs: list[JobSpec], context: CallContext) -> list[JobRecord]:
         try:
@@ -71,10 +85,12 @@ class JobService(pb_grpc.JobServiceServicer):
 
     @staticmethod
     def _refuse(err: InvalidSubmission, context: CallContext) -> None:
-        code = grpc.StatusCode.PERMISSION_DENIED if isinstance(err, PathNotAllowed) else grpc.StatusCode.INVALID_ARGUMENT
+        denied = isinstance(err, PathNotAllowed)
+        code = grpc.StatusCode.PERMISSION_DENIED if denied else grpc.StatusCode.INVALID_ARGUMENT
         context.abort(code, str(err))
 
     def SubmitJob(self, request: pb.SubmitJobRequest, context: CallContext) -> pb.Job:
+        self._check_priority(request.priority, context)
         try:
             spec = validate_submission(
                 kind=request.kind, config_text=request.config_yaml, overrides=list(request.overrides),
@@ -88,6 +104,7 @@ class JobService(pb_grpc.JobServiceServicer):
         return self._job(job.job_id, context)
 
     def SubmitRecipe(self, request: pb.SubmitRecipeRequest, context: CallContext) -> pb.SubmitRecipeResponse:
+        self._check_priority(request.priority, context)
         try:
             specs = plan_recipe(request.recipe_yaml, list(request.overrides),
                                 context=self._submission_context(context.principal),
@@ -125,12 +142,11 @@ class JobService(pb_grpc.JobServiceServicer):
 
     def CancelJob(self, request: pb.CancelJobRequest, context: CallContext) -> pb.Job:
         self._visible(request.job_id, context)
+        # A running job is given until shortly before the caller's deadline to release its workers.
+        remaining = context.time_remaining()
         try:
-            # A running job is given until shortly before the caller's deadline to release its workers.
-            remaining = context.time_remaining()
-            self.scheduler.cancel(request.job_id, wait_s=30.0 if remaining is None else min(30.0, max(0.0, remaining - 1)))
-        except JobNotFound:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"job_id: no job {request.job_id!r}")
+            wait_s = 30.0 if remaining is None else min(30.0, max(0.0, remaining - 1))
+            self.scheduler.cancel(request.job_id, wait_s=wait_s)
         except InvalidTransition as err:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(err))
         return self._job(request.job_id, context)
@@ -156,10 +172,15 @@ class JobService(pb_grpc.JobServiceServicer):
                 seq = event.seq
             if request.history_only or ended:
                 return
-            # Wake for the job's next event; meanwhile look up only to see whether the client left.
+            # A client may ask for events after one that does not exist yet: what wakes it is the job's
+            # next event, whatever its number.
+            seq = min(seq, self.store.newest_seq(request.job_id))
+            # Wait for that event; meanwhile look up only whether the client left or its token was revoked.
             while not self.store.wait_for_events(request.job_id, seq, self.watch_poll_s):
                 if not context.is_active():
                     return
+                if not self.tokens.is_active(context.principal.token_id):
+                    context.abort(grpc.StatusCode.UNAUTHENTICATED, "the bearer token was revoked")
 
     def GetClusterStatus(self, request: pb.GetClusterStatusRequest, context: CallContext) -> pb.ClusterStatus:
         nodes = [pb.Node(node_id=n["NodeID"], address=n.get("NodeManagerAddress", ""), alive=n["Alive"],

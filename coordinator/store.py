@@ -14,7 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from coordinator.state import JobState, check_transition
 from coordinator.usage import JobUsage, Usage
@@ -128,7 +128,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE quotas (
         tenant           TEXT PRIMARY KEY,
         max_running_gpus INTEGER,
-        max_queued_jobs  INTEGER
+        max_queued_jobs  INTEGER,
+        max_priority     INTEGER NOT NULL DEFAULT 0
     );
     """,
 )
@@ -142,31 +143,59 @@ def connect(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
     db.row_factory = sqlite3.Row
     db.execute("PRAGMA journal_mode=WAL")
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    if version > len(MIGRATIONS):
+    try:
+        _migrate(db, path)
+    except BaseException:
         db.close()
-        raise RuntimeError(f"{path} has schema version {version}, newer than this code "
-                           f"({len(MIGRATIONS)}); upgrade internvideo-on-ray")
-    # Foreign keys are off while the schema changes (a table rebuild drops the table others reference).
-    for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
-        try:
-            db.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {target}; COMMIT;")
-        except sqlite3.OperationalError:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            # Another connection migrated the same file meanwhile: its work stands.
-            if db.execute("PRAGMA user_version").fetchone()[0] < target:
-                raise
+        raise
     db.execute("PRAGMA foreign_keys=ON")
     return db
 
 
+def _migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Bring the file to this code's schema, one version per transaction. The version is read inside
+    the transaction that moves it: of two processes opening an old file at once, the second finds the
+    first's work done. Foreign keys are off meanwhile (a table rebuild drops the table others reference)."""
+    while True:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise RuntimeError(f"{path} has schema version {version}, newer than this code "
+                                   f"({len(MIGRATIONS)}); upgrade internvideo-on-ray")
+            if version == len(MIGRATIONS):
+                db.execute("COMMIT")
+                return
+            for statement in _statements(MIGRATIONS[version]):
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {version + 1}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The SQL statements of a script, one at a time (``executescript`` would commit first)."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending
+            pending = ""
+    if pending.strip():
+        yield pending
+
+
 LOCAL_TENANT = "local"  # the embedded default's tenant, and every job's stored before tenants were
+QUEUE_PAGE = 64  # queued jobs read at a time
+T = TypeVar("T")
 
 
 @dataclass
 class _Watchers:
     woken: threading.Condition
+    newest_seq: int  # of the job's events, kept current by every write while anyone waits
     count: int = 0
 
 
@@ -288,8 +317,7 @@ class JobStore:
         self.path = Path(path)
         self._db = connect(self.path)
         self._lock = threading.RLock()
-        self._last_seq: dict[str, int] = {}  # job id → its newest event's seq (committed), once read
-        self._appended: dict[str, int] = {}  # the same, in the open transaction
+        self._appended: dict[str, int] = {}  # job id → its newest event's seq, in the open transaction
         self._watchers: dict[str, _Watchers] = {}  # job id → those waiting for its next event
 
     # -- schema -------------------------------------------------------------------------
@@ -303,30 +331,33 @@ class JobStore:
             self._db.close()
 
     # -- writes -------------------------------------------------------------------------
-    def _write(self, fn) -> Any:
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(db)`` in one transaction and wake the watchers of the jobs it added events to."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 out = fn(self._db)
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 self._appended.clear()
                 raise
-            self._db.execute("COMMIT")
-            self._last_seq.update(self._appended)
-            for job_id in self._appended:
+            for job_id, seq in self._appended.items():
                 if job_id in self._watchers:
+                    self._watchers[job_id].newest_seq = seq
                     self._watchers[job_id].woken.notify_all()
             self._appended.clear()
             return out
 
     def wait_for_events(self, job_id: str, after_seq: int, timeout_s: float) -> bool:
-        """Wait up to ``timeout_s`` for the job to have an event after ``after_seq``; whether it has."""
+        """Wait up to ``timeout_s`` for the job to have an event after ``after_seq``; whether it has.
+        While it waits the job's newest seq is kept in memory: a wake-up reads nothing."""
         with self._lock:
-            if self._newest_seq(job_id) > after_seq:
+            watchers = self._watchers.get(job_id) or _Watchers(threading.Condition(self._lock), self.newest_seq(job_id))
+            if watchers.newest_seq > after_seq:
                 return True
-            watchers = self._watchers.setdefault(job_id, _Watchers(threading.Condition(self._lock)))
+            self._watchers[job_id] = watchers
             watchers.count += 1
             try:
                 watchers.woken.wait(timeout_s)
@@ -334,13 +365,13 @@ class JobStore:
                 watchers.count -= 1
                 if not watchers.count:
                     del self._watchers[job_id]
-            return self._newest_seq(job_id) > after_seq
+            return watchers.newest_seq > after_seq
 
-    def _newest_seq(self, job_id: str) -> int:
-        if job_id not in self._last_seq:
-            self._last_seq[job_id] = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?",
-                                                      (job_id,)).fetchone()[0]
-        return self._last_seq[job_id]
+    def newest_seq(self, job_id: str) -> int:
+        """The seq of the job's newest event (0: none)."""
+        with self._lock:
+            return self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?",
+                                    (job_id,)).fetchone()[0]
 
     def create_job(self, spec: JobSpec, max_queued: int | None = None) -> tuple[JobRecord, bool]:
         """Store a QUEUED job; returns ``(job, created)``. A known request_id returns its job."""
@@ -536,8 +567,6 @@ class JobStore:
             rows = self._db.execute(sql, args).fetchall()
         return [self._to_record(r) for r in rows], (rows[-1]["rowid"] if rows else after_rowid)
 
-    QUEUE_PAGE = 64
-
     def queue(self) -> Iterator[QueuedJob]:
         """QUEUED jobs in admission order: higher priority first, then first submitted first (a
         requeued job keeps its place). Read a page at a time, as the caller goes: a scheduler that
@@ -549,18 +578,14 @@ class JobStore:
                     "SELECT rowid, job_id, tenant, priority, min_workers, max_workers, message, needs_json FROM jobs"
                     " WHERE state = ? AND (priority < ? OR (priority = ? AND rowid > ?))"
                     " ORDER BY priority DESC, rowid LIMIT ?",
-                    (JobState.QUEUED.value, after[0], after[0], after[1], self.QUEUE_PAGE)).fetchall()
+                    (JobState.QUEUED.value, after[0], after[0], after[1], QUEUE_PAGE)).fetchall()
             for r in rows:
                 yield QueuedJob(r["job_id"], r["tenant"], r["priority"], r["min_workers"], r["max_workers"],
                                 r["message"], JobNeeds.from_json(json.loads(r["needs_json"])))
-            if len(rows) < self.QUEUE_PAGE:
+            if len(rows) < QUEUE_PAGE:
                 return
             after = (rows[-1]["priority"], rows[-1]["rowid"])
 
-    def has_queued(self) -> bool:
-        with self._lock:
-            return self._db.execute("SELECT 1 FROM jobs WHERE state = ? LIMIT 1",
-                                    (JobState.QUEUED.value,)).fetchone() is not None
 
     def events_after(self, job_id: str, seq: int) -> list[JobEvent]:
         with self._lock:

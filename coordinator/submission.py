@@ -109,6 +109,7 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
             node[leaf] = yaml.safe_load(raw)
         except yaml.YAMLError as err:
             raise InvalidSubmission(f"config.{key}", f"value is not valid YAML: {err}") from None
+    _check_node_count(config, "overrides")  # an override's value may hold aliases too
     return config
 
 

@@ -71,6 +71,9 @@ class Quota:
 
     max_running_gpus: int | None = None  # trainers of its running jobs (a GPU each; a CPU slot on the CPU default)
     max_queued_jobs: int | None = None
+    # The highest priority its members may ask for. Priority preempts other tenants' running jobs, so
+    # by default nobody but an admin rises above the common 0.
+    max_priority: int = 0
 
     def __post_init__(self) -> None:
         for name in ("max_running_gpus", "max_queued_jobs"):
@@ -127,6 +130,10 @@ class TokenStore:
         return [TokenInfo(r["token_id"], r["tenant"], Role(r["role"]), r["name"], r["created_at"], r["revoked_at"])
                 for r in self._read("SELECT * FROM tokens ORDER BY created_at")]
 
+    def is_active(self, token_id: str) -> bool:
+        """Whether the token exists and is not revoked (a long call checks again while it runs)."""
+        return bool(self._read("SELECT 1 FROM tokens WHERE token_id = ? AND revoked_at IS NULL", (token_id,)))
+
     def authenticate(self, token: str) -> Principal | None:
         """The principal a token stands for; None for a malformed, unknown or revoked one."""
         match = TOKEN_PATTERN.fullmatch(token)
@@ -140,17 +147,21 @@ class TokenStore:
 
     # -- quotas -------------------------------------------------------------------------------
     def set_quota(self, tenant: str, quota: Quota) -> None:
-        self._write("INSERT INTO quotas VALUES (?,?,?) ON CONFLICT (tenant) DO UPDATE SET "
-                    "max_running_gpus = excluded.max_running_gpus, max_queued_jobs = excluded.max_queued_jobs",
-                    (check_tenant(tenant), quota.max_running_gpus, quota.max_queued_jobs))
+        self._write("INSERT INTO quotas VALUES (?,?,?,?) ON CONFLICT (tenant) DO UPDATE SET "
+                    "max_running_gpus = excluded.max_running_gpus, max_queued_jobs = excluded.max_queued_jobs, "
+                    "max_priority = excluded.max_priority",
+                    (check_tenant(tenant), quota.max_running_gpus, quota.max_queued_jobs, quota.max_priority))
 
     def quota(self, tenant: str) -> Quota:
         rows = self._read("SELECT * FROM quotas WHERE tenant = ?", (tenant,))
-        return Quota(rows[0]["max_running_gpus"], rows[0]["max_queued_jobs"]) if rows else Quota()
+        return _quota(rows[0]) if rows else Quota()
 
     def quotas(self) -> dict[str, Quota]:
-        return {r["tenant"]: Quota(r["max_running_gpus"], r["max_queued_jobs"])
-                for r in self._read("SELECT * FROM quotas ORDER BY tenant")}
+        return {r["tenant"]: _quota(r) for r in self._read("SELECT * FROM quotas ORDER BY tenant")}
+
+
+def _quota(row: sqlite3.Row) -> Quota:
+    return Quota(row["max_running_gpus"], row["max_queued_jobs"], row["max_priority"])
 
 
 def ensure_local_token(tokens: TokenStore, token_file: Path) -> None:

@@ -26,8 +26,10 @@ Layouts:
 """
 from __future__ import annotations
 
+import argparse
 import fnmatch
 import math
+import pickle
 import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -197,10 +199,18 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         source = source / "mp_rank_00_model_states.pt"
         if not source.is_file():
             raise FileNotFoundError(f"{path} holds no DeepSpeed model states (mp_rank_00_model_states.pt)")
-    try:  # mapped, not read: a check of keys and shapes touches no weight
-        return torch.load(source, map_location="cpu", weights_only=False, mmap=True)
-    except RuntimeError:  # the legacy (pre-zipfile) format cannot be mapped
-        return torch.load(source, map_location="cpu", weights_only=False)
+    # Tensors and plain data only (weights_only): a checkpoint names no code to run, so a file a user
+    # points a job at cannot run any — at submit it is read inside the coordinator. The official
+    # VideoMAE files also carry their training arguments, an argparse.Namespace: allowed, inert.
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            try:  # mapped, not read: a check of keys and shapes touches no weight
+                return torch.load(source, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # the legacy (pre-zipfile) format cannot be mapped
+                return torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{path}: holds Python objects besides tensors and plain data; not loaded "
+                         f"({str(err).splitlines()[0]})") from None
 
 
 def to_official(state: Mapping[str, Tensor]) -> StateDict:

@@ -1,7 +1,8 @@
 """Config fields that name files, and the roots a shared coordinator confines them to.
 
 A field typed ``InputPath`` (read: lists, class names, checkpoints to start from) must resolve
-under a data or a storage root; ``OutputPath`` (written: features) under a storage root. Resolving
+under a data root or the tenant's storage; ``OutputPath`` (written: features) under the tenant's
+storage; neither inside the coordinator's own state, confined or not. Resolving
 means ``realpath``: ``..`` and every symlink on the way are followed before the check, so a link
 inside a root that points out of it is outside. The check runs when a config is validated with a
 policy in the validation context (the coordinator, at submit); without one — a worker re-reading
@@ -10,8 +11,8 @@ coordinator resolves it to that job's checkpoint (the submitting tenant's own jo
 """
 from __future__ import annotations
 
+import dataclasses
 import os
-from dataclasses import dataclass
 from typing import Annotated, Iterable
 
 from pydantic import AfterValidator, ValidationInfo
@@ -30,36 +31,50 @@ def _under(path: str, folder: str) -> bool:
     return os.path.commonpath((path, folder)) == folder
 
 
-@dataclass(frozen=True)
-class PathPolicy:
-    """``private``: folders no config may name even inside a root — the coordinator's own state (its
-    database and tokens, every tenant's checkpoints: a job reaches its own through ``job:<id>``)."""
+def _resolved(paths: Iterable[str | os.PathLike]) -> tuple[str, ...]:
+    return tuple(os.path.realpath(p) for p in paths)
 
-    data_roots: tuple[str, ...]
-    storage_roots: tuple[str, ...]
+
+@dataclasses.dataclass(frozen=True)
+class PathPolicy:
+    """Where one tenant's configs may point. ``data_roots`` are shared (datasets, read only); None:
+    paths are not confined (a coordinator of one user). ``storage_roots`` are the tenant's own folders
+    of the shared storage (``for_tenant``). ``private``: folders no config may name at all — the
+    coordinator's own state (its database and tokens, every tenant's checkpoints: a job reaches its own
+    tenant's through ``job:<id>``)."""
+
+    data_roots: tuple[str, ...] | None
+    storage_roots: tuple[str, ...] = ()
     private: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, data_roots: Iterable[str | os.PathLike], storage_roots: Iterable[str | os.PathLike],
+    def of(cls, data_roots: Iterable[str | os.PathLike] | None, storage_roots: Iterable[str | os.PathLike] = (),
            private: Iterable[str | os.PathLike] = ()) -> "PathPolicy":
-        def resolved(paths: Iterable[str | os.PathLike]) -> tuple[str, ...]:
-            return tuple(os.path.realpath(p) for p in paths)
+        return cls(None if data_roots is None else _resolved(data_roots), _resolved(storage_roots),
+                   _resolved(private))
 
-        return cls(resolved(data_roots), resolved(storage_roots), resolved(private))
+    def for_tenant(self, tenant: str) -> "PathPolicy":
+        """The policy of one tenant: of each storage root, only its own folder ``<root>/<tenant>``."""
+        return dataclasses.replace(self, storage_roots=tuple(os.path.join(r, tenant) for r in self.storage_roots))
 
     def check(self, value: str, writes: bool) -> str:
         if is_job_ref(value):
             return value
-        roots = self.storage_roots if writes else self.data_roots + self.storage_roots
+        confined = self.data_roots is not None
+        if confined and not os.path.isabs(value):
+            raise PydanticCustomError(OUTSIDE_ROOTS, "{value} is relative: the coordinator and the workers resolve "
+                                      "it against different folders; give an absolute path", {"value": value})
         resolved = os.path.realpath(value)
         if any(_under(resolved, folder) for folder in self.private):
             raise PydanticCustomError(OUTSIDE_ROOTS, "{value} resolves to {resolved}, inside the coordinator's own "
                                       "state (name another job's checkpoint as job:<id>)",
                                       {"value": value, "resolved": resolved})
+        if not confined:
+            return value
+        roots = self.storage_roots if writes else (*self.data_roots, *self.storage_roots)
         if not any(_under(resolved, root) for root in roots):
-            what = "storage" if writes else "data or storage"
-            raise PydanticCustomError(OUTSIDE_ROOTS, "{value} resolves to {resolved}, outside the coordinator's "
-                                      "{what} roots ({roots})",
+            what = "this tenant's storage folders" if writes else "the data roots or this tenant's storage folders"
+            raise PydanticCustomError(OUTSIDE_ROOTS, "{value} resolves to {resolved}, outside {what} ({roots})",
                                       {"value": value, "resolved": resolved, "what": what,
                                        "roots": ", ".join(roots) or "none"})
         return value

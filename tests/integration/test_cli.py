@@ -1,6 +1,7 @@
 """The `internvideo` command line against a real coordinator, as a user types it."""
 from __future__ import annotations
 
+import collections
 import json
 import subprocess
 import sys
@@ -83,9 +84,29 @@ def test_cli_errors_are_one_clear_line(coordinator):
     assert run.returncode == 2 and "NOT_FOUND" in run.stderr
 
 
-def test_reflection_lists_the_services(coordinator):
+class _CallDetails(collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials",
+                                                           "wait_for_ready", "compression")), grpc.ClientCallDetails):
+    pass
+
+
+class _Bearer(grpc.StreamStreamClientInterceptor):
+    """What `grpcurl -H 'authorization: Bearer …'` does: the token on every call of a channel."""
+
+    def __init__(self, token: str) -> None:
+        self.metadata = [("authorization", f"Bearer {token}")]
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(_CallDetails(details.method, details.timeout, self.metadata, details.credentials,
+                                         details.wait_for_ready, details.compression), requests)
+
+
+def test_reflection_lists_the_services_to_a_client_with_a_token(coordinator):
     with grpc.insecure_channel(coordinator.address) as channel:
-        services = ProtoReflectionDescriptorDatabase(channel).get_services()
+        with pytest.raises(grpc.RpcError) as refused:
+            ProtoReflectionDescriptorDatabase(channel).get_services()
+        assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        services = ProtoReflectionDescriptorDatabase(
+            grpc.intercept_channel(channel, _Bearer(coordinator.token))).get_services()
     assert {"internvideo.v1.JobService", "grpc.health.v1.Health"} <= set(services)
 
 

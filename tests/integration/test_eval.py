@@ -101,7 +101,8 @@ def test_recognition_reports_multi_view_accuracy_per_class_and_the_confusion_mat
     # ``internvideo results``: the numbers as tables, or everything as JSON.
     def results(*flags: str) -> str:
         shown = subprocess.run([sys.executable, "-m", "coordinator.cli", "results", "--address", coordinator.address,
-                                job.job_id, *flags], capture_output=True, text=True, timeout=120, cwd=REPO)
+                                "--token", coordinator.token, job.job_id, *flags], capture_output=True, text=True,
+                               timeout=120, cwd=REPO)
         assert shown.returncode == 0, shown.stderr
         return shown.stdout
 

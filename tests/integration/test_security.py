@@ -257,3 +257,28 @@ def test_mutual_tls_admits_only_clients_with_a_certificate_of_its_ca(tmp_path, p
         # And the certificate is not enough either: the token is still checked.
         with JobClient(coord.address, token="", tls=ours) as client:
             refused(lambda: client.list(), grpc.StatusCode.UNAUTHENTICATED)
+
+
+def test_priority_above_the_tenants_maximum_is_for_admins_only(coordinator, dataset, tokens):
+    """Priority preempts other tenants' running jobs: a member may not outrank everyone at will."""
+    before = all_job_ids(coordinator)
+    with client_for(coordinator, tokens["a"]) as a, JobClient(coordinator.address, token=coordinator.token) as admin:
+        refused(lambda: submit(a, dataset, priority=5), grpc.StatusCode.PERMISSION_DENIED,
+                "priority: 5 is above tenant team-a's maximum of 0")
+        assert all_job_ids(coordinator) == before
+        admin.cancel(submit(admin, dataset, priority=5).job_id)
+
+
+def test_a_revoked_token_loses_its_open_watch_streams(coordinator, dataset, tokens):
+    store = TokenStore(coordinator.state_dir / "jobs.sqlite")
+    info, token = store.create("team-a", Role.VIEWER, "revoked while watching")
+    with client_for(coordinator, tokens["a"]) as a, client_for(coordinator, token) as watcher:
+        job = submit(a, dataset)
+        stream = watcher.watch(job.job_id)
+        assert next(stream).seq == 1
+        store.revoke(info.token_id)
+        with pytest.raises(grpc.RpcError) as ended:
+            next(stream)  # within the server's poll interval (5 s)
+        assert ended.value.code() is grpc.StatusCode.UNAUTHENTICATED and "revoked" in ended.value.details()
+        a.cancel(job.job_id)
+    store.close()

@@ -325,3 +325,28 @@ def test_stopping_preempts_every_running_job_at_once_within_one_deadline(schedul
     # One deadline for all: the second runner is given what the first left, not another 5 s.
     (first,), (second,) = ([t for _, t in r.calls] for r in runners)
     assert 0 < second <= first <= 5.0
+
+
+def test_the_running_loop_admits_on_a_wake_without_waiting_for_its_periodic_read(scheduler):
+    """The loop reads the queue on a wake (a job ended, a queued job was cancelled), not only every
+    full_tick_s: set to an hour here, so that only the wakes can admit."""
+    import time
+    scheduler.full_tick_s = 3600.0
+    first, second, third = submit(scheduler, 4, 4), submit(scheduler, 4, 4), submit(scheduler, 4, 4)
+    scheduler.start()
+    try:
+        def admitted(job_id):
+            deadline = time.monotonic() + 5
+            while job_id not in scheduler.runners and time.monotonic() < deadline:
+                time.sleep(0.02)
+            return job_id in scheduler.runners
+
+        assert admitted(first) and second not in scheduler.runners
+        scheduler.runners[first].finish()  # its runner's exit wakes the loop
+        assert admitted(second)
+        scheduler.cancel(third)  # a queued job: cancelling it wakes the loop too (nothing to admit)
+        fourth = submit(scheduler, 4, 4)
+        scheduler.runners[second].finish()
+        assert admitted(fourth)
+    finally:
+        scheduler.stop(timeout_s=5)

@@ -133,7 +133,7 @@ def test_an_evaluation_asks_for_no_more_workers_than_a_shard_keeps_busy(tmp_path
 
 # -- confinement and limits (a shared coordinator) ------------------------------------------------------
 def confined_submit(text: str, overrides: list[str], data_root, storage_root, kind: str = "pretrain-mae"):
-    paths = PathPolicy.of([data_root], [storage_root])
+    paths = PathPolicy.of([data_root], [storage_root]).for_tenant("local")
     return validate_submission(kind=kind, config_text=text, overrides=overrides, min_workers=1, max_workers=1,
                                context=SubmissionContext(paths=paths))
 
@@ -160,14 +160,33 @@ def test_paths_inside_the_roots_pass(roots):
     "{data}/../outside/train.txt",  # .. is resolved before the check
     "{data}/link/train.txt",        # so is a symlink inside a root that points out of it
     "/etc/passwd",
-    "train.txt",                    # relative: against the coordinator's folder, not a root
+    "{storage}/../storage/train.txt",  # the storage root itself: only the tenant's folder of it is its
 ])
 def test_a_path_outside_the_roots_is_not_allowed(roots, path):
     data, storage, outside = roots
     (data / "link").symlink_to(outside)
-    with pytest.raises(PathNotAllowed, match=r"config\.data\.train_list: .* outside the coordinator's data or storage"):
-        confined_submit(read_config("tiny-cpu"), [f"data.train_list={path.format(data=data, outside=outside)}"],
-                        data, storage)
+    (storage / "train.txt").write_text("")
+    with pytest.raises(PathNotAllowed, match=r"config\.data\.train_list: .* outside the data roots or this "
+                                             r"tenant's storage folders"):
+        confined_submit(read_config("tiny-cpu"),
+                        [f"data.train_list={path.format(data=data, outside=outside, storage=storage)}"], data, storage)
+
+
+def test_a_relative_path_is_refused_when_paths_are_confined(roots):
+    data, storage, _ = roots
+    with pytest.raises(PathNotAllowed, match=r"config\.data\.train_list: train\.txt is relative"):
+        confined_submit(read_config("tiny-cpu"), ["data.train_list=train.txt"], data, storage)
+
+
+def test_a_tenant_reads_and_writes_only_its_own_folder_of_the_storage(roots):
+    data, storage, _ = roots
+    (storage / "local").mkdir()
+    (storage / "local" / "train.txt").write_text((data / "train.txt").read_text())
+    (storage / "vision-lab").mkdir()
+    job = confined_submit(read_config("tiny-cpu"), [f"data.train_list={storage}/local/train.txt"], data, storage)
+    assert job.tenant == "local"
+    with pytest.raises(PathNotAllowed, match="outside the data roots or this tenant's storage"):
+        confined_submit(read_config("tiny-cpu"), [f"data.train_list={storage}/vision-lab/train.txt"], data, storage)
 
 
 def test_outputs_must_be_under_a_storage_root_not_a_data_root(roots, tmp_path):
@@ -175,7 +194,7 @@ def test_outputs_must_be_under_a_storage_root_not_a_data_root(roots, tmp_path):
     (data / "val.txt").write_text("videos/00.mp4 0\n")
     (data / "ckpt.pt").write_bytes(b"")
     base = ["model.init=job:job-x", f"data.val_list={data}/val.txt"]
-    with pytest.raises(PathNotAllowed, match=r"config\.windows\.output: .* outside the coordinator's storage roots"):
+    with pytest.raises(PathNotAllowed, match=r"config\.windows\.output: .* outside this tenant's storage folders"):
         confined_submit("", [*base, f"windows.output={data}/features"], data, storage, kind="extract-features")
 
 
@@ -186,6 +205,14 @@ def test_a_yaml_alias_bomb_is_refused_before_it_expands():
         for i in range(8))  # 10^9 values once expanded
     with pytest.raises(InvalidSubmission, match=r"config_yaml: more than 100000 values"):
         parse_config(bomb)
+
+
+def test_a_yaml_alias_bomb_in_an_override_is_refused_before_it_expands():
+    bomb = "a=[" + ", ".join(["&x0 [0,0,0,0,0,0,0,0,0,0]"] + [
+        f"&x{i} [*x{i - 1},*x{i - 1},*x{i - 1},*x{i - 1},*x{i - 1},*x{i - 1},*x{i - 1},*x{i - 1},*x{i - 1},*x{i - 1}]"
+        for i in range(1, 9)]) + "]"
+    with pytest.raises(InvalidSubmission, match=r"overrides: more than 100000 values"):
+        validate_submission(kind="pretrain-mae", config_text="", overrides=[bomb], min_workers=1, max_workers=1)
 
 
 @pytest.mark.parametrize("text, overrides, match", [
@@ -215,9 +242,20 @@ def test_the_coordinators_own_state_is_private_even_inside_a_root(roots, tmp_pat
     state = storage / "coordinator"  # as deployed: the state folder on the shared storage
     state.mkdir()
     (state / "client-token").write_text("ivt_secret\n")
-    paths = PathPolicy.of([data], [storage], private=[state])
+    paths = PathPolicy.of([data], [storage], private=[state]).for_tenant("local")
     for path in (state / "client-token", storage / "x" / ".." / "coordinator" / "jobs.sqlite"):
         with pytest.raises(PathNotAllowed, match="inside the coordinator's own state"):
             validate_submission(kind="pretrain-mae", config_text=read_config("tiny-cpu"),
                                 overrides=[f"data.train_list={path}"], min_workers=1, max_workers=1,
                                 context=SubmissionContext(paths=paths))
+
+
+
+def test_the_coordinators_own_state_is_private_when_paths_are_not_confined_too(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "client-token").write_text("ivt_secret\n")
+    with pytest.raises(PathNotAllowed, match="inside the coordinator's own state"):
+        validate_submission(kind="pretrain-mae", config_text=read_config("tiny-cpu"),
+                            overrides=[f"data.train_list={state}/client-token"], min_workers=1, max_workers=1,
+                            context=SubmissionContext(paths=PathPolicy.of(None, private=[state])))
