@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import threading
+import time
 import traceback
 from concurrent import futures
 from dataclasses import dataclass
@@ -84,8 +85,10 @@ def start_ray(options: ServeOptions) -> str:
     os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "60")
     services = logging.getLogger("ray._private.services")
     dashboard_failures = 0
-    for attempt in range(1, RAY_START_ATTEMPTS + 1):
-        last = attempt == RAY_START_ATTEMPTS
+    # A dashboard that fails spends its own tries, not the ones a slow start needs.
+    attempts = RAY_START_ATTEMPTS + (DASHBOARD_START_ATTEMPTS if options.ray_dashboard_port is not None else 0)
+    for attempt in range(1, attempts + 1):
+        last = attempt == attempts
         # The dashboard is a convenience, not part of the service: when its process will not come
         # up, the coordinator serves without it rather than not at all — and the last try, which
         # must not fail, is made without it once it has failed at all.
@@ -114,6 +117,7 @@ def start_ray(options: ServeOptions) -> str:
             dashboard_failures += failed_in_dashboard(err)
             log.warning("local Ray did not start (%s); trying again", (str(err).strip() or type(err).__name__).splitlines()[-1])
             ray.shutdown()
+            time.sleep(1.0)  # let the failed start's processes exit before the next one starts
         finally:
             services.setLevel(level)
 

@@ -148,7 +148,7 @@ def test_paths_outside_the_roots_are_denied_directly_and_through_a_symlink(coord
         for path in (outside / "train.txt", data / "escape" / "train.txt", f"{dataset.root}/../x/train.txt"):
             details = refused(lambda: submit(a, dataset, f"data.train_list={path}"),
                               grpc.StatusCode.PERMISSION_DENIED, "config.data.train_list")
-            assert "outside the coordinator's data or storage roots" in details
+            assert "outside the data roots or this tenant's storage folders" in details
         # The coordinator's own state (its admin token, its database) is private even inside a root.
         for path in (coordinator.state_dir / "client-token", coordinator.state_dir / "jobs.sqlite"):
             details = refused(lambda: submit(a, dataset, f"data.train_list={path}"),
