@@ -5,6 +5,7 @@ another tenant is answered exactly as a job that does not exist (NOT_FOUND), so 
 """
 from __future__ import annotations
 
+import os
 from typing import Iterator, NoReturn
 
 import grpc
@@ -33,6 +34,7 @@ class JobService(pb_grpc.JobServiceServicer):
                  paths: PathPolicy = PathPolicy.of(None), watch_poll_s: float = 5.0, ray_dashboard: str = "",
                  max_watches_per_token: int = MAX_WATCHES_PER_TOKEN) -> None:
         self.store, self.scheduler, self.tokens, self.paths = store, scheduler, tokens, paths
+        self.jobs_folder = os.path.realpath(scheduler.settings.job_dir(""))
         self.ray_dashboard, self.watch_poll_s = ray_dashboard, watch_poll_s
         self.watches = StreamLimit(max_watches_per_token)
 
@@ -62,8 +64,12 @@ class JobService(pb_grpc.JobServiceServicer):
                 return None
             return job.state if job.tenant == principal.tenant else None
 
+        def own_job_folder(resolved: str) -> bool:  # <state>/jobs/<id>/... of one of the tenant's jobs
+            relative = os.path.relpath(resolved, self.jobs_folder)
+            return not relative.startswith(os.pardir) and job_state(relative.split(os.sep)[0]) is not None
+
         return SubmissionContext(tenant=principal.tenant, job_state=job_state,
-                                 paths=self.paths.for_tenant(principal.tenant))
+                                 paths=self.paths.for_tenant(principal.tenant, readable=own_job_folder))
 
     def _check_priority(self, priority: int, context: CallContext) -> None:
         """Priority preempts other tenants' jobs: above its tenant's maximum only an admin may ask for it."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Annotated, Iterable
+from typing import Annotated, Callable, Iterable
 
 from pydantic import AfterValidator, ValidationInfo
 from pydantic_core import PydanticCustomError
@@ -39,13 +39,15 @@ def _resolved(paths: Iterable[str | os.PathLike]) -> tuple[str, ...]:
 class PathPolicy:
     """Where one tenant's configs may point. ``data_roots`` are shared (datasets, read only); None:
     paths are not confined (a coordinator of one user). ``storage_roots`` are the tenant's own folders
-    of the shared storage (``for_tenant``). ``private``: folders no config may name at all — the
-    coordinator's own state (its database and tokens, every tenant's checkpoints: a job reaches its own
-    tenant's through ``job:<id>``)."""
+    of the shared storage (``for_tenant``). ``private``: folders no config may write to, nor read from
+    but where ``readable`` says (a resolved path → whether this tenant may read it): the coordinator's
+    own state, whose database and tokens nobody may name, and whose job folders only their own
+    tenant's configs may (a checkpoint to resume from or start from)."""
 
     data_roots: tuple[str, ...] | None
     storage_roots: tuple[str, ...] = ()
     private: tuple[str, ...] = ()
+    readable: Callable[[str], bool] = lambda resolved: False
 
     @classmethod
     def of(cls, data_roots: Iterable[str | os.PathLike] | None, storage_roots: Iterable[str | os.PathLike] = (),
@@ -53,9 +55,11 @@ class PathPolicy:
         return cls(None if data_roots is None else _resolved(data_roots), _resolved(storage_roots),
                    _resolved(private))
 
-    def for_tenant(self, tenant: str) -> "PathPolicy":
-        """The policy of one tenant: of each storage root, only its own folder ``<root>/<tenant>``."""
-        return dataclasses.replace(self, storage_roots=tuple(os.path.join(r, tenant) for r in self.storage_roots))
+    def for_tenant(self, tenant: str, readable: Callable[[str], bool] = lambda resolved: False) -> "PathPolicy":
+        """The policy of one tenant: of each storage root, only its own folder ``<root>/<tenant>``; of the
+        private folders, what ``readable`` allows it."""
+        return dataclasses.replace(self, storage_roots=tuple(os.path.join(r, tenant) for r in self.storage_roots),
+                                   readable=readable)
 
     def check(self, value: str, writes: bool) -> str:
         if is_job_ref(value):
@@ -66,8 +70,10 @@ class PathPolicy:
                                       "it against different folders; give an absolute path", {"value": value})
         resolved = os.path.realpath(value)
         if any(_under(resolved, folder) for folder in self.private):
+            if not writes and self.readable(resolved):
+                return value
             raise PydanticCustomError(OUTSIDE_ROOTS, "{value} resolves to {resolved}, inside the coordinator's own "
-                                      "state (name another job's checkpoint as job:<id>)",
+                                      "state, where this tenant may read only its own jobs' folders",
                                       {"value": value, "resolved": resolved})
         if not confined:
             return value

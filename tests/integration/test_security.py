@@ -120,6 +120,12 @@ def test_a_tenant_sees_only_its_own_jobs_and_another_tenants_job_is_not_found(co
         # The same request id is each tenant's own key: team-b gets its own job, not team-a's.
         theirs = submit(b, dataset, request_id="same-key")
         assert theirs.job_id != job.job_id and submit(a, dataset, request_id="same-key").job_id == job.job_id
+        # Of the coordinator's state a tenant may name only its own jobs' folders (to resume from, say).
+        folder = coordinator.state_dir / "jobs" / job.job_id / "train.txt"
+        refused(lambda: submit(b, dataset, f"data.train_list={folder}"), grpc.StatusCode.PERMISSION_DENIED,
+                "may read only its own jobs' folders")
+        refused(lambda: submit(a, dataset, f"data.train_list={folder}"), grpc.StatusCode.INVALID_ARGUMENT,
+                "config.data.train_list")  # allowed, but the job wrote no such file
         # A config may start from the tenant's own jobs only: another's is "no job".
         refused(lambda: submit(b, dataset, f"train.resume_from=job:{job.job_id}"), grpc.StatusCode.INVALID_ARGUMENT,
                 f"config.train.resume_from: no job {job.job_id!r}")

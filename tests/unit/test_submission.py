@@ -244,7 +244,8 @@ def test_the_coordinators_own_state_is_private_even_inside_a_root(roots, tmp_pat
     (state / "client-token").write_text("ivt_secret\n")
     paths = PathPolicy.of([data], [storage], private=[state]).for_tenant("local")
     for path in (state / "client-token", storage / "x" / ".." / "coordinator" / "jobs.sqlite"):
-        with pytest.raises(PathNotAllowed, match="inside the coordinator's own state"):
+        with pytest.raises(PathNotAllowed, match="inside the coordinator's own state, where this tenant may read "
+                                                 "only its own jobs' folders"):
             validate_submission(kind="pretrain-mae", config_text=read_config("tiny-cpu"),
                                 overrides=[f"data.train_list={path}"], min_workers=1, max_workers=1,
                                 context=SubmissionContext(paths=paths))
@@ -259,3 +260,22 @@ def test_the_coordinators_own_state_is_private_when_paths_are_not_confined_too(t
         validate_submission(kind="pretrain-mae", config_text=read_config("tiny-cpu"),
                             overrides=[f"data.train_list={state}/client-token"], min_workers=1, max_workers=1,
                             context=SubmissionContext(paths=PathPolicy.of(None, private=[state])))
+
+
+
+def test_a_tenant_may_read_its_own_jobs_folders_in_the_state_but_nothing_else_there(roots):
+    data, storage, _ = roots
+    state = storage / "coordinator"
+    (state / "jobs" / "job-ours").mkdir(parents=True)
+    (state / "jobs" / "job-theirs").mkdir(parents=True)
+    for job in ("job-ours", "job-theirs"):
+        (state / "jobs" / job / "train.txt").write_text((data / "train.txt").read_text())
+    ours = f"{state.resolve()}/jobs/job-ours"
+    paths = PathPolicy.of([data], [storage], private=[state]).for_tenant(
+        "local", readable=lambda resolved: resolved.startswith(ours))
+    submit = lambda path: validate_submission(  # noqa: E731
+        kind="pretrain-mae", config_text=read_config("tiny-cpu"), overrides=[f"data.train_list={path}"],
+        min_workers=1, max_workers=1, context=SubmissionContext(paths=paths))
+    assert submit(state / "jobs" / "job-ours" / "train.txt").kind == "pretrain-mae"
+    with pytest.raises(PathNotAllowed, match="may read only its own jobs' folders"):
+        submit(state / "jobs" / "job-theirs" / "train.txt")
