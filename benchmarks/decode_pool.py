@@ -51,8 +51,12 @@ def timed(batches) -> tuple[float, int]:
 def run_peer(source: VideoSource, spec: PretrainClipSpec, plan: GlobalBatchPlan, steps: int, micro: int,
              workers: int) -> dict:
     torch.set_num_threads(1)
+    # Workers from a forkserver, not forked from this process: decord is not safe to use after a fork
+    # from a process that used it (a forked worker segfaulted in the second repeat); a forkserver's
+    # workers start from a process that never did.
     loader = DataLoader(PeerDataset(source.read(), spec), batch_sampler=micro_batches(plan, steps, micro),
-                        num_workers=workers, prefetch_factor=4, persistent_workers=False)
+                        num_workers=workers, prefetch_factor=4, persistent_workers=False,
+                        multiprocessing_context="forkserver")
     clips_per_s, clips = timed(loader)
     return {"loader": "torch DataLoader", "workers": workers, "clips_per_s": clips_per_s, "clips": clips}
 
