@@ -63,8 +63,8 @@ def _job_summary(job) -> dict:
 
 def connect(args: argparse.Namespace):
     """The client a command's flags describe (address, token, TLS files)."""
-    from coordinator.client import ClientTls, JobClient
-    token = Path(args.token_file).expanduser().read_text().strip() if args.token_file and not args.token else args.token
+    from coordinator.client import ClientTls, JobClient, find_token
+    token = find_token(args.token, args.token_file) or ""
     tls = ClientTls(Path(args.tls_ca), args.tls_cert and Path(args.tls_cert), args.tls_key and Path(args.tls_key)
                     ) if args.tls_ca else None
     return JobClient(args.address, token=token, tls=tls)
@@ -277,8 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
         p.add_argument("--address", default=DEFAULT_ADDRESS, help="coordinator host:port")
         p.add_argument("--token", default=None,
-                       help="bearer token (default: $INTERNVIDEO_TOKEN, else the file $INTERNVIDEO_TOKEN_FILE or "
-                            "~/.internvideo/client-token, which the embedded coordinator writes)")
+                       help="bearer token (else --token-file, $INTERNVIDEO_TOKEN, the file $INTERNVIDEO_TOKEN_FILE, "
+                            "or ~/.internvideo/client-token, which the embedded coordinator writes)")
         p.add_argument("--token-file", default=None, help="read the bearer token from this file")
         p.add_argument("--tls-ca", default=os.environ.get("INTERNVIDEO_TLS_CA"),
                        help="CA certificate (PEM) of a coordinator that serves TLS")

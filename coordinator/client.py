@@ -19,14 +19,19 @@ PRESETS = Path(__file__).resolve().parent.parent / "internvideo" / "configs"
 DEFAULT_TOKEN_FILE = Path("~/.internvideo/client-token")
 
 
-def find_token(token: str | None = None) -> str | None:
-    """The bearer token to send: ``token`` ("": none), else ``$INTERNVIDEO_TOKEN``, else the file at
-    ``$INTERNVIDEO_TOKEN_FILE`` (default: the embedded coordinator's, ``~/.internvideo/client-token``)."""
+def find_token(token: str | None = None, token_file: str | Path | None = None) -> str | None:
+    """The bearer token to send, the first given of: ``token`` ("": none), the file ``token_file``,
+    ``$INTERNVIDEO_TOKEN``, the file at ``$INTERNVIDEO_TOKEN_FILE``, and the embedded coordinator's
+    ``~/.internvideo/client-token`` if it exists."""
     if token is not None:
         return token or None
+    if token_file:  # named: it must be there
+        return Path(token_file).expanduser().read_text().strip()
     if os.environ.get("INTERNVIDEO_TOKEN"):
         return os.environ["INTERNVIDEO_TOKEN"]
-    path = Path(os.environ.get("INTERNVIDEO_TOKEN_FILE", DEFAULT_TOKEN_FILE)).expanduser()
+    if os.environ.get("INTERNVIDEO_TOKEN_FILE"):
+        return Path(os.environ["INTERNVIDEO_TOKEN_FILE"]).expanduser().read_text().strip()
+    path = DEFAULT_TOKEN_FILE.expanduser()
     return path.read_text().strip() if path.is_file() else None
 
 

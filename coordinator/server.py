@@ -27,6 +27,7 @@ from coordinator.tenancy import TokenStore, ensure_local_token
 from internvideo.tasks.paths import PathPolicy
 from protos.internvideo.v1 import jobs_pb2 as pb
 from protos.internvideo.v1 import jobs_pb2_grpc as pb_grpc
+from workers import telemetry
 
 log = logging.getLogger(__name__)
 RAY_START_ATTEMPTS = 3
@@ -198,9 +199,8 @@ def serve(options: ServeOptions) -> int:
     settings = RunnerSettings(state_dir=options.state_dir, trainer_bundle=trainer_bundle(),
                               start_timeout_s=options.start_timeout_s, placement_timeout_s=options.placement_timeout_s,
                               worker_host=options.worker_host or (None if options.ray_address else options.host))
-    # Prometheus scrapes the coordinator where it can be reached, not at a wildcard listen address.
-    advertised = options.host if options.host not in ("0.0.0.0", "::", "") else ray.util.get_node_ip_address()
-    targets = ScrapeTargets(options.state_dir / "prometheus" / "targets.json", f"{advertised}:{metrics_port}")
+    targets = ScrapeTargets(options.state_dir / "prometheus" / "targets.json",
+                            f"{telemetry.reachable(options.host)}:{metrics_port}")
     metrics_server.targets = targets
     scheduler = Scheduler(store, settings, cluster_resources, scrape_targets=targets, quota=tokens.quota,
                           available_resources=available_resources)

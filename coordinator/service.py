@@ -19,7 +19,7 @@ from coordinator.scheduler import Scheduler
 from coordinator.state import InvalidTransition, JobState
 from coordinator.store import JobNotFound, JobRecord, JobSpec, JobStore, QueueFull
 from coordinator.submission import InvalidSubmission, PathNotAllowed, SubmissionContext, validate_submission
-from coordinator.tenancy import Principal, Role, TokenStore
+from coordinator.tenancy import Principal, Quota, Role, TokenStore
 from internvideo.tasks.paths import PathPolicy
 from protos.internvideo.v1 import jobs_pb2 as pb
 from protos.internvideo.v1 import jobs_pb2_grpc as pb_grpc
@@ -71,18 +71,20 @@ class JobService(pb_grpc.JobServiceServicer):
         return SubmissionContext(tenant=principal.tenant, job_state=job_state,
                                  paths=self.paths.for_tenant(principal.tenant, readable=own_job_folder))
 
-    def _check_priority(self, priority: int, context: CallContext) -> None:
-        """Priority preempts other tenants' jobs: above its tenant's maximum only an admin may ask for it."""
+    def _tenant_quota(self, priority: int, context: CallContext) -> Quota:
+        """The caller's tenant's quota, once the priority asked for is within it: priority preempts
+        other tenants' jobs, so above its tenant's maximum only an admin may ask for it."""
         principal = context.principal
-        most = self.tokens.quota(principal.tenant).max_priority
-        if principal.role is not Role.ADMIN and priority > most:
+        quota = self.tokens.quota(principal.tenant)
+        if principal.role is not Role.ADMIN and priority > quota.max_priority:
             context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                          f"priority: {priority} is above tenant {principal.tenant}'s maximum of {most} "
+                          f"priority: {priority} is above tenant {principal.tenant}'s maximum of {quota.max_priority} "
                           f"(an admin raises it: internvideo quota set {principal.tenant} --max-priority N)")
+        return quota
 
-    def _store(self, specs: list[JobSpec], context: CallContext) -> list[JobRecord]:
+    def _store(self, specs: list[JobSpec], quota: Quota, context: CallContext) -> list[JobRecord]:
         try:
-            jobs, created = self.store.create_jobs(specs, self.tokens.quota(context.principal.tenant).max_queued_jobs)
+            jobs, created = self.store.create_jobs(specs, quota.max_queued_jobs)
         except QueueFull as err:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
         if created:
@@ -96,7 +98,7 @@ class JobService(pb_grpc.JobServiceServicer):
         context.abort(code, str(err))
 
     def SubmitJob(self, request: pb.SubmitJobRequest, context: CallContext) -> pb.Job:
-        self._check_priority(request.priority, context)
+        quota = self._tenant_quota(request.priority, context)
         try:
             spec = validate_submission(
                 kind=request.kind, config_text=request.config_yaml, overrides=list(request.overrides),
@@ -106,18 +108,18 @@ class JobService(pb_grpc.JobServiceServicer):
                 context=self._submission_context(context.principal))
         except InvalidSubmission as err:
             self._refuse(err, context)
-        (job,) = self._store([spec], context)
+        (job,) = self._store([spec], quota, context)
         return self._job(job.job_id, context)
 
     def SubmitRecipe(self, request: pb.SubmitRecipeRequest, context: CallContext) -> pb.SubmitRecipeResponse:
-        self._check_priority(request.priority, context)
+        quota = self._tenant_quota(request.priority, context)
         try:
             specs = plan_recipe(request.recipe_yaml, list(request.overrides),
                                 context=self._submission_context(context.principal),
                                 priority=request.priority, request_id=request.request_id)
         except InvalidSubmission as err:
             self._refuse(err, context)
-        jobs = self._store(specs, context)
+        jobs = self._store(specs, quota, context)
         return pb.SubmitRecipeResponse(jobs=[self._job(job.job_id, context) for job in jobs])
 
     def GetJob(self, request: pb.GetJobRequest, context: CallContext) -> pb.Job:

@@ -43,17 +43,26 @@ def node_address() -> str:
     return next(n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node_id)
 
 
+WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def reachable(host: str) -> str:
+    """The address to give others for a server listening on ``host``: a wildcard listen address
+    (every interface: a container's, a pod's) names no host, so its node's address stands for it."""
+    return node_address() if host in WILDCARDS else host
+
+
 _endpoint: str | None = None
 _endpoint_lock = threading.Lock()
 
 
 def serve_metrics(host: str) -> str:
-    """Start this process's /metrics server once (on a free port), and its bid to export the node's
-    RAPL energy; returns ``host:port``."""
+    """Start this process's /metrics server once (on a free port, listening on ``host``), and its bid
+    to export the node's RAPL energy; returns the ``host:port`` Prometheus scrapes."""
     global _endpoint
     with _endpoint_lock:
         if _endpoint is None:
             server, _ = start_http_server(0, addr=host)
-            _endpoint = f"{host}:{server.server_port}"
-            export_node_energy(host)
+            _endpoint = f"{reachable(host)}:{server.server_port}"
+            export_node_energy(reachable(host))
         return _endpoint

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import grpc
 import pytest
@@ -196,7 +197,7 @@ def test_a_token_may_hold_only_so_many_watch_streams(coordinator, dataset, token
                 break
             except grpc.RpcError as err:
                 assert err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-                __import__("time").sleep(0.2)
+                time.sleep(0.2)
         else:
             pytest.fail("a closed watch stream was never given back")
         a.cancel(job.job_id)

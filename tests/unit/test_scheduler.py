@@ -332,21 +332,25 @@ def test_the_running_loop_admits_on_a_wake_without_waiting_for_its_periodic_read
     full_tick_s: set to an hour here, so that only the wakes can admit."""
     import time
     scheduler.full_tick_s = 3600.0
-    first, second, third = submit(scheduler, 4, 4), submit(scheduler, 4, 4), submit(scheduler, 4, 4)
+
+    def admitted(job_id):
+        deadline = time.monotonic() + 5
+        while job_id not in scheduler.runners and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return job_id in scheduler.runners
+
+    first, second = submit(scheduler, 4, 4), submit(scheduler, 4, 4)  # 4 trainers + 2 decoders each: one fits
     scheduler.start()
     try:
-        def admitted(job_id):
-            deadline = time.monotonic() + 5
-            while job_id not in scheduler.runners and time.monotonic() < deadline:
-                time.sleep(0.02)
-            return job_id in scheduler.runners
-
         assert admitted(first) and second not in scheduler.runners
         scheduler.runners[first].finish()  # its runner's exit wakes the loop
         assert admitted(second)
-        scheduler.cancel(third)  # a queued job: cancelling it wakes the loop too (nothing to admit)
-        fourth = submit(scheduler, 4, 4)
-        scheduler.runners[second].finish()
-        assert admitted(fourth)
+        # Behind a head that does not fit (6 CPUs, 2 free), a job that would (1 trainer + 1 decoder)
+        # waits in strict order; cancelling the head is what wakes the loop to admit it.
+        head, small = submit(scheduler, 4, 4), submit(scheduler, 1, 1, "data.decode_workers=1")
+        time.sleep(0.5)
+        assert head not in scheduler.runners and small not in scheduler.runners
+        scheduler.cancel(head)
+        assert admitted(small)
     finally:
         scheduler.stop(timeout_s=5)

@@ -116,3 +116,19 @@ def test_a_store_from_before_tenants_migrates_keeping_jobs_events_and_order(tmp_
     assert not created
     with pytest.raises(sqlite3.IntegrityError):  # foreign keys are on again after the rebuild
         store._db.execute("INSERT INTO events VALUES ('job-none', 1, 0, 'state', '{}')")
+
+
+def test_the_client_takes_the_first_token_given_flags_before_the_environment(tmp_path, monkeypatch):
+    from coordinator.client import find_token
+    (tmp_path / "flag").write_text("from-flag-file\n")
+    (tmp_path / "env").write_text("from-env-file\n")
+    monkeypatch.setenv("INTERNVIDEO_TOKEN", "from-env")
+    monkeypatch.setenv("INTERNVIDEO_TOKEN_FILE", str(tmp_path / "env"))
+    assert find_token("given", tmp_path / "flag") == "given"
+    assert find_token("", tmp_path / "flag") is None  # "": send none
+    assert find_token(None, tmp_path / "flag") == "from-flag-file"
+    assert find_token() == "from-env"
+    monkeypatch.delenv("INTERNVIDEO_TOKEN")
+    assert find_token() == "from-env-file"
+    with pytest.raises(FileNotFoundError):  # a file named but missing is an error, not "no token"
+        find_token(None, tmp_path / "missing")
