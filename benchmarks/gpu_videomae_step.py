@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -21,6 +20,7 @@ from typing import Callable
 
 import torch
 
+from benchmarks import record
 from internvideo.data.masking import tube_mask
 from internvideo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from internvideo.models.videomae import VideoMAEPretrain, videomae_config
@@ -72,7 +72,24 @@ def time_steps(step: Callable[[], None], device: torch.device, warmup: int, iter
     return statistics.median(times)
 
 
-def measure(name: str, build: Callable[[], Callable[[], None]], device, batch, warmup, iters) -> dict:
+def top_operators(step: Callable[[], None], device: torch.device, steps: int, rows: int = 12) -> list[dict]:
+    """The operators that took the most self time over ``steps`` steps (the device's time on a GPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    ops = sorted(prof.key_averages(), key=lambda op: getattr(op, attr), reverse=True)[:rows]
+    return [{"op": op.key, "ms_per_step": getattr(op, attr) / 1e3 / steps, "calls_per_step": op.count / steps}
+            for op in ops]
+
+
+def measure(name: str, build: Callable[[], Callable[[], None]], device, batch, warmup, iters,
+            profile_steps: int = 0) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -80,6 +97,8 @@ def measure(name: str, build: Callable[[], Callable[[], None]], device, batch, w
     seconds = time_steps(step, device, warmup, iters)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     result = {"name": name, "step_seconds": seconds, "clips_per_second": batch / seconds, "peak_memory_bytes": peak}
+    if profile_steps:
+        result["top_operators"] = top_operators(step, device, profile_steps)
     del step
     return result
 
@@ -89,7 +108,7 @@ def ours_torch(cfg, video, pixels, mask, dtype, device, compile_model: bool = Fa
         model = VideoMAEPretrain(cfg).to(device)
         if compile_model:
             model.compile()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
         def step():
             with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
@@ -117,7 +136,7 @@ def hf_torch(cfg, video, pixels, mask, dtype, device):
 
     def build():
         model = VideoMAEForPreTraining._from_config(hf_cfg, attn_implementation="sdpa").to(device)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
         def step():
             with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
@@ -152,6 +171,20 @@ def ours_deepspeed(cfg, video, pixels, mask, batch, device, zero_stage: int):
     return build
 
 
+def median_round(name: str, rounds: list[dict], flops: float | None, peak: float | None) -> dict:
+    """``name``'s median round (or its error), with every round's step time and the derived rates."""
+    errors = [r for r in rounds if "error" in r]
+    if errors:
+        return errors[0]
+    result = sorted(rounds, key=lambda r: r["step_seconds"])[len(rounds) // 2]
+    result["round_step_seconds"] = [r["step_seconds"] for r in rounds]
+    if flops:
+        result["model_tflops_per_second"] = flops * result["clips_per_second"] / 1e12
+        if peak:
+            result["mfu"] = flops * result["clips_per_second"] / peak
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="base")
@@ -164,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", action="append", default=[], help="ours | hf | deepspeed-z2 | ...")
     parser.add_argument("--zero-stages", default="2", help="DeepSpeed variants to run, e.g. 0,1,2")
     parser.add_argument("--compile", action="store_true", help="also run our model under torch.compile")
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="also profile each variant over STEPS steps and record its top operators")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure the variants in turn this many times; each reports its median round")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
@@ -180,27 +217,24 @@ def main(argv: list[str] | None = None) -> int:
                for z in map(int, args.zero_stages.split(","))}}
     if args.compile:
         runs["ours-compiled"] = lambda: ours_torch(cfg, video, pixels, mask, dtype, device, compile_model=True)
-    results = []
-    for name, make in runs.items():
-        if name in args.skip:
-            continue
-        try:
-            result = measure(name, make(), device, args.batch, args.warmup, args.iters)
-        except Exception as err:  # noqa: BLE001 — report and keep measuring the others
-            result = {"name": name, "error": f"{type(err).__name__}: {err}"}
-        if "clips_per_second" in result and flops:
-            result["model_tflops_per_second"] = flops * result["clips_per_second"] / 1e12
-            if peak:
-                result["mfu"] = flops * result["clips_per_second"] / peak
-        results.append(result)
+    rounds: dict[str, list[dict]] = {name: [] for name in runs if name not in args.skip}
+    for _ in range(args.rounds):  # in turns, so that a slow spell of the machine hits every variant
+        for name, measured in rounds.items():
+            try:
+                measured.append(measure(name, runs[name](), device, args.batch, args.warmup, args.iters,
+                                        args.profile))
+            except Exception as err:  # noqa: BLE001 — report and keep measuring the others
+                measured.append({"name": name, "error": f"{type(err).__name__}: {err}"})
+    results = [median_round(name, measured, flops, peak) for name, measured in rounds.items()]
+    for result in results:
         print(json.dumps(result), flush=True)
 
     by_name = {r["name"]: r for r in results if "clips_per_second" in r}
     summary = {
         "config": {"size": args.size, "img_size": args.img_size, "frames": args.frames, "batch": args.batch,
                    "mask_ratio": cfg.mask_ratio, "dtype": str(dtype), "flops_per_clip_train": flops},
-        "machine": {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-                    "torch": torch.__version__, "python": sys.version.split()[0]},
+        "machine": {**record.machine(), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                    "threads": torch.get_num_threads()},
         "results": results,
     }
     if "ours" in by_name and "hf" in by_name:
@@ -208,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         if by_name["ours"]["peak_memory_bytes"]:
             summary["ours_over_hf_peak_memory"] = (by_name["ours"]["peak_memory_bytes"]
                                                    / by_name["hf"]["peak_memory_bytes"])
+    if "ours" in by_name:  # the engine's step against the same model's plain-torch step
+        summary["engine_over_plain"] = {name: r["clips_per_second"] / by_name["ours"]["clips_per_second"]
+                                        for name, r in by_name.items() if name.startswith("deepspeed")}
     print(json.dumps({k: v for k, v in summary.items() if k != "results"}, indent=1))
     if args.out:
         with open(args.out, "w") as f:

@@ -40,7 +40,9 @@ def build_engine(model: torch.nn.Module, groups: list[dict[str, Any]], *, micro_
     ``lr_scale`` (layer-wise decay) scales the learning rate all along the schedule.
     ``load_universal``: the engine will be restored from a universal checkpoint (another world size)."""
     groups = [{**group, "lr": lr * group.get("lr_scale", 1.0)} for group in groups]
-    optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas)
+    # Fused AdamW is one kernel per group on CPUs and GPUs alike; ZeRO-1/2 hand it one flat fp32
+    # partition per group, on which the for-loop implementation's sqrt/div were a tenth of a CPU step.
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
     # LambdaLR multiplies the base lr; the schedule is written in absolute terms, hence the division.
     schedule = functools.partial(warmup_cosine, warmup_steps=warmup_steps, total_steps=total_steps,
                                  base_lr=lr, min_lr=min_lr)
@@ -49,7 +51,7 @@ def build_engine(model: torch.nn.Module, groups: list[dict[str, Any]], *, micro_
         "train_batch_size": micro_batch * accumulation * world_size,
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": accumulation,
-        "zero_optimization": {"stage": zero_stage},
+        "zero_optimization": zero_config(zero_stage, on_gpu=torch.cuda.is_available()),
         "zero_allow_untested_optimizer": True,
         "gradient_clipping": grad_clip,
         "bf16": {"enabled": torch.cuda.is_available() and torch.cuda.is_bf16_supported()},
@@ -58,6 +60,14 @@ def build_engine(model: torch.nn.Module, groups: list[dict[str, Any]], *, micro_
     }
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
     return engine
+
+
+def zero_config(stage: int, *, on_gpu: bool) -> dict[str, Any]:
+    """ZeRO's settings. Off the GPU, gradients are not copied into a contiguous bucket as each one is
+    produced: on a CPU that is a memory pass per parameter, and the one flatten at the step costs less
+    (a ZeRO-2 step of the tiny model on 2 CPU cores: 60.7 ms with the copies, 50.0 without).
+    On a GPU the copies are device-side and keep memory unfragmented: DeepSpeed's default stays."""
+    return {"stage": stage, "contiguous_gradients": on_gpu}
 
 
 def save_checkpoint(engine: deepspeed.DeepSpeedEngine, folder: Path, client_state: dict[str, Any]) -> None:
