@@ -32,6 +32,7 @@ from coordinator.state import InvalidTransition, JobState
 from coordinator.store import JobEvent, JobNeeds, JobRecord, JobStore
 from coordinator.usage import JobUsage, Usage, UsageLedger
 from internvideo.tasks import Task, TaskRef
+from internvideo.tasks.base import clips_per_sample
 from internvideo.tasks.common import SharedConfig, replace_job_refs
 from workers.calls import PlacementTimeout, WorkerGroupError, kill_actors
 from workers.checkpoint import UNIVERSAL, checkpoint_folder, commit, read_commit, to_universal
@@ -463,6 +464,7 @@ class JobRunner(threading.Thread):
 
     def _train(self, start_step: int, num_samples: int) -> None:
         train = self.config.train
+        samples_per_step = train.global_batch // clips_per_sample(self.task.sample_fn())  # a sample may be several clips
         for step in range(start_step, train.steps):
             self._hold(step)
             if self._preempt_reason and self._checkpointed_step < step:
@@ -482,7 +484,7 @@ class JobRunner(threading.Thread):
             step_metrics = {name: statistics.fmean(r["metrics"][name] for r in reports) for name in reports[0]["metrics"]}
             self.store.record_progress(self.job_id, {
                 "step": step + 1, "total_steps": train.steps, "samples": (step + 1) * train.global_batch,
-                "epoch": step * train.global_batch // num_samples, "loss": step_metrics["loss"],
+                "epoch": step * samples_per_step // num_samples, "loss": step_metrics["loss"],
                 "metrics": step_metrics,
                 "clips_per_second": step_samples / seconds, "step_seconds": seconds, "step_samples": step_samples,
                 "data_wait_fraction": statistics.fmean(r["data_wait_seconds"] / r["seconds"] for r in reports),

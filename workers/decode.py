@@ -32,7 +32,7 @@ from internvideo.data.decode import DecodeError
 from internvideo.data.formats import MergedSource, VideoSource
 from internvideo.data.lists import VideoRecord
 from internvideo.data.order import GlobalBatchPlan, gradient_accumulation
-from internvideo.tasks.base import SampleFn, record_index
+from internvideo.tasks.base import SampleFn, clips_per_sample, record_index
 from workers import telemetry
 from workers.calls import WorkerGroupError, gather, kill_actors
 
@@ -167,9 +167,12 @@ class DecodeWorker:
             decoded = [(sid, arrays) for sid in request.sample_ids
                        if (arrays := self._decode_one(records, data, request.epoch, sid, skipped)) is not None]
             names = decoded[0][1] if decoded else {}
+            clips = clips_per_sample(data.sample)
+            join = np.stack if clips == 1 else np.concatenate  # several clips a sample: one row each
             request.batch = {
-                **{name: np.stack([arrays[name] for _, arrays in decoded]) for name in names},
-                "sample_ids": [sid for sid, _ in decoded],  # as asked for: a replacement stands in for its sample
+                **{name: join([arrays[name] for _, arrays in decoded]) for name in names},
+                # As asked for (a replacement stands in for its sample), one per row.
+                "sample_ids": [sid for sid, _ in decoded for _ in range(clips)],
                 "skipped": [asdict(skip) for skip in skipped],
             }
         except Exception as err:  # noqa: BLE001 — re-raised in the request's own call
@@ -199,9 +202,10 @@ class DecodeWorker:
                     return None
                 candidate = replacement_sample(self.seed, epoch, sample_id, attempt, len(records))
                 continue
-            self._clips.inc()
-            if "video" in arrays:
-                self._frames.inc(arrays["video"].shape[0])
+            clips = clips_per_sample(data.sample)
+            self._clips.inc(clips)
+            if "video" in arrays:  # several clips a sample share their frames, decoded once
+                self._frames.inc(arrays["video"].shape[0 if clips == 1 else 1])
             return arrays
         raise DataError(f"{MAX_REPLACEMENTS} videos in a row could not be decoded while looking for a "
                         f"replacement of sample {sample_id}; last: {skipped[-1].path} ({skipped[-1].reason})")

@@ -23,6 +23,7 @@ import torch
 from internvideo.data.order import GlobalBatchPlan, gradient_accumulation, micro_batch_seed
 from internvideo.models.layers import set_activation_checkpointing
 from internvideo.tasks import TaskRef
+from internvideo.tasks.base import clips_per_sample
 from workers import engine as ds
 from workers import telemetry
 from workers.checkpoint import checkpoint_folder
@@ -121,9 +122,10 @@ class EncoderWorker:
             world_size=self.world_size, lr=train.lr, min_lr=train.min_lr, warmup_steps=train.warmup_steps,
             total_steps=train.steps, betas=train.betas, grad_clip=train.grad_clip,
             zero_stage=train.zero_stage, load_universal=load_universal)
-        self.plan = GlobalBatchPlan(num_samples, train.global_batch, train.seed)
+        clips = clips_per_sample(self.task.sample_fn())  # the plan and the stream count samples, not clips
+        self.plan = GlobalBatchPlan(num_samples, train.global_batch // clips, train.seed)
         self.stream = ClipStream(decode_actors, self.plan, rank=self.rank, world_size=self.world_size,
-                                 micro_batch=train.micro_batch, end_step=train.steps,
+                                 micro_batch=train.micro_batch // clips, end_step=train.steps,
                                  max_in_flight=self.config.data.max_in_flight,
                                  timeout_s=self.config.data.decode_timeout_s)
 

@@ -16,8 +16,8 @@ from internvideo.data.masking import tube_mask
 from internvideo.data.sampling import dense_indices, dense_view_indices, segment_indices
 from internvideo.data.transforms import maybe_flip, multi_scale_crop, random_resized_crop, spatial_views
 
-__all__ = ["ClipSpec", "PretrainClipSpec", "PretrainClip", "MaskedClips", "sample_rng", "load_clip",
-           "load_test_clip", "load_pretrain_clip"]
+__all__ = ["ClipSpec", "PretrainClipSpec", "PretrainClip", "MaskedClips", "sample_rng", "load_clip", "decode_frames",
+           "augment", "load_test_clip", "load_pretrain_clip", "load_pretrain_clips"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,6 +105,11 @@ def load_clip(record: VideoRecord, spec: ClipSpec, rng: np.random.Generator) -> 
     Raises:
         DecodeError: the video is missing, empty, corrupt, too short or over its time limit.
     """
+    return augment(decode_frames(record, spec, rng), spec, rng)
+
+
+def decode_frames(record: VideoRecord, spec: ClipSpec, rng: np.random.Generator) -> np.ndarray:
+    """The clip's frames at decoded size, uint8 (T, H, W, 3), their indices drawn from ``rng``."""
     def frames(n: int) -> np.ndarray:
         if is_image(record.path):
             return _still(spec)
@@ -112,7 +117,12 @@ def load_clip(record: VideoRecord, spec: ClipSpec, rng: np.random.Generator) -> 
             return dense_indices(n, spec.num_frames, spec.sampling_rate, rng)
         return segment_indices(n, spec.num_frames, rng)
 
-    clip = read_clip(record.path, frames, spec.decode)  # (T, H, W, 3)
+    return read_clip(record.path, frames, spec.decode)
+
+
+def augment(clip: np.ndarray, spec: ClipSpec, rng: np.random.Generator) -> np.ndarray:
+    """Crop and (maybe) flip decoded frames into a training clip, uint8 (T, S, S, 3), drawing the crop
+    box and the flip from ``rng``."""
     if spec.crop == "multi_scale":
         video = multi_scale_crop(clip, spec.input_size, rng=rng)  # (T, S, S, 3)
     else:
@@ -151,33 +161,50 @@ def load_test_views(record: VideoRecord, spec: ClipSpec, num_clips: int, num_cro
                            for c in range(num_clips)])
 
 
-def load_pretrain_clip(
-    record: VideoRecord, spec: PretrainClipSpec, epoch: int, sample_id: int
-) -> PretrainClip:
-    """Decode, crop and mask one sample; a pure function of (seed, epoch, sample_id).
+def load_pretrain_clips(record: VideoRecord, spec: PretrainClipSpec, epoch: int, sample_id: int,
+                        repeats: int = 1) -> list[PretrainClip]:
+    """Decode one sample's frames once and cut ``repeats`` clips from them, each with its own crop,
+    flip and tube mask (VideoMAE v2's repeated sampling: the decode, the costly part, is shared);
+    a pure function of (seed, epoch, sample_id, repeats).
 
-    Draw order from the single generator is fixed: frame indices, crop box,
-    flip (only when enabled), tube mask. Changing that order changes every
-    sample of every run, so keep it.
+    Draw order from the single generator is fixed: frame indices, then for each clip its crop box,
+    flip (only when enabled) and tube mask. Changing that order changes every sample of every run,
+    so keep it; one repeat draws exactly what a sample always drew.
 
     Raises:
         DecodeError: the video is missing, empty, corrupt, too short or over its time limit.
     """
     if epoch < 0 or sample_id < 0:
         raise ValueError(f"epoch={epoch} and sample_id={sample_id} must be >= 0")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     rng = sample_rng(spec.seed, epoch, sample_id)
-    video = load_clip(record, spec, rng)
-    mask = tube_mask(*spec.token_grid, spec.mask_ratio, rng)  # (N,)
-    return PretrainClip(video=video, mask=mask, label=int(record.label))
+    frames = decode_frames(record, spec, rng)
+    clips = []
+    for _ in range(repeats):
+        video = augment(frames, spec, rng)
+        clips.append(PretrainClip(video=video, mask=tube_mask(*spec.token_grid, spec.mask_ratio, rng),
+                                  label=int(record.label)))
+    return clips
+
+
+def load_pretrain_clip(record: VideoRecord, spec: PretrainClipSpec, epoch: int, sample_id: int) -> PretrainClip:
+    """One sample's clip and tube mask (``load_pretrain_clips`` with one repeat)."""
+    return load_pretrain_clips(record, spec, epoch, sample_id)[0]
 
 
 @dataclass(frozen=True)
 class MaskedClips:
     """The sample function of masked video pretraining: ``video`` uint8 (T, S, S, 3), ``mask``
-    bool (N,), ``label`` int64 (unused by the loss; kept for probing)."""
+    bool (N,), ``label`` int64 (unused by the loss; kept for probing). With ``clips_per_sample``
+    above 1 (repeated sampling), every array gains a leading axis of that many clips of the one
+    decoded span."""
 
     spec: PretrainClipSpec
+    clips_per_sample: int = 1
 
     def __call__(self, records: Sequence[VideoRecord], epoch: int, sample_id: int) -> dict[str, np.ndarray]:
-        clip = load_pretrain_clip(records[sample_id], self.spec, epoch, sample_id)
-        return {"video": clip.video, "mask": clip.mask, "label": np.int64(clip.label)}
+        clips = load_pretrain_clips(records[sample_id], self.spec, epoch, sample_id, self.clips_per_sample)
+        arrays = {"video": np.stack([c.video for c in clips]), "mask": np.stack([c.mask for c in clips]),
+                  "label": np.full(len(clips), clips[0].label, dtype=np.int64)}
+        return arrays if self.clips_per_sample > 1 else {name: value[0] for name, value in arrays.items()}

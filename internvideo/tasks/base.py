@@ -43,7 +43,9 @@ class SampleFn(Protocol):
     may need another video, a mixing partner say): named arrays, every random draw a function of
     ``(seed, epoch, sample_id)``. Raises DecodeError naming the video that failed. Must pickle (it
     travels to the decode actors). Sample ``i`` is record ``i``'s, unless ``record_index`` says
-    otherwise (a kind that cuts a video into several samples)."""
+    otherwise (a kind that cuts a video into several samples). A sample function that cuts several
+    clips from one decoded span (repeated sampling) says how many in ``clips_per_sample``, and each
+    of its arrays has a leading axis of that many."""
 
     def __call__(self, records: Sequence[VideoRecord], epoch: int, sample_id: int) -> dict[str, np.ndarray]: ...
 
@@ -52,6 +54,11 @@ def record_index(sample: SampleFn, sample_id: int) -> int:
     """The record sample ``sample_id`` reads."""
     index = getattr(sample, "record_index", None)
     return index(sample_id) if index is not None else sample_id
+
+
+def clips_per_sample(sample: SampleFn) -> int:
+    """The clips one sample of ``sample`` holds: a micro-batch of ``m`` clips decodes ``m`` / that samples."""
+    return getattr(sample, "clips_per_sample", 1)
 
 
 class StepEngine(Protocol):
@@ -83,9 +90,10 @@ class Task(ABC, Generic[ConfigT]):
             records = self.config.data.source().read()
         except (OSError, ValueError) as err:
             raise ConfigError("data.merge" if self.config.data.merge else "data.train_list", str(err)) from None
-        if len(records) < self.config.train.global_batch:
+        needed = self.config.train.global_batch // clips_per_sample(self.sample_fn())
+        if len(records) < needed:
             raise ConfigError("train.global_batch", f"{self.config.train.global_batch}, but the data has "
-                                                    f"{len(records)} samples: a step needs a whole global batch")
+                                                    f"{len(records)} samples: a step needs {needed}")
         self.check_records(records)
         val = self.config.data.val_source()
         if val is not None:

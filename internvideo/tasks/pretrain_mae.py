@@ -22,7 +22,7 @@ from internvideo.models.videomae import (
 )
 from internvideo.tasks import register_task
 from internvideo.tasks.base import StepEngine, Task, array_to_tensor, unwrap
-from internvideo.tasks.common import JobConfig, Strict
+from internvideo.tasks.common import JobConfig, Strict, TrainingData
 
 
 class ModelSection(Strict):
@@ -45,8 +45,23 @@ class ModelSection(Strict):
         return self
 
 
+class MaskedPretrainingData(TrainingData):
+    # VideoMAE v2's repeated sampling (its ``num_sample``): each video decoded is cut into this many
+    # clips, each with its own crop and tube mask, so a micro-batch of m clips decodes m / this videos.
+    # Decoding is most of a clip's cost; an epoch then sees each video this many times over.
+    repeated_sampling: int = Field(1, ge=1)
+
+
 class PretrainMAEConfig(JobConfig):
     model: ModelSection
+    data: MaskedPretrainingData
+
+    @model_validator(mode="after")
+    def _whole_videos(self) -> "PretrainMAEConfig":
+        if self.train.micro_batch % self.data.repeated_sampling:
+            raise ValueError(f"train.micro_batch ({self.train.micro_batch}) must be a multiple of "
+                             f"data.repeated_sampling ({self.data.repeated_sampling}): a video's clips share a micro-batch")
+        return self
 
     def clip_spec(self) -> PretrainClipSpec:
         enc, data = self.model.resolve().encoder, self.data
@@ -73,7 +88,7 @@ class PretrainMAE(Task[PretrainMAEConfig]):
         return unwrap(model).flops_per_clip(training=True)
 
     def sample_fn(self) -> MaskedClips:
-        return MaskedClips(self.config.clip_spec())
+        return MaskedClips(self.config.clip_spec(), clips_per_sample=self.config.data.repeated_sampling)
 
     def to_tensors(self, batch: dict[str, np.ndarray], device: torch.device,
                    dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:

@@ -270,6 +270,25 @@ def test_two_data_parallel_workers_train_like_one(client, dataset):
     assert one[-1].loss < one[0].loss
 
 
+def test_repeated_sampling_reads_half_the_videos_a_step_each_twice(client, dataset, coordinator):
+    """``data.repeated_sampling=2``: a step's 16 clips are 2 of each of the 8 videos the plan gives it (a
+    global batch of 8 samples), every epoch still sees each video once, and the job trains."""
+    job = tiny_job(client, dataset.train_list, "train.steps=6", "train.checkpoint_every=0",
+                   "train.record_samples=true", "data.repeated_sampling=2")
+    events = list(client.watch(job.job_id))
+    job = client.get(job.job_id)
+    assert state(job) == "SUCCEEDED", job.message
+    progress = bodies(events, "progress")
+    assert [p.samples for p in progress] == [16 * step for step in range(1, 7)]
+    plan = GlobalBatchPlan(len(read_video_list(dataset.train_list)), 8, seed=0)
+    assert [p.epoch for p in progress] == [plan.epoch_of(step) for step in range(6)]
+    log = [json.loads(line) for line in (coordinator.state_dir / "jobs" / job.job_id / "samples.jsonl").read_text().splitlines()]
+    for record in log:
+        videos = plan.step_samples(record["step"]).tolist()
+        assert sorted(record["samples"]) == sorted(videos * 2)
+    assert progress[-1].loss < progress[0].loss
+
+
 def worker_pids(coordinator, actor_class: str) -> list[int]:
     """Pids of this coordinator's Ray actor processes of ``actor_class`` (found in its session)."""
     pids = []

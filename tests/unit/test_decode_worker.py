@@ -3,6 +3,7 @@ deterministically."""
 import numpy as np
 import pytest
 
+from internvideo.data import pipeline
 from internvideo.data.decode import DecodeOptions
 from internvideo.data.formats import VideoSource
 from internvideo.data.lists import VideoRecord, write_video_list
@@ -122,3 +123,32 @@ def test_a_gif_decord_cannot_open_is_decoded_by_pyav_or_skipped_without_the_fall
     skipped = open_worker(tmp_path / "list.txt", decord_only).decode_batch(0, [0])
     assert {(s["path"].rsplit("/", 1)[-1], s["reason"]) for s in skipped["skipped"]} == {("moving.gif", "corrupt")}
     assert skipped["video"].shape == (1, 4, 32, 32, 3)  # replaced by the mp4
+
+
+def test_repeated_sampling_decodes_each_video_once_and_cuts_its_clips_from_it(mixed_list, open_worker, monkeypatch):
+    """VideoMAE v2's repeated sampling: each sample asked for is one decode and ``clips_per_sample`` rows,
+    each row a clip of the same frames with its own crop and mask, the first the sample's usual clip."""
+    list_path, _ = mixed_list
+    decodes = []
+    real_read = pipeline.read_clip
+    monkeypatch.setattr(pipeline, "read_clip", lambda path, *args: decodes.append(path) or real_read(path, *args))
+    single = open_worker(list_path).decode_batch(epoch=1, sample_ids=[2, 5])
+    decodes.clear()
+    data = Dataset(VideoSource("list", str(list_path)), MaskedClips(SPEC, clips_per_sample=3))
+    worker = DecodeWorker("job", "pool", data, SPEC.seed)
+    try:
+        frames_before = telemetry.DECODE_FRAMES.labels(job="job", pool="pool")._value.get()
+        batch = worker.decode_batch(epoch=1, sample_ids=[2, 5])
+        frames_after = telemetry.DECODE_FRAMES.labels(job="job", pool="pool")._value.get()
+    finally:
+        worker.close()
+    assert len(decodes) == 2  # one decode per video, not per clip
+    assert frames_after - frames_before == 2 * SPEC.num_frames
+    assert batch["video"].shape == (6, 4, 32, 32, 3) and batch["mask"].shape == (6, 8)
+    assert batch["sample_ids"] == [2, 2, 2, 5, 5, 5] and batch["label"].shape == (6,)
+    np.testing.assert_array_equal(batch["video"][[0, 3]], single["video"])
+    np.testing.assert_array_equal(batch["mask"][[0, 3]], single["mask"])
+    # The other clips of a video differ from its first in their crop or their mask.
+    for first, other in [(0, 1), (0, 2), (3, 4), (3, 5)]:
+        assert (not np.array_equal(batch["video"][first], batch["video"][other])
+                or not np.array_equal(batch["mask"][first], batch["mask"][other]))

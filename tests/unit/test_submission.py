@@ -43,6 +43,8 @@ def test_preset_with_overrides_validates(submit, train_list):
     (["train.bogus=1"], "config.train.bogus"),
     (["model.mask_ratio=1.0"], "config.model.mask_ratio"),
     (["train.micro_batch=5"], "config.train"),
+    (["data.repeated_sampling=3"], "config"),  # a micro-batch of 4 clips cannot hold whole videos of 3
+    (["data.repeated_sampling=0"], "config.data.repeated_sampling"),
     (["model.size=colossal"], "config.model"),
 ])
 def test_bad_field_is_named(submit, overrides, field):
@@ -115,6 +117,11 @@ def test_a_list_smaller_than_one_global_batch_is_refused(tmp_path):
         validate_submission(kind="pretrain-mae", config_text=read_config("tiny-cpu"),
                             overrides=[f"data.train_list={short}"], min_workers=1, max_workers=1)
     assert err.value.field == "config.train.global_batch" and "the data has 2 samples" in str(err.value)
+    # Two clips a video: the 16 clips of a step come from 8 videos, still more than 2.
+    with pytest.raises(InvalidSubmission, match="the data has 2 samples: a step needs 8"):
+        validate_submission(kind="pretrain-mae", config_text=read_config("tiny-cpu"),
+                            overrides=[f"data.train_list={short}", "data.repeated_sampling=2"], min_workers=1,
+                            max_workers=1)
 
 
 def test_an_evaluation_asks_for_no_more_workers_than_a_shard_keeps_busy(tmp_path):
