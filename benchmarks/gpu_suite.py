@@ -1,0 +1,118 @@
+"""Every GPU row of issue 14's table in one run on one GPU (under 5 minutes), one JSON.
+
+    python -m benchmarks.gpu_suite --out benchmarks/results/gpu_suite_h100.json
+    python -m benchmarks.gpu_suite --device cpu --size tiny --img-size 64 --frames 8 --batch 4   # a smoke run
+
+What it measures, each against its peer in the same run:
+- the DeepSpeed engine's step (as ``workers.engine.build_engine`` builds it for a job: ZeRO 0 and 2)
+  over plain torch's (fused AdamW, bf16 autocast) for VideoMAE ViT-B, 16 × 224², and ViT-L, with MFU
+  and each variant's top operators by device time;
+- one decode core's clips/s for VideoMAE's clip (16 × 4 at 224² from 320 × 256 H.264, 300 frames)
+  at 1 and 4 clips a video (``data.repeated_sampling``), and from those and the engine's clips/s, the
+  decode cores one GPU needs.
+
+What it cannot: the job path through the coordinator and Ray (the GPU machine has no Ray's wheel).
+A variant whose library is missing (DeepSpeed, decord) is recorded with its error; the others still run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks import record
+from benchmarks.gpu_videomae_step import make_batch, measure, median_round, ours_deepspeed, ours_torch, peak_flops
+from internvideo.models.videomae import VideoMAEPretrain, videomae_config
+
+
+def engine_rows(size: str, args: argparse.Namespace, device: torch.device) -> dict:
+    """Plain torch and the engine (ZeRO 0 and 2) for one model size, in turns over ``args.rounds``."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    cfg = videomae_config(size, img_size=args.img_size, num_frames=args.frames)
+    video, pixels, mask = make_batch(cfg, args.batch, device)
+    flops = VideoMAEPretrain(cfg).flops_per_clip(training=True)
+    runs = {"plain": lambda: ours_torch(cfg, video, pixels, mask, dtype, device),
+            **{f"engine-z{z}": (lambda z=z: ours_deepspeed(cfg, video, pixels, mask, args.batch, device, z))
+               for z in (0, 2)}}
+    rounds: dict[str, list[dict]] = {name: [] for name in runs}
+    for _ in range(args.rounds):
+        for name, measured in rounds.items():
+            try:
+                measured.append(measure(name, runs[name](), device, args.batch, args.warmup, args.iters,
+                                        args.profile))
+            except Exception as err:  # noqa: BLE001 — a missing library is a row's error, not the suite's
+                measured.append({"name": name, "error": f"{type(err).__name__}: {err}"})
+    results = {name: median_round(name, measured, flops, peak_flops(device)) for name, measured in rounds.items()}
+    plain = results["plain"].get("clips_per_second")
+    return {"config": {"size": size, "img_size": args.img_size, "frames": args.frames, "batch": args.batch,
+                       "dtype": str(dtype), "flops_per_clip_train": flops},
+            "results": results,
+            "engine_over_plain": {name: r["clips_per_second"] / plain for name, r in results.items()
+                                  if name != "plain" and plain and "clips_per_second" in r}}
+
+
+def decode_rows(args: argparse.Namespace) -> dict:
+    """One decode core's clips/s at 1 and 4 clips a video (``benchmarks.decode_per_clip``); leaves torch
+    on one thread (the caller restores its own)."""
+    try:
+        from benchmarks.decode_per_clip import clips_per_second
+        from benchmarks.loaders import write_videos
+    except ImportError as err:
+        return {"error": f"{type(err).__name__}: {err}"}
+    torch.set_num_threads(1)
+    folder = Path(tempfile.gettempdir()) / "internvideo-bench-300f"
+    folder.mkdir(parents=True, exist_ok=True)
+    list_path = write_videos(folder, 24, 256, 320, 300, fps=25)
+    try:
+        rates = {str(r): statistics.median(clips_per_second(list_path, 24, r, 64, 8) for _ in range(2)) for r in (1, 4)}
+    except Exception as err:  # noqa: BLE001 — decord missing, say
+        return {"error": f"{type(err).__name__}: {err}"}
+    return {"clips_per_second_per_core": rates}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--size", action="append", help="model sizes (default: base and large)")
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--profile", type=int, default=5, metavar="STEPS")
+    parser.add_argument("--skip-decode", action="store_true")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    began = time.perf_counter()
+    threads = torch.get_num_threads()
+    suite = {"machine": {**record.machine(), "threads": threads,
+                         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"},
+             "engine": {size: engine_rows(size, args, device) for size in args.size or ["base", "large"]}}
+    if not args.skip_decode:
+        suite["decode"] = decode_rows(args)
+        torch.set_num_threads(threads)
+        per_core = suite["decode"].get("clips_per_second_per_core", {})
+        first = next(iter(suite["engine"].values()))["results"]  # ViT-B unless sizes were given
+        for name, row in first.items():  # the decode cores this GPU needs to train at full speed
+            if "clips_per_second" in row and per_core:
+                row["decode_cores_needed"] = {r: row["clips_per_second"] / rate for r, rate in per_core.items()}
+    suite["seconds"] = time.perf_counter() - began
+    if args.out:
+        record.save(suite, args.out)
+    else:
+        print(json.dumps(suite, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
