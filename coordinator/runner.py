@@ -487,6 +487,7 @@ class JobRunner(threading.Thread):
                 "epoch": step * samples_per_step // num_samples, "loss": step_metrics["loss"],
                 "metrics": step_metrics,
                 "clips_per_second": step_samples / seconds, "step_seconds": seconds, "step_samples": step_samples,
+                "worker_seconds": max(r["seconds"] for r in reports),
                 "data_wait_fraction": statistics.fmean(r["data_wait_seconds"] / r["seconds"] for r in reports),
                 "world_size": self.world_size, "decode_workers": self.decode_workers,
                 "model_flops": sum(r["model_flops"] for r in reports), "step_joules": self._group.last_call_joules,

@@ -104,7 +104,7 @@ class ListJobsResponse(_message.Message):
     def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("step", "total_steps", "samples", "epoch", "loss", "clips_per_second", "step_seconds", "data_wait_fraction", "decode_workers", "metrics", "world_size", "model_flops", "step_joules", "held_gpu_seconds", "kept_gpu_seconds", "joules", "unit")
+    __slots__ = ("step", "total_steps", "samples", "epoch", "loss", "clips_per_second", "step_seconds", "data_wait_fraction", "decode_workers", "metrics", "world_size", "model_flops", "step_joules", "held_gpu_seconds", "kept_gpu_seconds", "joules", "unit", "worker_seconds")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +129,7 @@ class Progress(_message.Message):
     KEPT_GPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
     JOULES_FIELD_NUMBER: _ClassVar[int]
     UNIT_FIELD_NUMBER: _ClassVar[int]
+    WORKER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     step: int
     total_steps: int
     samples: int
@@ -146,7 +147,8 @@ class Progress(_message.Message):
     kept_gpu_seconds: float
     joules: float
     unit: str
-    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., samples: _Optional[int] = ..., epoch: _Optional[int] = ..., loss: _Optional[float] = ..., clips_per_second: _Optional[float] = ..., step_seconds: _Optional[float] = ..., data_wait_fraction: _Optional[float] = ..., decode_workers: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., world_size: _Optional[int] = ..., model_flops: _Optional[float] = ..., step_joules: _Optional[float] = ..., held_gpu_seconds: _Optional[float] = ..., kept_gpu_seconds: _Optional[float] = ..., joules: _Optional[float] = ..., unit: _Optional[str] = ...) -> None: ...
+    worker_seconds: float
+    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., samples: _Optional[int] = ..., epoch: _Optional[int] = ..., loss: _Optional[float] = ..., clips_per_second: _Optional[float] = ..., step_seconds: _Optional[float] = ..., data_wait_fraction: _Optional[float] = ..., decode_workers: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., world_size: _Optional[int] = ..., model_flops: _Optional[float] = ..., step_joules: _Optional[float] = ..., held_gpu_seconds: _Optional[float] = ..., kept_gpu_seconds: _Optional[float] = ..., joules: _Optional[float] = ..., unit: _Optional[str] = ..., worker_seconds: _Optional[float] = ...) -> None: ...
 
 class Worker(_message.Message):
     __slots__ = ("device_name", "peak_flops", "peak", "energy_sources")
