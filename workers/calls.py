@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -53,6 +54,46 @@ def gather(refs: list[ray.ObjectRef], timeout_s: float, what: str) -> list[Any]:
         detail = "; ".join(f"ranks {ranks}: {msg}" for msg, ranks in errors.items())
         raise WorkerGroupError(f"{what} failed — {detail}", causes)
     return [results[r] for r in refs]
+
+
+def gather_next(streams: list[ray.ObjectRefGenerator], timeout_s: float, what: str,
+                poll_s: float = 1.0, interrupt: Callable[[], None] = lambda: None) -> list[Any] | None:
+    """The next item of every rank's streaming call (``streams[i]`` from rank ``i``), under one
+    deadline, failing fast as ``gather`` does; None once every stream has ended. ``interrupt`` runs
+    every ``poll_s`` while waiting (a caller's chance to ask the workers to stop)."""
+    deadline = time.monotonic() + timeout_s
+    items: dict[int, Any] = {}
+    ended: list[int] = []
+    errors: dict[str, list[int]] = collections.defaultdict(list)
+    causes: list[BaseException] = []
+    pending = list(range(len(streams)))
+    while pending and not errors:
+        ready, _ = ray.wait([streams[i] for i in pending], num_returns=1,
+                            timeout=max(0.0, min(poll_s, deadline - time.monotonic())))
+        if not ready:
+            if time.monotonic() >= deadline:
+                break
+            interrupt()
+            continue
+        rank = next(i for i in pending if streams[i] is ready[0])
+        pending.remove(rank)
+        try:
+            items[rank] = ray.get(next(streams[rank]))
+        except StopIteration:
+            ended.append(rank)
+        except Exception as err:  # noqa: BLE001 — reported below, grouped
+            cause = getattr(err, "cause", None) or err
+            causes.append(cause)
+            errors[f"{type(cause).__name__}: {cause}".strip()[:2000]].append(rank)
+    if pending:
+        reason = "abandoned after a peer failed" if errors else f"no answer within {timeout_s:.0f}s"
+        errors[reason] = sorted(pending)
+    if ended and items:  # the ranks agree on where to stop; one that did not is a bug, not a bad worker
+        errors[f"ended while ranks {sorted(items)} went on"] = sorted(ended)
+    if errors:
+        detail = "; ".join(f"ranks {ranks}: {msg}" for msg, ranks in errors.items())
+        raise WorkerGroupError(f"{what} failed — {detail}", causes)
+    return None if ended else [items[i] for i in range(len(streams))]
 
 
 def kill_actors(actors: list[ray.actor.ActorHandle], timeout_s: float = 30.0) -> None:

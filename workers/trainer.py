@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from internvideo.data.order import GlobalBatchPlan, gradient_accumulation, micro_batch_seed
 from internvideo.models.layers import set_activation_checkpointing
@@ -51,6 +52,7 @@ class EncoderWorker:
         self._flops = telemetry.TRAIN_MODEL_FLOPS.labels(**labels)
         self.metrics_endpoint = telemetry.serve_metrics(self.host) if serve_metrics else ""
         self.engine = None
+        self._stop_chunk: int | None = None  # set from another thread while train_steps runs
 
     def _energy_meter(self) -> EnergyMeter:
         declared = self.config.telemetry.declared_watts
@@ -154,6 +156,29 @@ class EncoderWorker:
         return {"step": step, "metrics": metrics, "samples": feed.samples, "seconds": seconds,
                 "model_flops": feed.samples * self.flops_per_clip,
                 "data_wait_seconds": feed.waited, "skipped": feed.skipped, "sample_ids": feed.sample_ids}
+
+    def train_steps(self, start: int, end: int) -> Iterator[tuple[dict[str, Any], float]]:
+        """Steps ``start`` to ``end - 1``, each step's report streamed back with the joules used since
+        the previous one as soon as it completes (a Ray streaming generator: one call for many steps,
+        and the runner's bookkeeping of a step overlaps the next). ``stop(start)`` ends it before the
+        next step; the ranks agree on that step in an all-reduce, so none is left in a collective."""
+        for step in range(start, end):
+            if self._stop_agreed(start):
+                return
+            yield self.train_step(step), self.joules_since_last_read()
+
+    def stop(self, chunk: int) -> None:
+        """End ``train_steps(chunk, ...)`` before its next step (a call for another chunk is ignored:
+        a stop may arrive after its chunk ended on its own)."""
+        self._stop_chunk = chunk
+
+    def _stop_agreed(self, chunk: int) -> bool:
+        stop = self._stop_chunk == chunk
+        if self.world_size == 1:
+            return stop
+        flag = torch.tensor([float(stop)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
     def validate(self, num_samples: int) -> dict[str, Any]:
         """The kind's per-sample outputs for this rank's share of the held-out set (samples ``rank``,
