@@ -163,8 +163,8 @@ class HistoryTotals:
     def from_json(cls, text: str) -> "HistoryTotals":
         data = json.loads(text)
         step_times = data.pop("step_times")
-        return cls(**{**data, "seconds_by_world": _int_keys(data["seconds_by_world"]),
-                      "shard_samples": _int_keys(data["shard_samples"]), "peak_of_world": _int_keys(data["peak_of_world"])},
+        numbered = {name: _int_keys(data[name]) for name in ("seconds_by_world", "shard_samples", "peak_of_world")}
+        return cls(**{**data, **numbered},
                    step_times=StepTimes(_int_keys(step_times["counts"]), step_times["fastest"], step_times["slowest"]))
 
 

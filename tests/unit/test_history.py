@@ -165,7 +165,8 @@ def test_a_replay_reads_a_page_at_a_time_as_it_goes(tmp_path):
     job_id = store.create_job(SPEC)[0].job_id
     for step in range(1, 3 * EVENTS_PAGE + 10):
         store.record_progress(job_id, progress(step))
-    rows = store._db.execute("SELECT seq, type, payload FROM events WHERE job_id = ? ORDER BY seq", (job_id,)).fetchall()
+    rows = store._db.execute("SELECT seq, type, payload FROM events WHERE job_id = ? ORDER BY seq",
+                             (job_id,)).fetchall()
     pages = []
     store._db.set_trace_callback(lambda sql: pages.append(sql) if "ORDER BY seq LIMIT" in sql else None)
     replay = store.replay(job_id, 0)
