@@ -25,10 +25,12 @@ The watchers run on the same machine as the coordinator (2 cores here): their pa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -165,6 +167,9 @@ def watched(state_dir: Path, job_id: str, watchers: int, code: Path | None) -> d
                 "get_job_efficiency_s": round(efficiency_s, 3)}
     finally:
         stop(process)
+        # Ray's processes that outlived it: the next start would join them.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 def measured(state_dir: Path, job_id: str, code: Path | None) -> dict:
