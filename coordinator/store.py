@@ -562,8 +562,8 @@ class JobStore:
         row = db.execute("SELECT totals FROM job_totals WHERE job_id = ?", (job_id,)).fetchone()
         if row is not None:
             return HistoryTotals.from_json(row["totals"])
-        # Stored before totals were: its history was never thinned, so summing it is exact (once, a page
-        # at a time: its first counted event after the upgrade stores the sum).
+        # Stored before totals were: its history was never thinned, so summing it (a page at a time) is
+        # exact. Its first counted event after the upgrade stores the sum; until then each read sums it.
         return HistoryTotals.of(self.replay(job_id, 0))
 
     # -- reads --------------------------------------------------------------------------
