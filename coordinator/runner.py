@@ -6,8 +6,8 @@ it is preempted or fewer than its minimum of workers are left. It drives the wor
 optimizer step at a time, commits checkpoints, and tears every actor down on the way out.
 
 A job may be run by several runners in turn (requeued, or after a coordinator restart): each
-starts from the job's last committed checkpoint, and the job's result is summed from its
-event history, so it covers every attempt.
+starts from the job's last committed checkpoint, and the job's result comes from its history's
+running totals (``coordinator.history``), so it covers every attempt.
 """
 from __future__ import annotations
 
@@ -26,10 +26,11 @@ from prometheus_client import Gauge
 from coordinator import metrics
 from coordinator.autoscale import DecodePoolSizer
 from coordinator.efficiency import job_efficiency
+from coordinator.history import HistoryTotals
 from coordinator.predictions import CommittedShards, ShardPlan, merge_rank_outputs
 from coordinator.recovery import Decision, FailurePolicy, failure_cause
 from coordinator.state import InvalidTransition, JobState
-from coordinator.store import JobEvent, JobNeeds, JobRecord, JobStore
+from coordinator.store import JobNeeds, JobRecord, JobStore
 from coordinator.usage import JobUsage, Usage, UsageLedger
 from internvideo.tasks import Task, TaskRef
 from internvideo.tasks.base import clips_per_sample
@@ -114,38 +115,30 @@ def resource_demand(needs: JobNeeds, world_size: int, bundle: dict[str, float],
     return demand
 
 
-def eval_result(events: list[JobEvent], predicted: int, plan: ShardPlan, failures: int) -> dict[str, Any]:
+def eval_result(totals: HistoryTotals, predicted: int, plan: ShardPlan, failures: int) -> dict[str, Any]:
     """What an evaluation did, over all its attempts: the samples it predicted (``predicted``, from its
     committed shards; the rest could not be decoded) and how fast its shards went."""
-    progress = [e.payload for e in events if e.type == "progress"]
-    seconds = sum(p["step_seconds"] for p in progress)
+    seconds = totals.seconds
     return {"samples": predicted, "eval_seconds": seconds,
-            "clips_per_second": sum(p["step_samples"] for p in progress) / seconds if seconds else 0.0,
-            "shards": plan.num_shards, "skipped_videos": sum(e.type == "skipped_video" for e in events),
-            "failures": failures}
+            "clips_per_second": totals.samples / seconds if seconds else 0.0,
+            "shards": plan.num_shards, "skipped_videos": totals.skipped_videos, "failures": failures}
 
 
-def run_result(events: list[JobEvent], total_steps: int, failures: int) -> dict[str, Any]:
-    """What a job did, summed over all its attempts from its event history (a step executed again
-    after a failure or a restart counts again): ``first_loss``, ``final_<name>`` of every metric the
-    kind reports, and ``val_<name>`` of its last validation."""
-    progress = [e.payload for e in events if e.type == "progress"]
-    samples = sum(p["step_samples"] for p in progress)
-    seconds = sum(p["step_seconds"] for p in progress)
-    start_step = progress[0]["step"] - 1 if progress else total_steps
-    checkpoints = [e.payload["path"] for e in events if e.type == "checkpoint"]
-    validations = [e.payload["metrics"] for e in events if e.type == "validation"]
-    # Progress stored before metrics were named carries only the loss.
-    last = (progress[-1].get("metrics") or {"loss": progress[-1]["loss"]}) if progress else {"loss": float("nan")}
-    return {"first_loss": progress[0]["loss"] if progress else float("nan"),
+def run_result(totals: HistoryTotals, total_steps: int, failures: int) -> dict[str, Any]:
+    """What a job did, summed over all its attempts (a step executed again after a failure or a restart
+    counts again): ``first_loss``, ``final_<name>`` of every metric the kind reports, and ``val_<name>``
+    of its last validation."""
+    samples, seconds = totals.samples, totals.seconds
+    start_step = totals.first_step - 1 if totals.steps else total_steps
+    last = totals.last_metrics if totals.steps else {"loss": float("nan")}
+    return {"first_loss": totals.first_loss if totals.steps else float("nan"),
             **{f"final_{name}": value for name, value in last.items()},
-            **{f"val_{name}": value for name, value in (validations[-1] if validations else {}).items()},
-            "start_step": start_step, "steps": len(progress), "samples": samples, "train_seconds": seconds,
+            **{f"val_{name}": value for name, value in totals.validation.items()},
+            "start_step": start_step, "steps": totals.steps, "samples": samples, "train_seconds": seconds,
             "clips_per_second": samples / seconds if seconds else 0.0,
-            "final_checkpoint": checkpoints[-1] if checkpoints else "",
-            "skipped_videos": sum(e.type == "skipped_video" for e in events), "failures": failures,
+            "final_checkpoint": totals.checkpoint, "skipped_videos": totals.skipped_videos, "failures": failures,
             # Every step from start_step on ran at least once; any execution beyond that was a redo.
-            "steps_redone": len(progress) - (total_steps - start_step)}
+            "steps_redone": totals.steps - (total_steps - start_step)}
 
 
 class JobRunner(threading.Thread):
@@ -278,7 +271,7 @@ class JobRunner(threading.Thread):
                 self._on_exit(self)
 
     def _result(self) -> dict[str, Any]:
-        events = self.store.events_after(self.job_id, 0)
+        totals = self.store.totals(self.job_id)
         if self.config.evaluates:
             outputs = self._predictions.load(self._shards)
             if len(outputs["sample_ids"]) == 0:
@@ -286,12 +279,12 @@ class JobRunner(threading.Thread):
             evaluation = self.task.evaluate(outputs, self.settings.job_dir(self.job_id))
             if evaluation.artifacts:  # what a job:<id> of this job means
                 self.store.record_checkpoint(self.job_id, self._shards.num_shards, evaluation.artifacts, self.world_size)
-            efficiency = job_efficiency(events, self._so_far, None)
-            return {**eval_result(events, len(outputs["sample_ids"]), self._shards, self.failures),
+            efficiency = job_efficiency(totals, self._so_far, None)
+            return {**eval_result(totals, len(outputs["sample_ids"]), self._shards, self.failures),
                     **efficiency.as_metrics(), **evaluation.metrics, "final_checkpoint": evaluation.artifacts,
                     "details": {"metrics": evaluation.metrics, **evaluation.details}}
-        efficiency = job_efficiency(events, self._so_far, self.config.train.global_batch)
-        return {**run_result(events, self.config.train.steps, self.failures), **efficiency.as_metrics()}
+        efficiency = job_efficiency(totals, self._so_far, self.config.train.global_batch)
+        return {**run_result(totals, self.config.train.steps, self.failures), **efficiency.as_metrics()}
 
     def _final_checkpoint(self, job_id: str) -> str:
         """Where job ``job_id`` ended: the checkpoint a ``job:<id>`` in this job's config means."""

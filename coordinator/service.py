@@ -128,7 +128,7 @@ class JobService(pb_grpc.JobServiceServicer):
     def GetJobEfficiency(self, request: pb.GetJobRequest, context: CallContext) -> pb.JobEfficiency:
         job = self._visible(request.job_id, context)
         _, usage = self.store.usage([job.job_id]).get(job.job_id, ("", None))
-        efficiency = job_efficiency(self.store.events_after(job.job_id, 0), usage,
+        efficiency = job_efficiency(self.store.totals(job.job_id), usage,
                                     (job.config.get("train") or {}).get("global_batch"))
         return convert.efficiency_to_proto(job.job_id, efficiency)
 
@@ -175,7 +175,8 @@ class JobService(pb_grpc.JobServiceServicer):
         while True:
             # Read before the events: a job that had ended by then has its last event among them.
             ended = self.store.get_job(request.job_id).state.terminal
-            for event in self.store.events_after(request.job_id, seq):
+            # A page at a time: a long history streams from its first page, in a page's memory.
+            for event in self.store.replay(request.job_id, seq):
                 yield convert.event_to_proto(event)
                 seq = event.seq
             if request.history_only or ended:

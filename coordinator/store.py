@@ -4,6 +4,10 @@ One connection guarded by a lock: the coordinator's writes are small and few (a
 progress row per step at most), and WAL mode keeps readers from blocking. A watcher waits
 for its own job's next event (``wait_for_events``): a write wakes only the watchers of the
 jobs it touched, and a watcher's wait reads nothing from the database.
+
+A long job's history stays bounded (``coordinator.history``): each event is added to the job's
+running totals as it is appended, old progress events are thinned, and a replay reads a page at
+a time.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
+from coordinator.history import COUNTED, RECENT_STEPS, HistoryTotals, kept_progress
 from coordinator.state import JobState, check_transition
 from coordinator.usage import JobUsage, Usage
 
@@ -132,6 +137,14 @@ MIGRATIONS: tuple[str, ...] = (
         max_priority     INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # Each job's history summed as it is written (coordinator.history): its result and efficiency report
+    # read this row, not every event. A job stored before has none: its events are summed when it is needed.
+    """
+    CREATE TABLE job_totals (
+        job_id TEXT PRIMARY KEY REFERENCES jobs(job_id),
+        totals TEXT NOT NULL
+    );
+    """,
 )
 
 
@@ -189,6 +202,7 @@ def _statements(script: str) -> Iterator[str]:
 
 LOCAL_TENANT = "local"  # the embedded default's tenant, and every job's stored before tenants were
 QUEUE_PAGE = 64  # queued jobs read at a time
+EVENTS_PAGE = 256  # events read at a time by a replay
 T = TypeVar("T")
 
 
@@ -313,9 +327,12 @@ class SkippedVideoRecord:
 
 
 class JobStore:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, recent_steps: int = RECENT_STEPS) -> None:
+        """``recent_steps``: the newest steps whose progress events are all kept (see ``coordinator.history``)."""
         self.path = Path(path)
+        self.recent_steps = recent_steps
         self._db = connect(self.path)
+        self._db.create_function("kept_progress", 3, kept_progress, deterministic=True)
         self._lock = threading.RLock()
         self._appended: dict[str, int] = {}  # job id → its newest event's seq, in the open transaction
         self._watchers: dict[str, _Watchers] = {}  # job id → those waiting for its next event
@@ -410,6 +427,7 @@ class JobStore:
             (job_id, spec.tenant, spec.request_id or None, spec.name or job_id, spec.kind, JobState.QUEUED.value,
              json.dumps(spec.config), spec.min_workers, spec.max_workers, spec.priority, now, now,
              json.dumps(spec.needs.to_json())))
+        db.execute("INSERT INTO job_totals VALUES (?,?)", (job_id, HistoryTotals().to_json()))
         self._append(db, job_id, "state", {"from": "", "to": JobState.QUEUED.value, "message": "submitted"})
         return job_id
 
@@ -428,11 +446,22 @@ class JobStore:
         self._write(lambda db: self._update(db, job_id, **columns))
 
     def record_progress(self, job_id: str, progress: dict[str, Any]) -> None:
+        """The job's latest progress, and an event of it; ``progress["step"]``: the step it completed."""
         def write(db: sqlite3.Connection) -> None:
             self._update(db, job_id, progress=progress)
             self._append(db, job_id, "progress", progress)
+            if progress["step"] % self.recent_steps == 0:
+                self._thin(db, job_id, progress["step"])
 
         self._write(write)
+
+    def _thin(self, db: sqlite3.Connection, job_id: str, newest_step: int) -> None:
+        """Delete the job's progress events that ``kept_progress`` no longer keeps. Run once per
+        ``recent_steps`` steps, it reads the events kept so far: a number that grows with the log of the
+        job's length. The totals counted every one of them already."""
+        db.execute("DELETE FROM events WHERE job_id = ? AND type = 'progress'"
+                   " AND NOT kept_progress(json_extract(payload, '$.step'), ?, ?)",
+                   (job_id, newest_step, self.recent_steps))
 
     def record_decode_pool(self, job_id: str, change: dict[str, Any]) -> None:
         """The job's decode pool was resized: ``{"from", "to", "data_wait_fraction", "reason"}``."""
@@ -520,9 +549,22 @@ class JobStore:
                    (*sets.values(), job_id))
 
     def _append(self, db: sqlite3.Connection, job_id: str, type_: str, payload: dict[str, Any]) -> None:
+        """Append an event, and add it to the job's totals in the same transaction."""
+        if type_ in COUNTED:
+            totals = self._totals(db, job_id)
+            totals.add(type_, payload)
+            db.execute("INSERT OR REPLACE INTO job_totals VALUES (?,?)", (job_id, totals.to_json()))
         seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?", (job_id,)).fetchone()[0]
         db.execute("INSERT INTO events VALUES (?,?,?,?,?)", (job_id, seq, time.time(), type_, json.dumps(payload)))
         self._appended[job_id] = seq
+
+    def _totals(self, db: sqlite3.Connection, job_id: str) -> HistoryTotals:
+        row = db.execute("SELECT totals FROM job_totals WHERE job_id = ?", (job_id,)).fetchone()
+        if row is not None:
+            return HistoryTotals.from_json(row["totals"])
+        # Stored before totals were: its history was never thinned, so summing it (a page at a time) is
+        # exact. Its first counted event after the upgrade stores the sum; until then each read sums it.
+        return HistoryTotals.of(self.replay(job_id, 0))
 
     # -- reads --------------------------------------------------------------------------
     @staticmethod
@@ -587,12 +629,30 @@ class JobStore:
             after = (rows[-1]["priority"], rows[-1]["rowid"])
 
 
+    def replay(self, job_id: str, after_seq: int) -> Iterator[JobEvent]:
+        """The job's events after ``after_seq`` in order, read a page at a time as the caller goes: a
+        replay holds one page, whatever the history's length, and its first event comes after one
+        page's read. Events appended meanwhile come too; seqs rise but may have gaps (thinned progress)."""
+        while True:
+            with self._lock:
+                self._row(self._db, job_id)
+                rows = self._db.execute("SELECT * FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                                        (job_id, after_seq, EVENTS_PAGE)).fetchall()
+            for r in rows:
+                yield JobEvent(r["job_id"], r["seq"], r["time"], r["type"], json.loads(r["payload"]))
+            if len(rows) < EVENTS_PAGE:
+                return
+            after_seq = rows[-1]["seq"]
+
     def events_after(self, job_id: str, seq: int) -> list[JobEvent]:
+        """The job's events after ``seq``, all at once (a short history's)."""
+        return list(self.replay(job_id, seq))
+
+    def totals(self, job_id: str) -> HistoryTotals:
+        """The job's history summed: what its result and efficiency report need (``coordinator.history``)."""
         with self._lock:
             self._row(self._db, job_id)
-            rows = self._db.execute("SELECT * FROM events WHERE job_id = ? AND seq > ? ORDER BY seq",
-                                    (job_id, seq)).fetchall()
-        return [JobEvent(r["job_id"], r["seq"], r["time"], r["type"], json.loads(r["payload"])) for r in rows]
+            return self._totals(self._db, job_id)
 
     def checkpoints(self, job_id: str) -> list[CheckpointRecord]:
         with self._lock:
