@@ -8,7 +8,10 @@ everything the coordinator does around it), the runner's call time, and the work
 step; their differences are the orchestration cost of a step (the Ray round trip and the
 coordinator's work between steps, store writes among them).
 
-    python -m benchmarks.job_path --out benchmarks/results/cpu_job_path.json
+``--peer TREE``: also run the job on a coordinator of another checkout (a git worktree of an earlier
+commit), in the same run.
+
+    python -m benchmarks.job_path --peer /tmp/peer --out benchmarks/results/cpu_job_path.json
 """
 from __future__ import annotations
 
@@ -97,8 +100,11 @@ def engine_alone(task, steps, warmup) -> list[float]:
     return loop_step_seconds(task, engine, steps, warmup)
 
 
-def job(state: Path, list_path: Path, overrides: list[str], warmup: int) -> dict[str, Any]:
-    process, endpoints = launch_coordinator(state, state.parent / "coordinator.log", "--num-cpus", "2")
+def job(state: Path, list_path: Path, overrides: list[str], warmup: int, code: Path | None = None) -> dict[str, Any]:
+    """The job on a coordinator of its own (of ``code``'s checkout if given): its steps from its events."""
+    env = {"PYTHONPATH": str(code)} if code else {}
+    process, endpoints = launch_coordinator(state, state.with_suffix(".log"), "--num-cpus", "2", env=env,
+                                            cwd=str(code) if code else None)
     try:
         with JobClient(endpoints["grpc"], token=endpoints["token"]) as client:
             submitted = client.submit("pretrain-mae", read_config("tiny-cpu"),
@@ -127,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--peer", type=Path, help="a checkout whose coordinator and workers run the job too")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
@@ -144,23 +151,29 @@ def main(argv: list[str] | None = None) -> int:
             "plain": lambda: plain(task, steps, args.warmup),
             "engine": lambda: engine_alone(task, steps, args.warmup)}
         loops = {name: run() for name, run in measured.items()}
-        ran = job(root / "state", data.train_list, overrides, args.warmup)
+        jobs = {name: job(root / name, data.train_list, overrides, args.warmup, code)
+                for name, code in [("peer", args.peer)] * bool(args.peer) + [("ours", None)]}
 
     plain_ms, engine_ms = median_ms(loops["plain"]), median_ms(loops["engine"])
-    cycle_ms, call_ms, worker_ms = median_ms(ran["cycle"]), median_ms(ran["call"]), median_ms(ran["worker"])
     record.save({
         "config": {"kind": "pretrain-mae", "preset": "tiny-cpu", "overrides": overrides, "world_size": 1,
                    "trainer_threads": 1, "timed_steps": args.steps - args.warmup},
         "machine": record.machine(),
-        "step_ms": {"plain_loop": plain_ms, "engine_loop": engine_ms, "job_cycle": cycle_ms,
-                    "job_call": call_ms, "job_worker": worker_ms},
-        "job_over_plain_loop": plain_ms / cycle_ms,
-        "job_over_engine_loop": engine_ms / cycle_ms,
-        "orchestration_ms_per_step": {"total": cycle_ms - worker_ms, "ray_round_trip": call_ms - worker_ms,
-                                      "between_steps": cycle_ms - call_ms},
-        "job_data_wait_fraction": ran["data_wait_fraction"],
+        "peer": str(args.peer or ""),
+        "loop_step_ms": {"plain": plain_ms, "engine": engine_ms},
+        "jobs": {name: job_figures(ran, plain_ms, engine_ms) for name, ran in jobs.items()},
     }, args.out or Path("/dev/null"))
     return 0
+
+
+def job_figures(ran: dict[str, Any], plain_ms: float, engine_ms: float) -> dict[str, Any]:
+    """A job's step against the loops', and what its orchestration costs a step."""
+    cycle_ms, call_ms, worker_ms = median_ms(ran["cycle"]), median_ms(ran["call"]), median_ms(ran["worker"])
+    return {"step_ms": {"cycle": cycle_ms, "call": call_ms, "worker": worker_ms},
+            "over_plain_loop": plain_ms / cycle_ms, "over_engine_loop": engine_ms / cycle_ms,
+            # The time between two steps' reports that the workers did not spend in a step.
+            "orchestration_ms_per_step": cycle_ms - worker_ms,
+            "data_wait_fraction": ran["data_wait_fraction"]}
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from typing import Any, Callable
 from prometheus_client import Gauge
 
 from coordinator import metrics
-from coordinator.autoscale import DecodePoolSizer
+from coordinator.autoscale import DecodePoolSizer, PoolDecision
 from coordinator.efficiency import job_efficiency
 from coordinator.history import HistoryTotals
 from coordinator.predictions import CommittedShards, ShardPlan, merge_rank_outputs
@@ -164,6 +164,7 @@ class JobRunner(threading.Thread):
         data = self.config.data
         self._sizer = DecodePoolSizer(data.decode_workers, data.max_decode_workers, data.data_wait_target,
                                       data.autoscale_window)
+        self._pool_decision: PoolDecision | None = None  # a resize the running chunk is stopping for
         self._decode_limit = decode_limit
         self.policy = FailurePolicy(self.config.max_failures)
         self.failures = job.failures
@@ -332,6 +333,7 @@ class JobRunner(threading.Thread):
                              seed=self.config.seed, held_out=held_out, cpus=data.decode_cpus,
                              threads=data.threads_per_decode_worker, host=self.settings.worker_host,
                              restarts=data.decode_restarts, delay_s=self.config.debug.decode_delay_s)
+        self._pool_decision = None  # one for an earlier attempt's pool
         grown = self.decode_workers  # what an earlier attempt had grown the pool to
         self._pool = DecodePool.create(pool_spec, data.decode_workers, self.settings.start_timeout_s)
         limit = self._decode_limit(self) if self._decode_limit else grown
@@ -456,24 +458,57 @@ class JobRunner(threading.Thread):
         return step
 
     def _train(self, start_step: int, num_samples: int) -> None:
+        """Train from ``start_step`` in streamed chunks: each chunk is one call per worker that runs until
+        the next checkpoint or hold point, or until the runner asks it to stop (a cancel, a preemption, a
+        decode pool to resize), which takes effect after the step in progress on every rank."""
         train = self.config.train
-        samples_per_step = train.global_batch // clips_per_sample(self.task.sample_fn())  # a sample may be several clips
-        for step in range(start_step, train.steps):
+        step = start_step
+        while step < train.steps:
             self._hold(step)
             if self._preempt_reason and self._checkpointed_step < step:
                 self._checkpoint(step)  # a preempted job loses no step
             self._check_cancel()
-            self.usage.charge("overhead")  # the runner's own work since the last call
-            began = time.perf_counter()
-            reports = self._group.call("train_step", step, timeout_s=train.step_timeout_s)
-            seconds = time.perf_counter() - began
-            self.usage.step(step, [r["data_wait_seconds"] for r in reports], self._group.last_call_joules)
+            step = self._train_chunk(step, self._chunk_end(step), num_samples)
+            if self._pool_decision is not None:
+                self._resize_decode_pool(self._pool_decision)
+            if step == train.steps or (train.checkpoint_every and step % train.checkpoint_every == 0):
+                checkpoint = self._checkpoint(step)
+                if self._held_out:
+                    self._validate(step)
+                target = self._grow_target(self) if self._grow_target and step < train.steps else 0
+                if target > self.world_size:
+                    raise GrowAt(Path(checkpoint), target)
+            self._flush_usage()
+
+    def _chunk_end(self, step: int) -> int:
+        """Where a chunk from ``step`` ends at the latest: the next checkpoint, hold point or the end."""
+        train = self.config.train
+        ends = [train.steps, *(h for h in self.config.debug.hold_at_steps if h > step)]
+        if train.checkpoint_every:
+            ends.append((step // train.checkpoint_every + 1) * train.checkpoint_every)
+        return min(ends)
+
+    def _train_chunk(self, start: int, end: int, num_samples: int) -> int:
+        """Steps ``start`` to ``end - 1`` streamed from the workers, each recorded as it arrives (while the
+        workers run the next); returns the step the chunk stopped before."""
+        train = self.config.train
+        samples_per_step = train.global_batch // clips_per_sample(self.task.sample_fn())  # a sample may be several clips
+        self.usage.charge("overhead")  # the runner's own work since the previous chunk
+
+        def stop_wanted() -> bool:
+            return self._cancel.is_set() or self._pool_decision is not None
+
+        began, step = time.perf_counter(), start
+        for step, reports, joules in self._group.train_steps(start, end, timeout_s=train.step_timeout_s,
+                                                             stop_wanted=stop_wanted):
+            arrived = time.perf_counter()
+            seconds, began = arrived - began, arrived  # the workers' step and its way back, not the runner's work
+            self.usage.step(step, [r["data_wait_seconds"] for r in reports], joules)
             self._flush_usage()
             step_samples = sum(r["samples"] for r in reports)
             self._record_skips([skip for report in reports for skip in report["skipped"]], "data")
             if train.record_samples:
                 self._log_samples(step, reports)
-            wait = max(r["data_wait_seconds"] / r["seconds"] for r in reports)  # the slowest rank gates a step
             step_metrics = {name: statistics.fmean(r["metrics"][name] for r in reports) for name in reports[0]["metrics"]}
             self.store.record_progress(self.job_id, {
                 "step": step + 1, "total_steps": train.steps, "samples": (step + 1) * train.global_batch,
@@ -483,21 +518,16 @@ class JobRunner(threading.Thread):
                 "worker_seconds": max(r["seconds"] for r in reports),
                 "data_wait_fraction": statistics.fmean(r["data_wait_seconds"] / r["seconds"] for r in reports),
                 "world_size": self.world_size, "decode_workers": self.decode_workers,
-                "model_flops": sum(r["model_flops"] for r in reports), "step_joules": self._group.last_call_joules,
+                "model_flops": sum(r["model_flops"] for r in reports), "step_joules": joules,
                 "held_gpu_seconds": self._so_far.held_gpu_seconds,
                 "kept_gpu_seconds": self._so_far.of("kept").gpu_seconds, "joules": self._so_far.joules,
             })
             self._export(metrics.STEP_METRIC, step_metrics)
-            self._size_decode_pool(wait)
-            completed = step + 1
-            if completed == train.steps or (train.checkpoint_every and completed % train.checkpoint_every == 0):
-                checkpoint = self._checkpoint(completed)
-                if self._held_out:
-                    self._validate(completed)
-                target = self._grow_target(self) if self._grow_target and completed < train.steps else 0
-                if target > self.world_size:
-                    raise GrowAt(Path(checkpoint), target)
-            self._flush_usage()
+            # The slowest rank gates a step; a resize waits for the chunk to stop (workers are mid-step now).
+            self._pool_decision = self._pool_decision or self._decode_decision(
+                max(r["data_wait_seconds"] / r["seconds"] for r in reports))
+            step += 1
+        return step
 
     def _evaluate(self, num_samples: int) -> None:
         """Predict every shard no earlier runner committed, committing each as it completes."""
@@ -570,16 +600,17 @@ class JobRunner(threading.Thread):
             gauge.labels(self.job_id, self.job.kind, name).set(value)
             self._exported.add((gauge, name))
 
-    def _size_decode_pool(self, data_wait_fraction: float) -> None:
-        """Grow the decode pool while trainers wait for clips, shrink it when they never do (between
-        steps: clips do not depend on which worker decodes them, so no step changes)."""
+    def _decode_decision(self, data_wait_fraction: float) -> PoolDecision | None:
+        """Whether to grow the decode pool while trainers wait for clips, or shrink it when they never do
+        (between steps: clips do not depend on which worker decodes them, so no step changes)."""
         if not self._sizer.observe(data_wait_fraction):
-            return
-        size = len(self._pool.actors)
+            return None
         limit = self._decode_limit(self) if self._decode_limit else self.config.data.max_decode_workers
-        decision = self._sizer.decide(size, limit)
-        if decision is None:
-            return
+        return self._sizer.decide(len(self._pool.actors), limit)
+
+    def _resize_decode_pool(self, decision: PoolDecision) -> None:
+        self._pool_decision = None
+        size = len(self._pool.actors)
         timeout_s = self.config.train.step_timeout_s
         removed = self._pool.resize(decision.size, timeout_s=min(timeout_s, 30.0))
         if len(self._pool.actors) == size:

@@ -7,6 +7,7 @@ grouped errors).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from internvideo.tasks import TaskRef
-from workers.calls import PlacementTimeout, gather, kill_actors
+from workers.calls import PlacementTimeout, WorkerGroupError, gather, gather_next, kill_actors
 from workers.trainer import EncoderWorker
 
 
@@ -54,6 +55,7 @@ class WorkerGroup:
             for rank in range(world_size):
                 workers.append(actor_cls.options(
                     num_cpus=bundle.get("CPU", 0), num_gpus=bundle.get("GPU", 0),
+                    max_concurrency=2,  # a stop reaches a worker while it streams its steps
                     scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=rank),
                 ).remote(job_id, task, rank, world_size, True, host))
             (addr, port), = gather([workers[0].rendezvous_address.remote()], timeout_s, "rendezvous")
@@ -72,6 +74,33 @@ class WorkerGroup:
         answers = gather([w.metered.remote(method, *args) for w in self.workers], timeout_s, method)
         self.last_call_joules = sum(joules for _, joules in answers)
         return [result for result, _ in answers]
+
+    def train_steps(self, start: int, end: int, *, timeout_s: float,
+                    stop_wanted: Callable[[], bool]) -> Iterator[tuple[int, list[dict[str, Any]], float]]:
+        """Steps ``start`` to ``end - 1`` in one streaming call per worker: yields ``(step, reports,
+        joules)`` as every rank finishes a step (each step under ``timeout_s``). Once ``stop_wanted()``
+        (asked while waiting for a step and after every step) is true, the workers finish the step in
+        flight and stop before the next, all at the same one."""
+        streams = [w.train_steps.remote(start, end) for w in self.workers]
+        stopping = False
+
+        def stop_if_wanted(in_flight: int) -> None:
+            nonlocal stopping
+            if not stopping and stop_wanted():
+                stopping = True
+                for worker in self.workers:
+                    worker.stop.remote(start, in_flight + 1)
+
+        for step in range(start, end):
+            answers = gather_next(streams, timeout_s, "train_step", poll_s=0.5,
+                                  interrupt=lambda: stop_if_wanted(in_flight=step))
+            if answers is None:
+                return
+            yield step, [report for report, _ in answers], sum(joules for _, joules in answers)
+            stop_if_wanted(in_flight=step + 1)  # the workers went on with it while this one was recorded
+        # Every rank ran the chunk to its end; their streams close with it.
+        if gather_next(streams, timeout_s, "train_step") is not None:
+            raise WorkerGroupError(f"a worker streamed a step past {end}")
 
     def shutdown(self) -> None:
         _teardown(self.workers, self.placement)

@@ -52,7 +52,7 @@ class EncoderWorker:
         self._flops = telemetry.TRAIN_MODEL_FLOPS.labels(**labels)
         self.metrics_endpoint = telemetry.serve_metrics(self.host) if serve_metrics else ""
         self.engine = None
-        self._stop_chunk: int | None = None  # set from another thread while train_steps runs
+        self._stop: tuple[int, int] | None = None  # (chunk, step): set from another thread while train_steps runs
 
     def _energy_meter(self) -> EnergyMeter:
         declared = self.config.telemetry.declared_watts
@@ -160,20 +160,21 @@ class EncoderWorker:
     def train_steps(self, start: int, end: int) -> Iterator[tuple[dict[str, Any], float]]:
         """Steps ``start`` to ``end - 1``, each step's report streamed back with the joules used since
         the previous one as soon as it completes (a Ray streaming generator: one call for many steps,
-        and the runner's bookkeeping of a step overlaps the next). ``stop(start)`` ends it before the
-        next step; the ranks agree on that step in an all-reduce, so none is left in a collective."""
+        and the runner's bookkeeping of a step overlaps the next). ``stop(start, before)`` ends it at
+        step ``before``; the ranks agree on the stop in an all-reduce, so none is left in a collective
+        even if the stop reached one late."""
         for step in range(start, end):
-            if self._stop_agreed(start):
+            if self._stop_agreed(start, step):
                 return
             yield self.train_step(step), self.joules_since_last_read()
 
-    def stop(self, chunk: int) -> None:
-        """End ``train_steps(chunk, ...)`` before its next step (a call for another chunk is ignored:
-        a stop may arrive after its chunk ended on its own)."""
-        self._stop_chunk = chunk
+    def stop(self, chunk: int, before: int) -> None:
+        """End ``train_steps(chunk, ...)`` at step ``before`` or, if it is past that, at its next step (a
+        call for another chunk is ignored: a stop may arrive after its chunk ended on its own)."""
+        self._stop = (chunk, before)
 
-    def _stop_agreed(self, chunk: int) -> bool:
-        stop = self._stop_chunk == chunk
+    def _stop_agreed(self, chunk: int, step: int) -> bool:
+        stop = self._stop is not None and self._stop[0] == chunk and step >= self._stop[1]
         if self.world_size == 1:
             return stop
         flag = torch.tensor([float(stop)], device=self.device)
