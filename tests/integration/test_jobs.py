@@ -251,6 +251,20 @@ def test_running_job_serves_metrics_and_cancel_frees_everything(client, dataset,
     assert json.loads(client.get(job.job_id).config_json)["train"]["steps"] == 2000
 
 
+def test_a_cancel_stops_a_streamed_chunk_after_the_step_in_flight(client, dataset):
+    """The workers stream a 2,000-step chunk (no checkpoint before the end); a cancel lands after the
+    step in flight on both ranks, not at the chunk's end."""
+    job = tiny_job(client, dataset.train_list, "train.steps=2000", "train.checkpoint_every=0",
+                   "debug.decode_delay_s=0.2")
+    wait_for(lambda: client.get(job.job_id).progress.step >= 2, 240, "2 steps")
+    done_before = client.get(job.job_id).progress.step
+    cancelled = client.cancel(job.job_id)
+    assert state(cancelled) == "CANCELLED", cancelled.message
+    steps = [p.step for p in bodies(client.watch(job.job_id), "progress")]
+    # At most the step in flight, and one more that may have ended between the read and the cancel.
+    assert done_before <= steps[-1] <= done_before + 2 and steps == list(range(1, steps[-1] + 1))
+
+
 def test_two_data_parallel_workers_train_like_one(client, dataset):
     """Same global batch, same samples: the gradient all-reduced over 2 ranks is 1 rank's mean gradient
     (its norm, step by step — a sum instead of a mean would double it, and AdamW would hide that in the
