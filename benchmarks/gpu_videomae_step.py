@@ -12,6 +12,7 @@ dimensions) × clips/s / peak dense bf16 rate of the card.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -90,6 +91,7 @@ def top_operators(step: Callable[[], None], device: torch.device, steps: int, ro
 
 def measure(name: str, build: Callable[[], Callable[[], None]], device, batch, warmup, iters,
             profile_steps: int = 0) -> dict:
+    gc.collect()  # an engine of an earlier variant lives in reference cycles (its gradient hooks)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)

@@ -121,6 +121,8 @@ def job(state: Path, list_path: Path, overrides: list[str], warmup: int, code: P
     cycles = [b - a for a, b in zip(times, times[1:])][warmup:]
     calls = [e.progress.step_seconds for e in progress][warmup + 1:]
     work = [e.progress.worker_seconds for e in progress][warmup + 1:]
+    if not any(work):
+        raise RuntimeError("the job's progress has no worker_seconds (a coordinator older than 4068e1d)")
     return {"cycle": cycles, "call": calls, "worker": work,
             "data_wait_fraction": statistics.fmean(e.progress.data_wait_fraction for e in progress[warmup + 1:])}
 

@@ -32,6 +32,7 @@ from coordinator.recovery import Decision, FailurePolicy, failure_cause
 from coordinator.state import InvalidTransition, JobState
 from coordinator.store import JobNeeds, JobRecord, JobStore
 from coordinator.usage import JobUsage, Usage, UsageLedger
+from internvideo.data.order import GlobalBatchPlan
 from internvideo.tasks import Task, TaskRef
 from internvideo.tasks.base import clips_per_sample
 from internvideo.tasks.common import SharedConfig, replace_job_refs
@@ -492,7 +493,9 @@ class JobRunner(threading.Thread):
         """Steps ``start`` to ``end - 1`` streamed from the workers, each recorded as it arrives (while the
         workers run the next); returns the step the chunk stopped before."""
         train = self.config.train
-        samples_per_step = train.global_batch // clips_per_sample(self.task.sample_fn())  # a sample may be several clips
+        # The plan's epochs: whole global batches of samples (a sample may be several clips), the tail dropped.
+        steps_per_epoch = GlobalBatchPlan(num_samples, train.global_batch // clips_per_sample(self.task.sample_fn()),
+                                          train.seed).steps_per_epoch
         self.usage.charge("overhead")  # the runner's own work since the previous chunk
 
         def stop_wanted() -> bool:
@@ -502,7 +505,11 @@ class JobRunner(threading.Thread):
         for step, reports, joules in self._group.train_steps(start, end, timeout_s=train.step_timeout_s,
                                                              stop_wanted=stop_wanted):
             arrived = time.perf_counter()
-            seconds, began = arrived - began, arrived  # the workers' step and its way back, not the runner's work
+            # The step as the job saw it: since the previous one arrived (the runner's own work overlaps the
+            # workers' next step), but never less than the slowest rank's own time (steps that queued up
+            # while the runner was busy arrive together).
+            seconds = max(arrived - began, max(r["seconds"] for r in reports))
+            began = arrived
             self.usage.step(step, [r["data_wait_seconds"] for r in reports], joules)
             self._flush_usage()
             step_samples = sum(r["samples"] for r in reports)
@@ -512,7 +519,7 @@ class JobRunner(threading.Thread):
             step_metrics = {name: statistics.fmean(r["metrics"][name] for r in reports) for name in reports[0]["metrics"]}
             self.store.record_progress(self.job_id, {
                 "step": step + 1, "total_steps": train.steps, "samples": (step + 1) * train.global_batch,
-                "epoch": step * samples_per_step // num_samples, "loss": step_metrics["loss"],
+                "epoch": step // steps_per_epoch, "loss": step_metrics["loss"],
                 "metrics": step_metrics,
                 "clips_per_second": step_samples / seconds, "step_seconds": seconds, "step_samples": step_samples,
                 "worker_seconds": max(r["seconds"] for r in reports),

@@ -79,7 +79,19 @@ def load_checkpoint(engine: deepspeed.DeepSpeedEngine, folder: Path) -> dict[str
     path, client_state = engine.load_checkpoint(str(folder.parent), tag=folder.name)
     if path is None:
         raise FileNotFoundError(f"DeepSpeed found no checkpoint in {folder}")
+    _steps_beside_their_parameters(engine.optimizer)
     return client_state
+
+
+def _steps_beside_their_parameters(optimizer: torch.optim.Optimizer) -> None:
+    """Fused AdamW reads each parameter's step count on the parameter's device. A universal checkpoint
+    (another world size) sets the counts directly, as the CPU tensors it was converted to, bypassing
+    ``Optimizer.load_state_dict``, which would have moved them: move them."""
+    base = getattr(optimizer, "optimizer", optimizer)  # ZeRO and bf16 wrap the torch optimizer
+    for param, state in base.state.items():
+        step = state.get("step")
+        if isinstance(step, torch.Tensor) and step.device != param.device:
+            state["step"] = step.to(param.device, torch.float32)
 
 
 def destroy_process_group() -> None:

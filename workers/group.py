@@ -96,7 +96,10 @@ class WorkerGroup:
                                   interrupt=lambda: stop_if_wanted(in_flight=step))
             if answers is None:
                 return
-            yield step, [report for report, _ in answers], sum(joules for _, joules in answers)
+            reports = [report for report, _ in answers]
+            if any(report["step"] != step for report in reports):
+                raise WorkerGroupError(f"train_step: ranks reported steps {[r['step'] for r in reports]}, not {step}")
+            yield step, reports, sum(joules for _, joules in answers)
             stop_if_wanted(in_flight=step + 1)  # the workers went on with it while this one was recorded
         # Every rank ran the chunk to its end; their streams close with it.
         if gather_next(streams, timeout_s, "train_step") is not None:

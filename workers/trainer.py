@@ -52,7 +52,7 @@ class EncoderWorker:
         self._flops = telemetry.TRAIN_MODEL_FLOPS.labels(**labels)
         self.metrics_endpoint = telemetry.serve_metrics(self.host) if serve_metrics else ""
         self.engine = None
-        self._stop: tuple[int, int] | None = None  # (chunk, step): set from another thread while train_steps runs
+        self._stops: dict[int, int] = {}  # chunk → the step it stops at: set from another thread while it runs
 
     def _energy_meter(self) -> EnergyMeter:
         declared = self.config.telemetry.declared_watts
@@ -169,12 +169,13 @@ class EncoderWorker:
             yield self.train_step(step), self.joules_since_last_read()
 
     def stop(self, chunk: int, before: int) -> None:
-        """End ``train_steps(chunk, ...)`` at step ``before`` or, if it is past that, at its next step (a
-        call for another chunk is ignored: a stop may arrive after its chunk ended on its own)."""
-        self._stop = (chunk, before)
+        """End ``train_steps(chunk, ...)`` at step ``before`` or, if it is past that, at its next step.
+        Kept by chunk (a chunk's first step: no two chunks of a worker share one): a stop may arrive
+        after its chunk ended on its own, or, a threaded actor's calls being unordered, before it began."""
+        self._stops[chunk] = before
 
     def _stop_agreed(self, chunk: int, step: int) -> bool:
-        stop = self._stop is not None and self._stop[0] == chunk and step >= self._stop[1]
+        stop = chunk in self._stops and step >= self._stops[chunk]
         if self.world_size == 1:
             return stop
         flag = torch.tensor([float(stop)], device=self.device)
