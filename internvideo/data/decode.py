@@ -286,20 +286,21 @@ def _read_pyav(path: str, indices_fn: Callable[[int], np.ndarray], num_threads: 
 
     failures = (av.error.FFmpegError, av.error.ArgumentError, OSError)
     try:
-        with av.open(path) as container:  # pass 1: count frames from the packets, decoding nothing
+        with av.open(path) as container:  # pass 1: the frames' timestamps and keyframes, decoding nothing
             if not container.streams.video:
                 raise DecodeError(path, "corrupt", "no video stream")
-            n = sum(1 for packet in container.demux(video=0) if packet.size)
+            packets = [(packet.pts, packet.is_keyframe) for packet in container.demux(video=0) if packet.size]
     except failures as e:
         raise DecodeError(path, "corrupt", f"open failed: {type(e).__name__}: {e}") from e
-    indices = _indices(path, indices_fn, n)
+    indices = _indices(path, indices_fn, len(packets))
     wanted, last = set(indices.tolist()), int(indices.max())
     got: dict[int, np.ndarray] = {}
     scaled = {"height": size[0], "width": size[1]} if size else {}
     try:
-        with av.open(path) as container:  # pass 2: decode up to the last frame needed
-            container.streams.video[0].thread_count = num_threads
-            for i, frame in enumerate(container.decode(video=0)):
+        with av.open(path) as container:  # pass 2: decode from the keyframe before the first frame needed
+            stream = container.streams.video[0]
+            stream.thread_count = num_threads
+            for i, frame in _frames_from_keyframe(container, stream, packets, int(indices.min())):
                 if i in wanted:
                     got[i] = frame.to_ndarray(format="rgb24", **scaled)
                 if i >= last:
@@ -307,5 +308,23 @@ def _read_pyav(path: str, indices_fn: Callable[[int], np.ndarray], num_threads: 
     except failures as e:
         raise DecodeError(path, "corrupt", f"frame read failed: {type(e).__name__}: {e}") from e
     if len(got) != len(wanted):
-        raise DecodeError(path, "corrupt", f"{n} packets but only {len(got)} of the {len(wanted)} frames decoded")
+        raise DecodeError(path, "corrupt", f"{len(packets)} packets but only {len(got)} of the {len(wanted)} "
+                                           "frames decoded")
     return np.stack([got[i] for i in indices.tolist()])
+
+
+def _frames_from_keyframe(container, stream, packets: list[tuple[int | None, bool]], first: int):
+    """``(index, frame)`` in display order from the keyframe at or before frame ``first``: the frames'
+    timestamps, sorted, give each its index. A stream without a timestamp for each frame (a raw H.264
+    file) is decoded from its start, its frames counted."""
+    timestamps = sorted(pts for pts, _ in packets if pts is not None)
+    if len(set(timestamps)) != len(packets):  # missing or repeated timestamps: count the frames instead
+        yield from enumerate(container.decode(stream))
+        return
+    keyframe = max((pts for pts, key in packets if key and pts <= timestamps[first]), default=timestamps[0])
+    index_of = {pts: i for i, pts in enumerate(timestamps)}
+    if keyframe > timestamps[0]:
+        container.seek(keyframe, stream=stream, backward=True, any_frame=False)
+    for frame in container.decode(stream):
+        if frame.pts in index_of:  # frames before the keyframe (an open GOP's leading ones) are not needed
+            yield index_of[frame.pts], frame

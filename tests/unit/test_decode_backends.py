@@ -93,3 +93,37 @@ def test_a_decode_over_the_time_limit_is_a_timeout(tmp_path):
         release.set()
     assert returned.wait(timeout=60)  # the abandoned decode finishes in the background once unstuck
     assert read_clip(str(path), lambda n: np.arange(4), DecodeOptions(time_limit_s=30)).shape[0] == 4
+
+
+def test_pyav_decodes_from_the_keyframe_before_a_clip_not_from_the_start(tmp_path, monkeypatch):
+    """A clip near the end of a video with a keyframe every 10 frames: PyAV seeks to the keyframe before
+    it, decodes a dozen frames rather than 90, and returns the frames decord returns."""
+    path = tmp_path / "long.mp4"
+    with av.open(str(path), "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=8)
+        stream.width = stream.height = SIZE
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.gop_size = 10
+        for i in range(100):
+            image = np.zeros((SIZE, SIZE, 3), np.uint8)
+            image[:, bar_position(i):bar_position(i) + 8] = 255
+            image[:8, :8] = i * 2  # every frame its own
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    decoded = 0
+    real_decode = av.container.InputContainer.decode
+
+    def counting(self, *args, **kwargs):
+        nonlocal decoded
+        for frame in real_decode(self, *args, **kwargs):
+            decoded += 1
+            yield frame
+
+    monkeypatch.setattr(av.container.InputContainer, "decode", counting)
+    wanted = lambda n: np.array([91, 93, 95, 97])  # noqa: E731
+    by_pyav = read_clip(str(path), wanted, DecodeOptions(backend="pyav")).astype(np.int16)
+    assert decoded <= 20
+    by_decord = read_clip(str(path), wanted).astype(np.int16)
+    assert np.abs(by_decord - by_pyav).mean() < 2.0
