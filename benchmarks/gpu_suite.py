@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import record
-from benchmarks.gpu_videomae_step import make_batch, measure, median_round, ours_deepspeed, ours_torch, peak_flops
+from benchmarks.gpu_videomae_step import make_batch, measure_in_turns, ours_deepspeed, ours_torch, peak_flops
 from internvideo.models.videomae import VideoMAEPretrain, videomae_config
 
 
@@ -40,15 +40,7 @@ def engine_rows(size: str, args: argparse.Namespace, device: torch.device) -> di
     runs = {"plain": lambda: ours_torch(cfg, video, pixels, mask, dtype, device),
             **{f"engine-z{z}": (lambda z=z: ours_deepspeed(cfg, video, pixels, mask, args.batch, device, z))
                for z in (0, 2)}}
-    rounds: dict[str, list[dict]] = {name: [] for name in runs}
-    for _ in range(args.rounds):
-        for name, measured in rounds.items():
-            try:
-                measured.append(measure(name, runs[name](), device, args.batch, args.warmup, args.iters,
-                                        args.profile))
-            except Exception as err:  # noqa: BLE001 — a missing library is a row's error, not the suite's
-                measured.append({"name": name, "error": f"{type(err).__name__}: {err}"})
-    results = {name: median_round(name, measured, flops, peak_flops(device)) for name, measured in rounds.items()}
+    results = measure_in_turns(runs, args, device, flops, peak_flops(device))
     plain = results["plain"].get("clips_per_second")
     return {"config": {"size": size, "img_size": args.img_size, "frames": args.frames, "batch": args.batch,
                        "dtype": str(dtype), "flops_per_clip_train": flops},

@@ -187,6 +187,21 @@ def median_round(name: str, rounds: list[dict], flops: float | None, peak: float
     return result
 
 
+def measure_in_turns(runs: dict[str, Callable[[], Callable]], args: argparse.Namespace, device: torch.device,
+                     flops: float | None, peak: float | None) -> dict[str, dict]:
+    """Each of ``runs`` (name → builder of a step) measured ``args.rounds`` times in turns, so that a slow
+    spell of the machine hits every variant; each reports its median round, or its error."""
+    rounds: dict[str, list[dict]] = {name: [] for name in runs}
+    for _ in range(args.rounds):
+        for name, measured in rounds.items():
+            try:
+                measured.append(measure(name, runs[name](), device, args.batch, args.warmup, args.iters,
+                                        args.profile))
+            except Exception as err:  # noqa: BLE001 — report and keep measuring the others
+                measured.append({"name": name, "error": f"{type(err).__name__}: {err}"})
+    return {name: median_round(name, measured, flops, peak) for name, measured in rounds.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="base")
@@ -219,15 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                for z in map(int, args.zero_stages.split(","))}}
     if args.compile:
         runs["ours-compiled"] = lambda: ours_torch(cfg, video, pixels, mask, dtype, device, compile_model=True)
-    rounds: dict[str, list[dict]] = {name: [] for name in runs if name not in args.skip}
-    for _ in range(args.rounds):  # in turns, so that a slow spell of the machine hits every variant
-        for name, measured in rounds.items():
-            try:
-                measured.append(measure(name, runs[name](), device, args.batch, args.warmup, args.iters,
-                                        args.profile))
-            except Exception as err:  # noqa: BLE001 — report and keep measuring the others
-                measured.append({"name": name, "error": f"{type(err).__name__}: {err}"})
-    results = [median_round(name, measured, flops, peak) for name, measured in rounds.items()]
+    results = list(measure_in_turns({n: r for n, r in runs.items() if n not in args.skip}, args, device,
+                                    flops, peak).values())
     for result in results:
         print(json.dumps(result), flush=True)
 

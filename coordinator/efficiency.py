@@ -8,10 +8,8 @@ percentiles come from a histogram of 2 % buckets: within 1 % of the exact ones.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Iterable
 
 from coordinator.history import HistoryTotals
-from coordinator.store import JobEvent
 from coordinator.usage import USES, JobUsage
 
 
@@ -44,11 +42,9 @@ class Efficiency:
         return flat
 
 
-def job_efficiency(history: HistoryTotals | Iterable[JobEvent], usage: JobUsage | None,
-                   global_batch: int | None) -> Efficiency:
-    """``history``: the job's totals (the store keeps them), or its events (summed here).
-    ``global_batch``: a training job's; None for an evaluation (its kept clips are its committed shards')."""
-    totals = history if isinstance(history, HistoryTotals) else HistoryTotals.of(history)
+def job_efficiency(totals: HistoryTotals, usage: JobUsage | None, global_batch: int | None) -> Efficiency:
+    """``totals``: the job's history summed (the store keeps them). ``global_batch``: a training job's;
+    None for an evaluation (its kept clips are its committed shards')."""
     usage = usage or JobUsage({}, 0.0)
     seconds, flops = totals.seconds, totals.model_flops
     kept_clips = kept_samples(totals, global_batch)

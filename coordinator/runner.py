@@ -2,8 +2,8 @@
 
 The runner is the only writer of a running job's record: it takes the job the scheduler
 moved to STARTING through RUNNING → SUCCEEDED | FAILED | CANCELLED, or back to QUEUED when
-it is preempted or fewer than its minimum of workers are left. It drives the worker group one
-optimizer step at a time, commits checkpoints, and tears every actor down on the way out.
+it is preempted or fewer than its minimum of workers are left. It drives the worker group in
+streamed chunks of steps (up to the next checkpoint), commits checkpoints, and tears every actor down on the way out.
 
 A job may be run by several runners in turn (requeued, or after a coordinator restart): each
 starts from the job's last committed checkpoint, and the job's result comes from its history's
@@ -505,10 +505,11 @@ class JobRunner(threading.Thread):
         for step, reports, joules in self._group.train_steps(start, end, timeout_s=train.step_timeout_s,
                                                              stop_wanted=stop_wanted):
             arrived = time.perf_counter()
+            worker_seconds = max(r["seconds"] for r in reports)  # the slowest rank's own time in the step
             # The step as the job saw it: since the previous one arrived (the runner's own work overlaps the
-            # workers' next step), but never less than the slowest rank's own time (steps that queued up
-            # while the runner was busy arrive together).
-            seconds = max(arrived - began, max(r["seconds"] for r in reports))
+            # workers' next step), but never less than the workers' own time (steps that queued up while the
+            # runner was busy arrive together).
+            seconds = max(arrived - began, worker_seconds)
             began = arrived
             self.usage.step(step, [r["data_wait_seconds"] for r in reports], joules)
             self._flush_usage()
@@ -522,7 +523,7 @@ class JobRunner(threading.Thread):
                 "epoch": step // steps_per_epoch, "loss": step_metrics["loss"],
                 "metrics": step_metrics,
                 "clips_per_second": step_samples / seconds, "step_seconds": seconds, "step_samples": step_samples,
-                "worker_seconds": max(r["seconds"] for r in reports),
+                "worker_seconds": worker_seconds,
                 "data_wait_fraction": statistics.fmean(r["data_wait_seconds"] / r["seconds"] for r in reports),
                 "world_size": self.world_size, "decode_workers": self.decode_workers,
                 "model_flops": sum(r["model_flops"] for r in reports), "step_joules": joules,

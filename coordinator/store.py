@@ -628,7 +628,6 @@ class JobStore:
                 return
             after = (rows[-1]["priority"], rows[-1]["rowid"])
 
-
     def replay(self, job_id: str, after_seq: int) -> Iterator[JobEvent]:
         """The job's events after ``after_seq`` in order, read a page at a time as the caller goes: a
         replay holds one page, whatever the history's length, and its first event comes after one
@@ -643,10 +642,6 @@ class JobStore:
             if len(rows) < EVENTS_PAGE:
                 return
             after_seq = rows[-1]["seq"]
-
-    def events_after(self, job_id: str, seq: int) -> list[JobEvent]:
-        """The job's events after ``seq``, all at once (a short history's)."""
-        return list(self.replay(job_id, seq))
 
     def totals(self, job_id: str) -> HistoryTotals:
         """The job's history summed: what its result and efficiency report need (``coordinator.history``)."""

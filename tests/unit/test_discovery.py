@@ -43,6 +43,7 @@ def test_targets_and_metrics_are_served_and_a_closed_server_frees_its_collector(
 
 
 def test_a_server_on_every_interface_is_listed_at_its_nodes_address(monkeypatch) -> None:
+    """The address advertised for a listen address (a pure mapping: no server is started, nothing binds)."""
     from workers import telemetry
     monkeypatch.setattr(telemetry, "node_address", lambda: "10.1.2.3")
     assert [telemetry.reachable(host) for host in ("0.0.0.0", "::", "127.0.0.1", "10.9.9.9")] == [

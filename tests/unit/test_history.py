@@ -80,9 +80,9 @@ def summed_from_events(events: list[JobEvent], total_steps: int, failures: int) 
 def test_running_totals_equal_the_sums_over_every_event_though_progress_was_thinned(tmp_path):
     whole = JobStore(tmp_path / "whole.sqlite", recent_steps=10**9)  # never thins
     thinned = JobStore(tmp_path / "thinned.sqlite", recent_steps=2)
-    events = whole.events_after(write_history_with_a_failure(whole), 0)
+    events = list(whole.replay(write_history_with_a_failure(whole), 0))
     job_id = write_history_with_a_failure(thinned)
-    assert len(thinned.events_after(job_id, 0)) < len(events)  # the history was thinned...
+    assert len(list(thinned.replay(job_id, 0))) < len(events)  # the history was thinned...
 
     totals = thinned.totals(job_id)  # ...and the totals still count every step, the redone ones again
     assert run_result(totals, 10, 1) == summed_from_events(events, 10, 1)
@@ -101,7 +101,7 @@ def test_running_totals_equal_the_sums_over_every_event_though_progress_was_thin
     assert ours.joules_per_clip == pytest.approx(6000 / (10 * 16))  # the furthest checkpoint's steps
     for q, figure in ((50, ours.step_seconds_p50), (95, ours.step_seconds_p95)):
         assert figure == pytest.approx(np.percentile(seconds, q), rel=0.01)
-    assert ours == job_efficiency(events, usage, global_batch=16)  # the same whether summed here or kept
+    assert ours == job_efficiency(HistoryTotals.of(events), usage, global_batch=16)  # the same whether summed here or kept
 
 
 def test_step_time_percentiles_are_within_half_a_bucket_and_exact_when_every_step_took_the_same():
@@ -147,7 +147,7 @@ def test_thinning_keeps_the_recent_steps_whole_and_every_other_event(tmp_path):
         if step % 1000 == 0:
             store.record_validation(job_id, {"step": step, "metrics": {"top1": 0.5}})
             store.record_skipped(job_id, f"/v/bad-{step}.mp4", "corrupt", "")
-    events = store.events_after(job_id, 0)
+    events = list(store.replay(job_id, 0))
     kept = [e.payload["step"] for e in events if e.type == "progress"]
     others = [e.type for e in events if e.type != "progress"]
     assert others.count("checkpoint") == 20 and others.count("validation") == others.count("skipped_video") == 10
@@ -200,7 +200,7 @@ def test_watch_streams_a_long_history_over_grpc_from_its_first_page(tmp_path):
             first = next(stream)
             read_by_then = len(pages)
             events = [first, *stream]
-            stored = store.events_after(job_id, 0)
+            stored = list(store.replay(job_id, 0))
             assert [e.seq for e in events] == [e.seq for e in stored] and len(stored) < 6000  # thinned, with gaps
             assert events[-1].state_changed.to_state == pb.JOB_STATE_CANCELLED  # the job's last event
             assert read_by_then <= 2 < len(pages) // 4  # streaming had begun long before the history was read
@@ -226,9 +226,9 @@ def test_a_store_from_before_totals_migrates_and_sums_its_jobs_history_once(tmp_
 
     store = JobStore(path)
     assert store.schema_version == len(MIGRATIONS) == 6
-    assert store.totals("job-0") == HistoryTotals.of(store.events_after("job-0", 0))  # summed from its events
+    assert store.totals("job-0") == HistoryTotals.of(list(store.replay("job-0", 0)))  # summed from its events
     assert store._db.execute("SELECT COUNT(*) FROM job_totals").fetchone()[0] == 0
     store.record_progress("job-0", progress(4))  # its first counted event stores the sum, and adds to it
-    assert store.totals("job-0") == HistoryTotals.of(store.events_after("job-0", 0))
+    assert store.totals("job-0") == HistoryTotals.of(list(store.replay("job-0", 0)))
     assert store.totals("job-0").steps == 4 and store.totals("job-0").checkpointed_step == 3
     assert store._db.execute("SELECT COUNT(*) FROM job_totals").fetchone()[0] == 1

@@ -33,10 +33,10 @@ def test_lifecycle_is_recorded_as_events(tmp_path):
     store.record_result(job.job_id, {"final_loss": 0.5})
     store.transition(job.job_id, JobState.SUCCEEDED)
 
-    types = [(e.type, e.payload.get("to")) for e in store.events_after(job.job_id, 0)]
+    types = [(e.type, e.payload.get("to")) for e in list(store.replay(job.job_id, 0))]
     assert types == [("state", "QUEUED"), ("state", "STARTING"), ("state", "RUNNING"), ("progress", None),
                      ("checkpoint", None), ("skipped_video", None), ("result", None), ("state", "SUCCEEDED")]
-    assert [e.seq for e in store.events_after(job.job_id, 3)] == [4, 5, 6, 7, 8]
+    assert [e.seq for e in list(store.replay(job.job_id, 3))] == [4, 5, 6, 7, 8]
     (skipped,) = store.skipped_videos(job.job_id)
     assert (skipped.reason, skipped.count) == ("corrupt", 2)
     record = store.get_job(job.job_id)
@@ -51,7 +51,7 @@ def test_invalid_transition_changes_nothing(tmp_path):
     with pytest.raises(InvalidTransition):
         store.transition(job.job_id, JobState.SUCCEEDED)
     assert store.get_job(job.job_id).state is JobState.QUEUED
-    assert len(store.events_after(job.job_id, 0)) == 1
+    assert len(list(store.replay(job.job_id, 0))) == 1
 
 
 def test_request_id_is_idempotent(tmp_path):
@@ -67,7 +67,7 @@ def test_unknown_job(tmp_path):
     with pytest.raises(JobNotFound):
         store.get_job("job-nope")
     with pytest.raises(JobNotFound):
-        store.events_after("job-nope", 0)
+        list(store.replay("job-nope", 0))
 
 
 def test_reopen_keeps_everything_and_paging(tmp_path):

@@ -111,7 +111,7 @@ def test_a_store_from_before_tenants_migrates_keeping_jobs_events_and_order(tmp_
     jobs, _ = store.list_jobs()
     assert [(j.job_id, j.tenant, j.request_id) for j in jobs] == [
         ("job-0", "local", "r1"), ("job-1", "local", ""), ("job-2", "local", "r3")]
-    assert len(store.events_after("job-1", 0)) == 1
+    assert len(list(store.replay("job-1", 0))) == 1
     _, created = store.create_job(spec("r1"))  # the old request id is the local tenant's
     assert not created
     with pytest.raises(sqlite3.IntegrityError):  # foreign keys are on again after the rebuild

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.efficiency import job_efficiency
+from coordinator.history import HistoryTotals
 from coordinator.store import JobEvent, JobStore
 from coordinator.usage import LOST_USES, JobUsage, Usage, UsageLedger
 from tests.unit.test_store import spec
@@ -99,7 +100,7 @@ def test_efficiency_from_events_and_usage() -> None:
               *[JobEvent("j", i + 2, 0.0, "progress", p) for i, p in enumerate(progress)],
               JobEvent("j", 9, 0.0, "checkpoint", {"step": 2, "path": "/ckpt/step-2", "world_size": 2})]
     usage = JobUsage({"kept": Usage(8, 4000), "redone": Usage(4, 2000), "startup": Usage(4, 1000)}, 16)
-    e = job_efficiency(events, usage, global_batch=16)
+    e = job_efficiency(HistoryTotals.of(events), usage, global_batch=16)
     assert e.goodput == pytest.approx(0.5) and e.gpu_hours == pytest.approx(16 / 3600)
     assert e.mfu == pytest.approx(3e15 / (6.0 * 2 * 989e12)) and e.peak == "H100 SXM"
     assert e.joules == 7000 and e.joules_per_clip == pytest.approx(7000 / 32)  # 2 kept steps of 16 clips
@@ -111,5 +112,5 @@ def test_efficiency_from_events_and_usage() -> None:
 
     unknown = [{**w, "peak_flops": None, "peak": "unknown"} for w in workers]
     events[0] = JobEvent("j", 1, 0.0, "workers", {"workers": unknown})
-    e = job_efficiency(events, usage, global_batch=16)
+    e = job_efficiency(HistoryTotals.of(events), usage, global_batch=16)
     assert e.mfu is None and e.peak == "unknown" and "mfu" not in e.as_metrics()
