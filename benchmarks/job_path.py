@@ -16,6 +16,7 @@ commit), in the same run.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import tempfile
 import time
@@ -100,8 +101,11 @@ def engine_alone(task, steps, warmup) -> list[float]:
     return loop_step_seconds(task, engine, steps, warmup)
 
 
-def job(state: Path, list_path: Path, overrides: list[str], warmup: int, code: Path | None = None) -> dict[str, Any]:
-    """The job on a coordinator of its own (of ``code``'s checkout if given): its steps from its events."""
+def job(root: Path, name: str, list_path: Path, overrides: list[str], warmup: int,
+        code: Path | None = None) -> dict[str, Any]:
+    """The job on a coordinator of its own (of ``code``'s checkout if given), with a fresh state folder
+    under ``root``: its steps from its events."""
+    state = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
     env = {"PYTHONPATH": str(code)} if code else {}
     process, endpoints = launch_coordinator(state, state.with_suffix(".log"), "--num-cpus", "2", env=env,
                                             cwd=str(code) if code else None)
@@ -131,10 +135,20 @@ def median_ms(values: list[float]) -> float:
     return statistics.median(values) * 1e3
 
 
+def in_turns(runs: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[Any]]:
+    """Each of ``runs`` ``rounds`` times, in turns: a slow spell of the machine hits every variant."""
+    results: dict[str, list[Any]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            results[name].append(run())
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3, help="every variant this many times, in turns")
     parser.add_argument("--peer", type=Path, help="a checkout whose coordinator and workers run the job too")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
@@ -149,33 +163,39 @@ def main(argv: list[str] | None = None) -> int:
         task = TaskRef.of("pretrain-mae", spec.config).load()
         torch.set_num_threads(1)  # what a trainer of one CPU gets from Ray
         steps = decoded_steps(task, data.train_list, args.steps)
-        measured: dict[str, Callable[[], list[float]]] = {
+        jobs = [("peer", args.peer)] * bool(args.peer) + [("ours", None)]
+        runs: dict[str, Callable[[], Any]] = {
             "plain": lambda: plain(task, steps, args.warmup),
-            "engine": lambda: engine_alone(task, steps, args.warmup)}
-        loops = {name: run() for name, run in measured.items()}
-        jobs = {name: job(root / name, data.train_list, overrides, args.warmup, code)
-                for name, code in [("peer", args.peer)] * bool(args.peer) + [("ours", None)]}
+            "engine": lambda: engine_alone(task, steps, args.warmup),
+            **{f"job {name}": functools.partial(job, root, name, data.train_list, overrides, args.warmup, code)
+               for name, code in jobs}}
+        ran = in_turns(runs, args.rounds)
 
-    plain_ms, engine_ms = median_ms(loops["plain"]), median_ms(loops["engine"])
+    loops = {name: [median_ms(times) for times in ran[name]] for name in ("plain", "engine")}
+    plain_ms, engine_ms = statistics.median(loops["plain"]), statistics.median(loops["engine"])
     record.save({
         "config": {"kind": "pretrain-mae", "preset": "tiny-cpu", "overrides": overrides, "world_size": 1,
-                   "trainer_threads": 1, "timed_steps": args.steps - args.warmup},
+                   "trainer_threads": 1, "timed_steps": args.steps - args.warmup, "rounds": args.rounds},
         "machine": record.machine(),
         "peer": str(args.peer or ""),
         "loop_step_ms": {"plain": plain_ms, "engine": engine_ms},
-        "jobs": {name: job_figures(ran, plain_ms, engine_ms) for name, ran in jobs.items()},
+        "loop_step_ms_per_round": loops,
+        "jobs": {name: job_figures(ran[f"job {name}"], plain_ms, engine_ms) for name, _ in jobs},
     }, args.out or Path("/dev/null"))
     return 0
 
 
-def job_figures(ran: dict[str, Any], plain_ms: float, engine_ms: float) -> dict[str, Any]:
-    """A job's step against the loops', and what its orchestration costs a step."""
-    cycle_ms, call_ms, worker_ms = median_ms(ran["cycle"]), median_ms(ran["call"]), median_ms(ran["worker"])
-    return {"step_ms": {"cycle": cycle_ms, "call": call_ms, "worker": worker_ms},
-            "over_plain_loop": plain_ms / cycle_ms, "over_engine_loop": engine_ms / cycle_ms,
+def job_figures(rounds: list[dict[str, Any]], plain_ms: float, engine_ms: float) -> dict[str, Any]:
+    """A job's step (the median round's) against the loops', and what its orchestration costs a step."""
+    per_round = [{"cycle": median_ms(r["cycle"]), "call": median_ms(r["call"]), "worker": median_ms(r["worker"]),
+                  "data_wait_fraction": r["data_wait_fraction"]} for r in rounds]
+    median = sorted(per_round, key=lambda r: r["cycle"])[len(per_round) // 2]
+    return {"step_ms": {k: median[k] for k in ("cycle", "call", "worker")},
+            "cycle_ms_per_round": [r["cycle"] for r in per_round],
+            "over_plain_loop": plain_ms / median["cycle"], "over_engine_loop": engine_ms / median["cycle"],
             # The time between two steps' reports that the workers did not spend in a step.
-            "orchestration_ms_per_step": cycle_ms - worker_ms,
-            "data_wait_fraction": ran["data_wait_fraction"]}
+            "orchestration_ms_per_step": median["cycle"] - median["worker"],
+            "data_wait_fraction": median["data_wait_fraction"]}
 
 
 if __name__ == "__main__":
