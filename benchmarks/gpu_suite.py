@@ -5,8 +5,10 @@
 
 What it measures, each against its peer in the same run:
 - the DeepSpeed engine's step (as ``workers.engine.build_engine`` builds it for a job: ZeRO 0 and 2,
-  which at this world size of one runs as ZeRO-1, ``workers.engine.zero_config``) over plain torch's (fused AdamW, bf16 autocast) for VideoMAE ViT-B, 16 × 224², and ViT-L, with MFU
-  and each variant's top operators by device time;
+  which at this world size of one runs as ZeRO-1, ``workers.engine.zero_config``; bf16 weights, and
+  ZeRO-2 again with ``train.precision=bf16-autocast``) over plain torch's (fused AdamW, bf16
+  autocast) for VideoMAE ViT-B, 16 × 224², and ViT-L, with MFU and each variant's top operators by
+  device time;
 - one decode core's clips/s for VideoMAE's clip (16 × 4 at 224² from 320 × 256 H.264, 300 frames)
   at 1 and 4 clips a video (``data.repeated_sampling``), and from those and the engine's clips/s, the
   decode cores one GPU needs.
@@ -32,14 +34,18 @@ from internvideo.models.videomae import VideoMAEPretrain, videomae_config
 
 
 def engine_rows(size: str, args: argparse.Namespace, device: torch.device) -> dict:
-    """Plain torch and the engine (ZeRO 0 and 2) for one model size, in turns over ``args.rounds``."""
+    """Plain torch and the engine (ZeRO 0 and 2 with bf16 weights, ZeRO-2 under bf16 autocast) for one model
+    size, in turns over ``args.rounds``."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     cfg = videomae_config(size, img_size=args.img_size, num_frames=args.frames)
     video, pixels, mask = make_batch(cfg, args.batch, device)
     flops = VideoMAEPretrain(cfg).flops_per_clip(training=True)
     runs = {"plain": lambda: ours_torch(cfg, video, pixels, mask, dtype, device),
             **{f"engine-z{z}": (lambda z=z: ours_deepspeed(cfg, video, pixels, mask, args.batch, device, z))
-               for z in (0, 2)}}
+               for z in (0, 2)},
+            # fp32 weights and optimizer, the forward under autocast: the plain loop's precision
+            "engine-z2-autocast": lambda: ours_deepspeed(cfg, video, pixels, mask, args.batch, device, 2,
+                                                         "bf16-autocast")}
     results = measure_in_turns(runs, args, device, flops, peak_flops(device))
     plain = results["plain"].get("clips_per_second")
     return {"config": {"size": size, "img_size": args.img_size, "frames": args.frames, "batch": args.batch,

@@ -150,7 +150,8 @@ def hf_torch(cfg, video, pixels, mask, dtype, device):
     return build
 
 
-def ours_deepspeed(cfg, video, pixels, mask, batch, device, zero_stage: int):
+def ours_deepspeed(cfg, video, pixels, mask, batch, device, zero_stage: int, precision: str = "auto"):
+    """The engine as a job builds it; ``precision``: ``train.precision`` (auto: bf16 weights on a GPU)."""
     import torch.distributed as dist
 
     from workers import engine as ds
@@ -159,11 +160,11 @@ def ours_deepspeed(cfg, video, pixels, mask, batch, device, zero_stage: int):
         if not dist.is_initialized():
             ds.init_process_group(master_addr="127.0.0.1", master_port=29511, rank=0, world_size=1, timeout_s=120)
         model = VideoMAEPretrain(cfg)
+        resolved = ds.resolve_precision(precision, on_gpu=device.type == "cuda")
         engine = ds.build_engine(model, param_groups(model, 0.05), micro_batch=batch, accumulation=1, world_size=1,
                                  lr=1e-4, min_lr=0.0, warmup_steps=0, total_steps=1000, betas=(0.9, 0.95),
-                                 grad_clip=0.0, zero_stage=zero_stage)
-        dtype = next(engine.module.parameters()).dtype
-        inputs = video.to(dtype)
+                                 grad_clip=0.0, zero_stage=zero_stage, precision=resolved)
+        inputs = video.to(resolved.weights)
 
         def step():
             loss = engine.module.reconstruction_loss(engine(inputs, mask), pixels, mask)

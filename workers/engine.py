@@ -5,6 +5,7 @@ import datetime
 import functools
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,43 @@ def init_process_group(*, master_addr: str, master_port: int, rank: int, world_s
     return backend
 
 
+@dataclass(frozen=True)
+class Precision:
+    """How an engine computes: ``weights``, the dtype of the module's parameters (and of its inputs);
+    ``compute``, the dtype its matmuls run in (the peak its FLOPs are measured against)."""
+
+    name: str
+    weights: torch.dtype
+    compute: torch.dtype
+
+    @property
+    def autocast(self) -> bool:
+        return self.weights != self.compute
+
+
+PRECISIONS = {"fp32": Precision("fp32", torch.float32, torch.float32),
+              "bf16": Precision("bf16", torch.bfloat16, torch.bfloat16),
+              "bf16-autocast": Precision("bf16-autocast", torch.float32, torch.bfloat16)}
+
+
+def resolve_precision(setting: str, *, on_gpu: bool) -> Precision:
+    """``train.precision`` on this device: ``auto`` is bf16 weights on a GPU that has bf16, else fp32."""
+    if setting == "auto":
+        return PRECISIONS["bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp32"]
+    precision = PRECISIONS[setting]
+    if on_gpu and precision.compute == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"train.precision={setting} needs bfloat16, which {torch.cuda.get_device_name()} lacks; "
+                         "use fp32 or auto")
+    return precision
+
+
 def build_engine(model: torch.nn.Module, groups: list[dict[str, Any]], *, micro_batch: int, accumulation: int,
                  world_size: int, lr: float, min_lr: float, warmup_steps: int, total_steps: int,
-                 betas: tuple[float, float], grad_clip: float, zero_stage: int,
+                 betas: tuple[float, float], grad_clip: float, zero_stage: int, precision: Precision,
                  load_universal: bool = False) -> deepspeed.DeepSpeedEngine:
     """``groups``: the trainable parameters' groups (``internvideo.optim.param_groups``); a group's
-    ``lr_scale`` (layer-wise decay) scales the learning rate all along the schedule.
+    ``lr_scale`` (layer-wise decay) scales the learning rate all along the schedule. ``model`` is in
+    ``precision.weights`` when given, or is converted by the engine (bf16).
     ``load_universal``: the engine will be restored from a universal checkpoint (another world size)."""
     groups = [{**group, "lr": lr * group.get("lr_scale", 1.0)} for group in groups]
     # Fused AdamW is one kernel per group on CPUs and GPUs alike; ZeRO-1/2 hand it one flat fp32
@@ -54,7 +86,8 @@ def build_engine(model: torch.nn.Module, groups: list[dict[str, Any]], *, micro_
         "zero_optimization": zero_config(zero_stage, world_size=world_size, on_gpu=torch.cuda.is_available()),
         "zero_allow_untested_optimizer": True,
         "gradient_clipping": grad_clip,
-        "bf16": {"enabled": torch.cuda.is_available() and torch.cuda.is_bf16_supported()},
+        "bf16": {"enabled": precision.weights == torch.bfloat16},
+        "torch_autocast": {"enabled": precision.autocast, "dtype": "bfloat16"},
         "steps_per_print": 2**31 - 1,
         "checkpoint": {"load_universal": load_universal},
     }

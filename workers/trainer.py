@@ -94,16 +94,19 @@ class EncoderWorker:
         backend = ds.init_process_group(master_addr=master_addr, master_port=master_port, rank=self.rank,
                                         world_size=self.world_size, timeout_s=timeout_s)
         self.device = torch.device("cuda", 0) if backend == "nccl" else torch.device("cpu")
-        self.dtype = torch.bfloat16 if backend == "nccl" and torch.cuda.is_bf16_supported() else torch.float32
+        # Evaluation has no optimizer to keep in fp32: its weights are in the training's compute dtype.
+        precision = ds.resolve_precision("auto" if self.config.evaluates else self.config.train.precision,
+                                         on_gpu=backend == "nccl")
+        self.dtype = precision.weights
         model = self.task.build_model()
         self.flops_per_clip = self.task.flops_per_sample(model)
         if self.config.evaluates:
             self.model = model.to(self.device, self.dtype).eval().requires_grad_(False)
             self.decode_actors = list(decode_actors)
         else:
-            self._build_engine(model, num_samples, decode_actors, load_universal)
+            self._build_engine(model, num_samples, decode_actors, precision, load_universal)
         device_name = torch.cuda.get_device_name(self.device) if backend == "nccl" else platform.processor() or "cpu"
-        peak = device_peak(device_name, self.dtype, self.config.telemetry.peak_flops)
+        peak = device_peak(device_name, precision.compute, self.config.telemetry.peak_flops)
         if peak.flops is not None:
             telemetry.PEAK_FLOPS.labels(**self._labels).set(peak.flops)
         return {"backend": backend, "device": str(self.device),
@@ -114,7 +117,7 @@ class EncoderWorker:
                 "energy_joules": self.joules_since_last_read()}
 
     def _build_engine(self, model: torch.nn.Module, num_samples: int, decode_actors: list,
-                      load_universal: bool) -> None:
+                      precision: ds.Precision, load_universal: bool) -> None:
         train = self.config.train
         if train.activation_checkpointing and not set_activation_checkpointing(model, True):
             raise ValueError(f"train.activation_checkpointing: {self.task.kind}'s model has no block stack to checkpoint")
@@ -123,7 +126,7 @@ class EncoderWorker:
             model, self.task.param_groups(model), micro_batch=train.micro_batch, accumulation=self.accumulation,
             world_size=self.world_size, lr=train.lr, min_lr=train.min_lr, warmup_steps=train.warmup_steps,
             total_steps=train.steps, betas=train.betas, grad_clip=train.grad_clip,
-            zero_stage=train.zero_stage, load_universal=load_universal)
+            zero_stage=train.zero_stage, precision=precision, load_universal=load_universal)
         clips = clips_per_sample(self.task.sample_fn())  # the plan and the stream count samples, not clips
         self.plan = GlobalBatchPlan(num_samples, train.global_batch // clips, train.seed)
         self.stream = ClipStream(decode_actors, self.plan, rank=self.rank, world_size=self.world_size,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import torch
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -282,6 +283,24 @@ def test_two_data_parallel_workers_train_like_one(client, dataset):
     assert [p.loss for p in two] == pytest.approx([p.loss for p in one], rel=1e-5)
     assert max_difference(two_weights, one_weights) < 1e-6
     assert one[-1].loss < one[0].loss
+
+
+def test_a_job_under_bf16_autocast_keeps_fp32_weights_and_computes_in_bf16(client, dataset):
+    """``train.precision=bf16-autocast``: DeepSpeed's torch autocast, the precision a plain torch loop
+    trains in — fp32 weights and optimizer, bf16 matmuls. Its losses are not the fp32 job's (the matmuls
+    ran in bf16) but close to them."""
+    runs = {}
+    for precision in ("fp32", "bf16-autocast"):
+        job = tiny_job(client, dataset.train_list, "train.steps=3", "train.checkpoint_every=0",
+                       f"train.precision={precision}", workers=1)
+        events = list(client.watch(job.job_id))
+        job = client.get(job.job_id)
+        assert state(job) == "SUCCEEDED", job.message
+        runs[precision] = ([p.loss for p in bodies(events, "progress")], weights(job.result.final_checkpoint))
+    (fp32_losses, _), (autocast_losses, autocast_weights) = runs["fp32"], runs["bf16-autocast"]
+    assert {w.dtype for w in autocast_weights.values()} == {torch.float32}
+    assert autocast_losses != fp32_losses
+    assert autocast_losses == pytest.approx(fp32_losses, rel=0.05)
 
 
 def test_repeated_sampling_reads_half_the_videos_a_step_each_twice(client, dataset, coordinator):

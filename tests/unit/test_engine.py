@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from workers.engine import zero_config
+from workers.engine import resolve_precision, zero_config
 from workers.trainer import _seed_generators
 
 
@@ -27,3 +27,11 @@ def test_seeding_the_cpu_generator_draws_what_torch_manual_seed_does():
     drawn = (torch.rand(8), dropout(torch.ones(64)), torch.randperm(32))
     for a, b in zip(expected, drawn):
         assert torch.equal(a, b)
+
+
+def test_precision_auto_is_fp32_off_the_gpu_and_autocast_keeps_fp32_weights():
+    assert resolve_precision("auto", on_gpu=False).weights == torch.float32
+    autocast = resolve_precision("bf16-autocast", on_gpu=False)
+    assert (autocast.weights, autocast.compute, autocast.autocast) == (torch.float32, torch.bfloat16, True)
+    bf16 = resolve_precision("bf16", on_gpu=False)
+    assert (bf16.weights, bf16.autocast) == (torch.bfloat16, False)
