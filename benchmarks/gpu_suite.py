@@ -4,11 +4,10 @@
     python -m benchmarks.gpu_suite --device cpu --size tiny --img-size 64 --frames 8 --batch 4   # a smoke run
 
 What it measures, each against its peer in the same run:
-- the DeepSpeed engine's step (as ``workers.engine.build_engine`` builds it for a job: ZeRO 0 and 2,
-  which at this world size of one runs as ZeRO-1, ``workers.engine.zero_config``; bf16 weights, and
-  ZeRO-2 again with ``train.precision=bf16-autocast``) over plain torch's (fused AdamW, bf16
-  autocast) for VideoMAE ViT-B, 16 × 224², and ViT-L, with MFU and each variant's top operators by
-  device time;
+- the DeepSpeed engine's step (as ``workers.engine.build_engine`` builds it for a job: ZeRO 0 and 2
+  with bf16 weights, and ZeRO-2 again with ``train.precision=bf16-autocast``) over plain torch's
+  (fused AdamW, bf16 autocast) for VideoMAE ViT-B, 16 × 224², and ViT-L, with MFU and each variant's
+  top operators by device time (the CPU smoke run's autocast row is bf16 against an fp32 peer);
 - one decode core's clips/s for VideoMAE's clip (16 × 4 at 224² from 320 × 256 H.264, 300 frames)
   at 1 and 4 clips a video (``data.repeated_sampling``), and from those and the engine's clips/s, the
   decode cores one GPU needs.

@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         task = TaskRef.of("pretrain-mae", spec.config).load()
         torch.set_num_threads(1)  # what a trainer of one CPU gets from Ray
         steps = decoded_steps(task, data.train_list, args.steps)
-        jobs = [("peer", args.peer)] * bool(args.peer) + [("ours", None)]
+        jobs = ([("peer", args.peer)] if args.peer else []) + [("ours", None)]
         runs: dict[str, Callable[[], Any]] = {
             "plain": lambda: plain(task, steps, args.warmup),
             "engine": lambda: engine_alone(task, steps, args.warmup),

@@ -38,7 +38,6 @@ class Precision:
     """How an engine computes: ``weights``, the dtype of the module's parameters (and of its inputs);
     ``compute``, the dtype its matmuls run in (the peak its FLOPs are measured against)."""
 
-    name: str
     weights: torch.dtype
     compute: torch.dtype
 
@@ -47,13 +46,13 @@ class Precision:
         return self.weights != self.compute
 
 
-PRECISIONS = {"fp32": Precision("fp32", torch.float32, torch.float32),
-              "bf16": Precision("bf16", torch.bfloat16, torch.bfloat16),
-              "bf16-autocast": Precision("bf16-autocast", torch.float32, torch.bfloat16)}
+PRECISIONS = {"fp32": Precision(torch.float32, torch.float32),
+              "bf16": Precision(torch.bfloat16, torch.bfloat16),
+              "bf16-autocast": Precision(torch.float32, torch.bfloat16)}
 
 
 def resolve_precision(setting: str, *, on_gpu: bool) -> Precision:
-    """``train.precision`` on this device: ``auto`` is bf16 weights on a GPU that has bf16, else fp32."""
+    """``train.precision`` on this device: ``auto`` is bf16 weights on a GPU that has bf16, fp32 elsewhere."""
     if setting == "auto":
         return PRECISIONS["bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp32"]
     precision = PRECISIONS[setting]
@@ -87,7 +86,10 @@ def build_engine(model: torch.nn.Module, groups: list[dict[str, Any]], *, micro_
         "zero_allow_untested_optimizer": True,
         "gradient_clipping": grad_clip,
         "bf16": {"enabled": precision.weights == torch.bfloat16},
-        "torch_autocast": {"enabled": precision.autocast, "dtype": "bfloat16"},
+        # No module's gradients are tagged for bf16 communication (DeepSpeed's default tags Linear and
+        # Conv): under autocast, gradients are reduced in fp32, as a plain torch loop reduces them.
+        "torch_autocast": {"enabled": precision.autocast, "dtype": str(precision.compute),
+                           "lower_precision_safe_modules": []},
         "steps_per_print": 2**31 - 1,
         "checkpoint": {"load_universal": load_universal},
     }
@@ -98,17 +100,20 @@ def build_engine(model: torch.nn.Module, groups: list[dict[str, Any]], *, micro_
 def zero_config(stage: int, *, world_size: int, on_gpu: bool) -> dict[str, Any]:
     """ZeRO's settings.
 
-    A world of one runs ZeRO-2 as ZeRO-1. With one rank there is nothing to partition, and ZeRO-2 would
-    still reduce (flatten, all-reduce over one rank, copy back) after every micro-batch, where ZeRO-1
-    reduces once a step: 71.6 against 64.2 ms a step of the tiny model in 4 micro-batches on this CPU,
-    with the same weights after 60 steps. The two write the same checkpoint files, so a job that grows
-    from one rank to several, or shrinks to one, restores across them as across world sizes.
+    Off the GPU, a world of one runs ZeRO-2 as ZeRO-1. With one rank there is nothing to partition, and
+    ZeRO-2 still reduces (flatten, all-reduce over one rank, copy back) after every micro-batch where
+    ZeRO-1 reduces once a step: 71.6 against 64.2 ms a step of the tiny model in 4 micro-batches on a
+    2-core CPU, with the same weights after 60 steps. The two write the same checkpoint files (with
+    gradients accumulated in the weights' dtype, DeepSpeed's default), so a job that grows from one
+    rank or shrinks to one restores across them as across world sizes. On a GPU the stage stays: there
+    ZeRO-1 holds a step's gradients twice at its end, 2 bytes a parameter more in bf16.
 
     Off the GPU, gradients are not copied into a contiguous bucket as each one is produced: on a CPU that
     is a memory pass per parameter, and the one flatten at the step costs less (a ZeRO-2 step of the tiny
     model on 2 CPU cores: 60.7 ms with the copies, 50.0 without). On a GPU the copies are device-side and
     keep memory unfragmented: DeepSpeed's default stays."""
-    return {"stage": 1 if stage == 2 and world_size == 1 else stage, "contiguous_gradients": on_gpu}
+    one_rank_on_cpu = world_size == 1 and not on_gpu
+    return {"stage": 1 if stage == 2 and one_rank_on_cpu else stage, "contiguous_gradients": on_gpu}
 
 
 def save_checkpoint(engine: deepspeed.DeepSpeedEngine, folder: Path, client_state: dict[str, Any]) -> None:

@@ -94,7 +94,8 @@ class EncoderWorker:
         backend = ds.init_process_group(master_addr=master_addr, master_port=master_port, rank=self.rank,
                                         world_size=self.world_size, timeout_s=timeout_s)
         self.device = torch.device("cuda", 0) if backend == "nccl" else torch.device("cpu")
-        # Evaluation has no optimizer to keep in fp32: its weights are in the training's compute dtype.
+        # Evaluation keeps the device's default (bf16 weights on a GPU that has bf16): with no optimizer
+        # state, there is nothing for fp32 weights to keep exact.
         precision = ds.resolve_precision("auto" if self.config.evaluates else self.config.train.precision,
                                          on_gpu=backend == "nccl")
         self.dtype = precision.weights

@@ -212,10 +212,12 @@ class PretrainMM(Task[PretrainMMConfig]):
     def train_step(self, engine: StepEngine, batches: Iterable[dict[str, Tensor]]) -> dict[str, float]:
         if self.config.model.negatives == "micro":
             return super().train_step(engine, batches)
-        batches = list(batches)  # this rank's whole share of the global batch: GradCache holds its inputs
-        rng_states, videos, texts = [], [], []
+        # GradCache holds this rank's whole share of the global batch. Taken one at a time, not listed
+        # at once: the feed seeds a micro-batch's draws (dropout, drop path) as it hands it over.
+        held, rng_states, videos, texts = [], [], [], []
         with torch.no_grad():  # pass 1: embeddings only
             for batch in batches:
+                held.append(batch)
                 rng_states.append(_rng_state())
                 video, text, temperature, _ = engine(batch["video"], batch["tokens"], with_caption=False)
                 videos.append(video)
@@ -225,10 +227,10 @@ class PretrainMM(Task[PretrainMMConfig]):
         # The engine divides each micro-batch's loss by the accumulation and averages gradients over
         # ranks; the surrogate's gradients are already the global loss's shares, so undo both.
         world = dist.get_world_size() if dist.is_initialized() else 1
-        scale = world * len(batches)
+        scale = world * len(held)
         sizes = [len(v) for v in videos]
         caption_losses = []
-        for micro, (batch, gv, gt) in enumerate(zip(batches, g_video.split(sizes), g_text.split(sizes))):
+        for micro, (batch, gv, gt) in enumerate(zip(held, g_video.split(sizes), g_text.split(sizes))):
             _set_rng_state(rng_states[micro])  # the same dropout / drop path as pass 1
             video, text, temperature, captions = engine(batch["video"], batch["tokens"])
             surrogate = (video * gv).sum() + (text * gt).sum()

@@ -6,10 +6,11 @@ from workers.engine import resolve_precision, zero_config
 from workers.trainer import _seed_generators
 
 
-@pytest.mark.parametrize(("stage", "world_size", "runs"), [(2, 1, 1), (2, 2, 2), (2, 8, 2), (1, 1, 1), (0, 1, 0),
-                                                          (0, 4, 0), (3, 1, 3)])
-def test_zero_2_runs_as_zero_1_only_in_a_world_of_one(stage, world_size, runs):
-    assert zero_config(stage, world_size=world_size, on_gpu=False)["stage"] == runs
+@pytest.mark.parametrize(("stage", "world_size", "on_gpu", "runs"), [
+    (2, 1, False, 1), (2, 2, False, 2), (2, 8, False, 2), (2, 1, True, 2), (1, 1, False, 1), (0, 1, False, 0),
+    (0, 4, False, 0), (3, 1, False, 3)])
+def test_zero_2_runs_as_zero_1_only_in_a_world_of_one_off_the_gpu(stage, world_size, on_gpu, runs):
+    assert zero_config(stage, world_size=world_size, on_gpu=on_gpu)["stage"] == runs
 
 
 def test_gradients_go_to_a_contiguous_bucket_only_on_a_gpu():

@@ -99,3 +99,31 @@ def test_image_text_pairs_are_still_clips_beside_video_text_pairs(tmp_path):
     for still in clips[2:]:
         assert np.array_equal(still["video"][0], still["video"][1])  # the image, repeated
     assert not np.array_equal(clips[0]["video"][0], clips[0]["video"][1])  # a video moves
+
+
+def test_gradcache_draws_each_micro_batch_from_the_seed_it_was_handed_over_with():
+    """The trainer seeds the model's draws (dropout, drop path) as it hands each micro-batch over, so that
+    a sample's draws do not depend on the world size. GradCache's first pass must take the micro-batches
+    as they come: listed all at once, every one of them drew after the last one's seed."""
+    step_task = task()
+    model = step_task.build_model()
+    first_pass_states = []
+
+    class Recording(Engine):
+        def __call__(self, *args, **kwargs):
+            if not torch.is_grad_enabled():
+                first_pass_states.append(torch.get_rng_state())
+            return super().__call__(*args, **kwargs)
+
+    whole = batch()
+
+    def feed():
+        for micro in range(4):
+            torch.manual_seed(100 + micro)
+            yield {name: values[2 * micro:2 * micro + 2] for name, values in whole.items()}
+
+    step_task.train_step(Recording(model, 4), feed())
+    assert len(first_pass_states) == 4
+    for micro, state in enumerate(first_pass_states):
+        torch.manual_seed(100 + micro)
+        assert torch.equal(state, torch.get_rng_state()), f"micro-batch {micro}"
