@@ -10,8 +10,11 @@ Frames decoded per clip: PyAV's path is counted (every frame its decoder returns
 inside C++, so its figure is its clip time over its time per frame when decoding a whole video in
 order — an equivalent, not a count.
 
-``--peer TREE``: also measure one clip a video with the code of another checkout (a git worktree of an
-earlier commit), in the same run and in turns with ours.
+This process sets the C allocator's policy a decode worker sets (``keep_freed_memory``).
+
+``--peer TREE``: also measure one clip a video (``--peer-repeats``: at each of these clips a video) with
+the code of another checkout (a git worktree of an earlier commit), in the same run and in turns with
+ours; each of our settings is compared with the peer's at one clip a video and at its own.
 
     python -m benchmarks.decode_per_clip --peer /tmp/peer --out benchmarks/results/cpu_decode_per_clip.json
 """
@@ -32,6 +35,7 @@ import torch
 from benchmarks import record
 from benchmarks.loaders import write_videos
 from internvideo.data import decode
+from internvideo.data.allocator import keep_freed_memory
 from internvideo.data.formats import VideoSource
 from internvideo.data.lists import read_video_list
 from internvideo.data.pipeline import MaskedClips, PretrainClipSpec, sample_rng
@@ -63,11 +67,11 @@ def clips_per_second(list_path: Path, videos: int, repeats: int, clips: int, mic
     return done / (time.perf_counter() - start)
 
 
-def peer_clips_per_second(tree: Path, args: argparse.Namespace) -> float:
-    """``clips_per_second`` at one clip a video, run by this file with ``tree``'s packages."""
-    out = subprocess.run([sys.executable, __file__, "--rate-only", "--videos", str(args.videos), "--video-frames",
-                          str(args.video_frames), "--clips", str(args.clips), "--micro", str(args.micro),
-                          "--data-dir", str(args.data_dir)],
+def peer_clips_per_second(tree: Path, repeats: int, args: argparse.Namespace) -> float:
+    """``clips_per_second`` at ``repeats`` clips a video, run by this file with ``tree``'s packages."""
+    out = subprocess.run([sys.executable, __file__, "--rate-only", "--repeats", str(repeats), "--videos",
+                          str(args.videos), "--video-frames", str(args.video_frames), "--clips", str(args.clips),
+                          "--micro", str(args.micro), "--data-dir", str(args.data_dir)],
                          env={**os.environ, "PYTHONPATH": str(tree)}, cwd=tree, capture_output=True, text=True,
                          check=True)
     return float(out.stdout.split()[-1])
@@ -122,6 +126,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "internvideo-bench-300f")
     parser.add_argument("--peer", type=Path, help="a checkout whose one-clip-a-video rate is measured too")
+    parser.add_argument("--peer-repeats", type=int, nargs="+", default=[1], help="the peer's clips a video")
     parser.add_argument("--rate-only", action="store_true", help=argparse.SUPPRESS)  # the peer's run
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -129,15 +134,19 @@ def main() -> None:
     torch.set_num_threads(1)
     args.data_dir.mkdir(parents=True, exist_ok=True)
     list_path = write_videos(args.data_dir, args.videos, 256, 320, args.video_frames, fps=25)
-    if args.rate_only:
-        print(clips_per_second(list_path, args.videos, 1, args.clips, args.micro))
+    if args.rate_only:  # the peer's run: its own code decides its allocator's policy
+        print(clips_per_second(list_path, args.videos, args.repeats[0], args.clips, args.micro))
         return
-    rates: dict[str, list[float]] = {str(r): [] for r in args.repeats} | ({"peer": []} if args.peer else {})
+    keep_freed_memory()
+    peer_repeats = args.peer_repeats if args.peer else []
+    rates: dict[str, list[float]] = {str(r): [] for r in args.repeats} | {f"peer {r}": [] for r in peer_repeats}
     for _ in range(args.rounds):  # in turns: a slow spell of the machine hits every setting
         for name, measured in rates.items():
-            measured.append(peer_clips_per_second(args.peer, args) if name == "peer" else
-                            clips_per_second(list_path, args.videos, int(name), args.clips, args.micro))
-    base = statistics.median(rates["peer" if args.peer else str(args.repeats[0])])
+            repeats = int(name.split()[-1])
+            measured.append(peer_clips_per_second(args.peer, repeats, args) if name.startswith("peer") else
+                            clips_per_second(list_path, args.videos, repeats, args.clips, args.micro))
+    median = {name: statistics.median(v) for name, v in rates.items()}
+    base = median["peer 1" if args.peer else str(args.repeats[0])]
     paths = [r.path for r in read_video_list(list_path)][:8]
     clips = [dense_indices(args.video_frames, SPEC.num_frames, SPEC.sampling_rate, sample_rng(0, 0, i))
              for i in range(len(paths))]
@@ -150,10 +159,11 @@ def main() -> None:
                    "decode_threads": 1, "timed_clips": args.clips, "rounds": args.rounds},
         "machine": record.machine(),
         "peer": str(args.peer or ""),
-        "clips_per_second_per_core": {name: statistics.median(v) for name, v in rates.items()},
+        "clips_per_second_per_core": median,
         "rounds": rates,
-        "over_the_peer" if args.peer else "over_one_clip_per_video": {
-            name: statistics.median(v) / base for name, v in rates.items()},
+        "over_the_peer" if args.peer else "over_one_clip_per_video": {name: rate / base for name, rate in median.items()},
+        "over_the_peer_at_the_same_clips_a_video": {str(r): median[str(r)] / median[f"peer {r}"]
+                                                    for r in peer_repeats if str(r) in median},
         "frames_decoded_per_clip": {"pyav_counted": statistics.fmean(pyav),
                                     "decord_equivalent": statistics.fmean(decord),
                                     "frames_in_the_clip": SPEC.num_frames, "frames_the_clip_spans": span},

@@ -28,6 +28,7 @@ import ray
 import torch
 from torchdata.nodes import BaseNode, ParallelMapper
 
+from internvideo.data.allocator import keep_freed_memory
 from internvideo.data.decode import DecodeError
 from internvideo.data.formats import MergedSource, VideoSource
 from internvideo.data.lists import VideoRecord
@@ -107,6 +108,7 @@ class DecodeWorker:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(1)  # parallel across requests, not inside one resize
+        keep_freed_memory()  # decoding is what this process is for: frames are reused, not re-mapped
         self.datasets = {False: (data.source.read(), data)}
         if held_out is not None:
             self.datasets[True] = (held_out.source.read(), held_out)
