@@ -35,7 +35,6 @@ import torch
 from benchmarks import record
 from benchmarks.loaders import write_videos
 from internvideo.data import decode
-from internvideo.data.allocator import keep_freed_memory
 from internvideo.data.formats import VideoSource
 from internvideo.data.lists import read_video_list
 from internvideo.data.pipeline import MaskedClips, PretrainClipSpec, sample_rng
@@ -137,6 +136,8 @@ def main() -> None:
     if args.rate_only:  # the peer's run: its own code decides its allocator's policy
         print(clips_per_second(list_path, args.videos, args.repeats[0], args.clips, args.micro))
         return
+    from internvideo.data.allocator import keep_freed_memory  # here: a peer's packages may predate it
+
     keep_freed_memory()
     peer_repeats = args.peer_repeats if args.peer else []
     rates: dict[str, list[float]] = {str(r): [] for r in args.repeats} | {f"peer {r}": [] for r in peer_repeats}
