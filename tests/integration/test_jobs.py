@@ -285,22 +285,35 @@ def test_two_data_parallel_workers_train_like_one(client, dataset):
     assert one[-1].loss < one[0].loss
 
 
-def test_a_job_under_bf16_autocast_keeps_fp32_weights_and_computes_in_bf16(client, dataset):
+def test_a_job_under_bf16_autocast_keeps_fp32_weights_computes_in_bf16_and_rescales_from_its_checkpoint(
+        client, dataset):
     """``train.precision=bf16-autocast``: DeepSpeed's torch autocast, the precision a plain torch loop
     trains in — fp32 weights and optimizer, bf16 matmuls. Its losses are not the fp32 job's (the matmuls
-    ran in bf16) but close to them."""
+    ran in bf16) but close to them; resumed at another world size from its checkpoint (a universal
+    one), it ends where it ends, up to the order in which gradients were summed."""
     runs = {}
     for precision in ("fp32", "bf16-autocast"):
-        job = tiny_job(client, dataset.train_list, "train.steps=3", "train.checkpoint_every=0",
-                       f"train.precision={precision}", workers=1)
+        job = tiny_job(client, dataset.train_list, "train.steps=4", "train.checkpoint_every=2",
+                       f"train.precision={precision}")
         events = list(client.watch(job.job_id))
         job = client.get(job.job_id)
         assert state(job) == "SUCCEEDED", job.message
-        runs[precision] = ([p.loss for p in bodies(events, "progress")], weights(job.result.final_checkpoint))
-    (fp32_losses, _), (autocast_losses, autocast_weights) = runs["fp32"], runs["bf16-autocast"]
-    assert {w.dtype for w in autocast_weights.values()} == {torch.float32}
+        runs[precision] = ([p.loss for p in bodies(events, "progress")], job)
+    (fp32_losses, _), (autocast_losses, autocast) = runs["fp32"], runs["bf16-autocast"]
+    final = weights(autocast.result.final_checkpoint)
+    assert {w.dtype for w in final.values()} == {torch.float32}
     assert autocast_losses != fp32_losses
     assert autocast_losses == pytest.approx(fp32_losses, rel=0.05)
+
+    rescaled = tiny_job(client, dataset.train_list, "train.steps=4", "train.checkpoint_every=2",
+                        "train.precision=bf16-autocast", f"train.resume_from={autocast.checkpoints[0].path}",
+                        workers=1)
+    rescaled_events = list(client.watch(rescaled.job_id))
+    rescaled = client.get(rescaled.job_id)
+    assert state(rescaled) == "SUCCEEDED", rescaled.message
+    assert [p.loss for p in bodies(rescaled_events, "progress")] == pytest.approx(autocast_losses[2:], rel=1e-5)
+    assert max_difference(weights(rescaled.result.final_checkpoint), final) < 1e-6
+    assert max_difference(weights(autocast.checkpoints[0].path), final) > 1e-3  # what steps 3–4 moved them by
 
 
 def test_repeated_sampling_reads_half_the_videos_a_step_each_twice(client, dataset, coordinator):
