@@ -21,6 +21,7 @@ ours; each of our settings is compared with the peer's at one clip a video and a
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import subprocess
@@ -140,12 +141,11 @@ def main() -> None:
 
     keep_freed_memory()
     peer_repeats = args.peer_repeats if args.peer else []
-    rates: dict[str, list[float]] = {str(r): [] for r in args.repeats} | {f"peer {r}": [] for r in peer_repeats}
-    for _ in range(args.rounds):  # in turns: a slow spell of the machine hits every setting
-        for name, measured in rates.items():
-            repeats = int(name.split()[-1])
-            measured.append(peer_clips_per_second(args.peer, repeats, args) if name.startswith("peer") else
-                            clips_per_second(list_path, args.videos, repeats, args.clips, args.micro))
+    rates = record.in_turns(
+        {**{str(r): functools.partial(clips_per_second, list_path, args.videos, r, args.clips, args.micro)
+            for r in args.repeats},
+         **{f"peer {r}": functools.partial(peer_clips_per_second, args.peer, r, args) for r in peer_repeats}},
+        args.rounds)
     median = {name: statistics.median(v) for name, v in rates.items()}
     base = median["peer 1" if args.peer else str(args.repeats[0])]
     paths = [r.path for r in read_video_list(list_path)][:8]

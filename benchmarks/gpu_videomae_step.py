@@ -179,7 +179,7 @@ def median_round(name: str, rounds: list[dict], flops: float | None, peak: float
     errors = [r for r in rounds if "error" in r]
     if errors:
         return errors[0]
-    result = sorted(rounds, key=lambda r: r["step_seconds"])[len(rounds) // 2]
+    result = record.middle_round(rounds, "step_seconds")
     result["round_step_seconds"] = [r["step_seconds"] for r in rounds]
     if flops:
         result["model_tflops_per_second"] = flops * result["clips_per_second"] / 1e12
@@ -190,17 +190,18 @@ def median_round(name: str, rounds: list[dict], flops: float | None, peak: float
 
 def measure_in_turns(runs: dict[str, Callable[[], Callable]], args: argparse.Namespace, device: torch.device,
                      flops: float | None, peak: float | None) -> dict[str, dict]:
-    """Each of ``runs`` (name → builder of a step) measured ``args.rounds`` times in turns, so that a slow
-    spell of the machine hits every variant; each reports its median round, or its error."""
-    rounds: dict[str, list[dict]] = {name: [] for name in runs}
-    for _ in range(args.rounds):
-        for name, measured in rounds.items():
+    """Each of ``runs`` (name → builder of a step) measured ``args.rounds`` times in turns; each reports
+    its median round, or its error."""
+    def measured(name: str) -> Callable[[], dict]:
+        def once() -> dict:
             try:
-                measured.append(measure(name, runs[name](), device, args.batch, args.warmup, args.iters,
-                                        args.profile))
+                return measure(name, runs[name](), device, args.batch, args.warmup, args.iters, args.profile)
             except Exception as err:  # noqa: BLE001 — report and keep measuring the others
-                measured.append({"name": name, "error": f"{type(err).__name__}: {err}"})
-    return {name: median_round(name, measured, flops, peak) for name, measured in rounds.items()}
+                return {"name": name, "error": f"{type(err).__name__}: {err}"}
+        return once
+
+    rounds = record.in_turns({name: measured(name) for name in runs}, args.rounds)
+    return {name: median_round(name, measured_rounds, flops, peak) for name, measured_rounds in rounds.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -136,15 +136,6 @@ def median_ms(values: list[float]) -> float:
     return statistics.median(values) * 1e3
 
 
-def in_turns(runs: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[Any]]:
-    """Each of ``runs`` ``rounds`` times, in turns: a slow spell of the machine hits every variant."""
-    results: dict[str, list[Any]] = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            results[name].append(run())
-    return results
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=60)
@@ -170,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             "engine": lambda: engine_alone(task, steps, args.warmup),
             **{f"job {name}": functools.partial(job, root, name, data.train_list, overrides, args.warmup, code)
                for name, code in jobs}}
-        ran = in_turns(runs, args.rounds)
+        ran = record.in_turns(runs, args.rounds)
 
     loops = {name: [median_ms(times) for times in ran[name]] for name in ("plain", "engine")}
     plain_ms, engine_ms = statistics.median(loops["plain"]), statistics.median(loops["engine"])
@@ -190,7 +181,7 @@ def job_figures(rounds: list[dict[str, Any]], plain_ms: float, engine_ms: float)
     """A job's step (the median round's) against the loops', and what its orchestration costs a step."""
     per_round = [{"cycle": median_ms(r["cycle"]), "call": median_ms(r["call"]), "worker": median_ms(r["worker"]),
                   "data_wait_fraction": r["data_wait_fraction"]} for r in rounds]
-    median = sorted(per_round, key=lambda r: r["cycle"])[len(per_round) // 2]
+    median = record.middle_round(per_round, "cycle")
     return {"step_ms": {k: median[k] for k in ("cycle", "call", "worker")},
             "cycle_ms_per_round": [r["cycle"] for r in per_round],
             "over_plain_loop": plain_ms / median["cycle"], "over_engine_loop": engine_ms / median["cycle"],

@@ -1,21 +1,38 @@
-"""What the benchmarks share: the machine they ran on, the result file, waiting for a job."""
+"""What the benchmarks share: the machine they ran on, variants measured in turns, the result file,
+waiting for a job."""
 from __future__ import annotations
 
 import json
 import os
 import platform
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 
 from coordinator.client import JobClient
 from protos.internvideo.v1 import jobs_pb2 as pb
 
+T = TypeVar("T")
+
 
 def machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
             "torch": torch.__version__, "python": platform.python_version()}
+
+
+def in_turns(runs: dict[str, Callable[[], T]], rounds: int) -> dict[str, list[T]]:
+    """Each of ``runs`` ``rounds`` times, in turns: a slow spell of the machine hits every variant."""
+    results: dict[str, list[T]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            results[name].append(run())
+    return results
+
+
+def middle_round(rounds: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The round whose ``key`` is the median: a measured round, not a mean of several."""
+    return sorted(rounds, key=lambda r: r[key])[len(rounds) // 2]
 
 
 def save(result: dict[str, Any], out: Path) -> None:
