@@ -16,6 +16,7 @@ its path and reason.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import queue
 import threading
@@ -305,13 +306,29 @@ def ordered_batches(actors: list[ray.actor.ActorHandle], chunks: list[list[int]]
     """Samples from the decode pool that no training step asks for (held-out data, ``held_out``, or an
     evaluation's list): one request per chunk of sample ids, answered in order, with at most
     ``max_in_flight`` requests outstanding (spread over the actors)."""
-    pending: collections.deque[ray.ObjectRef] = collections.deque()
+    pending: collections.deque[concurrent.futures.Future] = collections.deque()
     for index, chunk in enumerate(chunks):
-        pending.append(actors[index % len(actors)].decode_batch.remote(0, chunk, held_out))
+        pending.append(_request(actors[index % len(actors)], 0, chunk, held_out))
         if len(pending) >= max_in_flight:
-            yield ray.get(pending.popleft(), timeout=timeout_s)
+            yield _decoded(pending.popleft(), timeout_s)
     while pending:
-        yield ray.get(pending.popleft(), timeout=timeout_s)
+        yield _decoded(pending.popleft(), timeout_s)
+
+
+def _request(actor: ray.actor.ActorHandle, epoch: int, sample_ids: list[int],
+             held_out: bool = False) -> concurrent.futures.Future:
+    """Ask ``actor`` for a batch. The answer is a future, not an object ref: Ray's own thread fetches and
+    deserialises the batch as soon as it is decoded, so the trainer finds it ready instead of paying a
+    ``ray.get`` (a round trip to the raylet: 0.4 ms a micro-batch on a loaded 2-core node) on its step."""
+    return actor.decode_batch.remote(epoch, sample_ids, held_out).future()
+
+
+def _decoded(request: concurrent.futures.Future, timeout_s: float) -> dict[str, Any]:
+    try:
+        return request.result(timeout=timeout_s)
+    except concurrent.futures.TimeoutError:
+        raise ray.exceptions.GetTimeoutError(
+            f"a decode request was not answered within {timeout_s:g}s (data.decode_timeout_s)") from None
 
 
 @dataclass
@@ -321,7 +338,7 @@ class _InFlight:
     epoch: int
     sample_ids: list[int]
     actor: ray.actor.ActorHandle
-    ref: ray.ObjectRef
+    batch: concurrent.futures.Future
 
 
 class ClipStream(BaseNode[dict]):
@@ -362,7 +379,7 @@ class ClipStream(BaseNode[dict]):
         if not self._in_flight:
             raise StopIteration
         request = self._in_flight.popleft()
-        batch = ray.get(request.ref, timeout=self.timeout_s)
+        batch = _decoded(request.batch, self.timeout_s)
         batch["step"], batch["micro"] = request.step, request.micro
         last = request.micro + 1 == self.accumulation
         self._position = (request.step + 1, 0) if last else (request.step, request.micro + 1)
@@ -379,7 +396,7 @@ class ClipStream(BaseNode[dict]):
         for request in self._in_flight:
             if request.actor not in kept:
                 request.actor = self._next_actor()
-                request.ref = request.actor.decode_batch.remote(request.epoch, request.sample_ids)
+                request.batch = _request(request.actor, request.epoch, request.sample_ids)
 
     def _micro_batches_from(self, step: int, micro: int) -> Iterator[tuple[int, int, int, list[int]]]:
         for s in range(step, self.end_step):
@@ -401,4 +418,4 @@ class ClipStream(BaseNode[dict]):
                 return
             step, micro, epoch, ids = item
             actor = self._next_actor()
-            self._in_flight.append(_InFlight(step, micro, epoch, ids, actor, actor.decode_batch.remote(epoch, ids)))
+            self._in_flight.append(_InFlight(step, micro, epoch, ids, actor, _request(actor, epoch, ids)))

@@ -4,6 +4,7 @@ from its saved state."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import numpy as np
 import pytest
@@ -31,10 +32,10 @@ def pool_spec(tmp_path_factory):
     ray.shutdown()
 
 
-def stream(actors, num_samples: int, rank: int = 0, world_size: int = 1) -> ClipStream:
+def stream(actors, num_samples: int, rank: int = 0, world_size: int = 1, timeout_s: float = 60) -> ClipStream:
     plan = GlobalBatchPlan(num_samples, GLOBAL_BATCH, seed=SPEC.seed)
     return ClipStream(actors, plan, rank=rank, world_size=world_size, micro_batch=MICRO, end_step=STEPS,
-                      max_in_flight=3, timeout_s=60)
+                      max_in_flight=3, timeout_s=timeout_s)
 
 
 def is_dead(actor: ray.actor.ActorHandle) -> bool:
@@ -130,6 +131,18 @@ def test_a_restarted_pool_and_a_resized_pool_give_the_same_clips(pool_spec, refe
         assert_same(got, want)
     finally:
         pool.shutdown()
+
+
+def test_a_request_not_answered_in_time_is_a_clear_error_and_the_stream_can_seek_back(pool_spec, reference):
+    num_samples, want = reference
+    with started_pool(dataclasses.replace(pool_spec, delay_s=3.0), 1) as pool:
+        s = stream(pool.actors, num_samples, timeout_s=0.5)
+        with pytest.raises(ray.exceptions.GetTimeoutError, match=r"within 0.5s \(data.decode_timeout_s\)"):
+            next(s)
+        assert s.state_dict() == {"step": 0, "micro": 0}  # nothing consumed: a redone step starts here
+        s.timeout_s = 60
+        s.reset(s.state_dict())
+        assert_same([next(s) for _ in range(2)], want[:2])
 
 
 def test_a_pool_grows_only_as_far_as_the_cluster_has_room(pool_spec):
