@@ -65,11 +65,12 @@ def resolve_precision(setting: str, *, on_gpu: bool) -> Precision:
 def build_engine(model: torch.nn.Module, groups: list[dict[str, Any]], *, micro_batch: int, accumulation: int,
                  world_size: int, lr: float, min_lr: float, warmup_steps: int, total_steps: int,
                  betas: tuple[float, float], grad_clip: float, zero_stage: int, precision: Precision,
-                 load_universal: bool = False) -> deepspeed.DeepSpeedEngine:
+                 load_universal: bool = False, compile_backend: str = "off") -> deepspeed.DeepSpeedEngine:
     """``groups``: the trainable parameters' groups (``internvideo.optim.param_groups``); a group's
     ``lr_scale`` (layer-wise decay) scales the learning rate all along the schedule. ``model`` is in
     ``precision.weights`` when given, or is converted by the engine (bf16).
-    ``load_universal``: the engine will be restored from a universal checkpoint (another world size)."""
+    ``load_universal``: the engine will be restored from a universal checkpoint (another world size).
+    ``compile_backend``: ``train.compile``."""
     groups = [{**group, "lr": lr * group.get("lr_scale", 1.0)} for group in groups]
     # Fused AdamW is one kernel per group on CPUs and GPUs alike; ZeRO-1/2 hand it one flat fp32
     # partition per group, on which the for-loop implementation's sqrt/div were a tenth of a CPU step.
@@ -94,6 +95,8 @@ def build_engine(model: torch.nn.Module, groups: list[dict[str, Any]], *, micro_
         "checkpoint": {"load_universal": load_universal},
     }
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
+    if compile_backend != "off":
+        engine.compile(backend=compile_backend)  # the module in place: its state dict keeps its keys
     return engine
 
 

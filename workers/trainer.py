@@ -127,7 +127,8 @@ class EncoderWorker:
             model, self.task.param_groups(model), micro_batch=train.micro_batch, accumulation=self.accumulation,
             world_size=self.world_size, lr=train.lr, min_lr=train.min_lr, warmup_steps=train.warmup_steps,
             total_steps=train.steps, betas=train.betas, grad_clip=train.grad_clip,
-            zero_stage=train.zero_stage, precision=precision, load_universal=load_universal)
+            zero_stage=train.zero_stage, precision=precision, load_universal=load_universal,
+            compile_backend=train.compile)
         clips = clips_per_sample(self.task.sample_fn())  # the plan and the stream count samples, not clips
         self.plan = GlobalBatchPlan(num_samples, train.global_batch // clips, train.seed)
         self.stream = ClipStream(decode_actors, self.plan, rank=self.rank, world_size=self.world_size,

@@ -25,7 +25,7 @@ from einops import rearrange
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from internvideo.models.layers import LAYER_NORM_EPS, BlockStack, sinusoid_position_table
+from internvideo.models.layers import LAYER_NORM_EPS, BlockStack, select_tokens, sinusoid_position_table
 from internvideo.models.vit import VideoViTEncoder, ViTConfig, divisible, transformer_flops, vit_config
 
 # -----------------------------------------------------------------------------
@@ -98,7 +98,7 @@ def videomae_config(
 
 @torch.no_grad()
 def videomae_targets(
-    pixels: Tensor, mask: Tensor, patch_size: int, tubelet_size: int, normalize: bool
+    pixels: Tensor, mask: Tensor, patch_size: int, tubelet_size: int, normalize: bool, num_masked: Optional[int] = None
 ) -> Tensor:
     """Pixels of the hidden tubelets, (B, N_masked, tubelet * p * p * C).
 
@@ -106,6 +106,7 @@ def videomae_targets(
     tubelet is flattened as (p0 p1 p2 c), the order the head predicts in. With
     ``normalize`` every channel of every tubelet is standardised over its
     tubelet * p * p values (unbiased std), which is VideoMAE's default target.
+    ``num_masked``: the hidden tubelets in every row of ``mask`` (None: counted from it).
     """
     x = rearrange(
         pixels.float(),
@@ -117,8 +118,7 @@ def videomae_targets(
     if normalize:
         x = (x - x.mean(dim=-2, keepdim=True)) / (x.var(dim=-2, unbiased=True, keepdim=True).sqrt() + 1e-6)
     x = rearrange(x, "b n p c -> b n (p c)")  # (B, N, tubelet*p*p*C)
-    b, _, d = x.shape
-    return x[mask].reshape(b, -1, d)  # (B, N_masked, tubelet*p*p*C)
+    return select_tokens(x, mask, hidden=True, count=int(mask[0].sum()) if num_masked is None else num_masked)
 
 
 # -----------------------------------------------------------------------------
@@ -175,18 +175,18 @@ class VideoMAEPretrain(nn.Module):
         """Predict the hidden tubelets.
 
         video: normalised clip (B, C, T, H, W); mask: bool (B, N), True = hidden,
-        the same count in every row. Returns (B, N_masked, tubelet * p * p * C),
-        in the order of the True entries of ``mask``.
+        ``config.num_masked`` in every row (the tube masks the config's data makes). Returns
+        (B, N_masked, tubelet * p * p * C), in the order of the True entries of ``mask``.
         """
-        x_vis = self.encoder_to_decoder(self.encoder(video, mask))  # (B, N_vis, D_dec)
-        b, _, d = x_vis.shape
+        hidden = self.config.num_masked
+        x_vis = self.encoder_to_decoder(self.encoder(video, mask, hidden))  # (B, N_vis, D_dec)
         # Tokens stay in "visible first, then hidden" order; the positions are
         # gathered to match instead of un-shuffling the tokens.
-        pos = self.pos_embed.to(x_vis.dtype).expand(b, -1, -1)  # (B, N, D_dec)
-        pos_vis = pos[~mask].reshape(b, -1, d)  # (B, N_vis, D_dec)
-        pos_masked = pos[mask].reshape(b, -1, d)  # (B, N_masked, D_dec)
+        pos = self.pos_embed.to(x_vis.dtype).expand(x_vis.shape[0], -1, -1)  # (B, N, D_dec)
+        pos_vis = select_tokens(pos, mask, hidden=False, count=x_vis.shape[1])  # (B, N_vis, D_dec)
+        pos_masked = select_tokens(pos, mask, hidden=True, count=hidden)  # (B, N_masked, D_dec)
         x = torch.cat([x_vis + pos_vis, self.mask_token + pos_masked], dim=1)  # (B, N, D_dec)
-        return self.decoder(x, pos_masked.shape[1])
+        return self.decoder(x, hidden)
 
     def loss(self, video: Tensor, pixels: Tensor, mask: Tensor) -> Tensor:
         """MSE between predictions for ``video`` (normalised) and targets from ``pixels`` ([0, 1])."""
@@ -195,7 +195,8 @@ class VideoMAEPretrain(nn.Module):
     def reconstruction_loss(self, pred: Tensor, pixels: Tensor, mask: Tensor) -> Tensor:
         """MSE of ``pred`` (the forward's output, possibly from an engine wrapper) against the targets."""
         enc = self.config.encoder
-        target = videomae_targets(pixels, mask, enc.patch_size, enc.tubelet_size, self.config.norm_pix_loss)
+        target = videomae_targets(pixels, mask, enc.patch_size, enc.tubelet_size, self.config.norm_pix_loss,
+                                  self.config.num_masked)
         return F.mse_loss(pred.float(), target)
 
     def flops_per_clip(self, training: bool = True) -> float:

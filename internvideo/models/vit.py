@@ -20,6 +20,7 @@ from internvideo.models.layers import (
     LAYER_NORM_EPS,
     BlockStack,
     PatchEmbed3D,
+    select_tokens,
     sinusoid_position_table,
 )
 
@@ -147,11 +148,12 @@ class VideoViTEncoder(nn.Module):
     def num_patches(self) -> int:
         return self.patch_embed.num_patches
 
-    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None, num_hidden: Optional[int] = None) -> Tensor:
         """Encode a clip (B, C, T, H, W); ``mask`` (B, N) is True where a token is hidden.
 
-        Every row of ``mask`` must hide the same number of tokens. Returns the
-        visible tokens in their original order, (B, N_visible, C).
+        Every row of ``mask`` must hide the same number of tokens: ``num_hidden`` if given (a count
+        known beforehand keeps the forward free of host syncs and compiles into one graph), else
+        counted from the mask. Returns the visible tokens in their original order, (B, N_visible, C).
         """
         x = self.patch_embed(x)  # (B, N, C)
         x = x + self.pos_embed.to(x.dtype)
@@ -161,7 +163,8 @@ class VideoViTEncoder(nn.Module):
                 raise ValueError(
                     f"mask must be a bool tensor of shape ({b}, {n}), got {mask.dtype} {tuple(mask.shape)}"
                 )
-            x = x[~mask].reshape(b, -1, c)  # (B, N_visible, C)
+            hidden = int(mask[0].sum()) if num_hidden is None else num_hidden
+            x = select_tokens(x, mask, hidden=False, count=n - hidden)  # (B, N_visible, C)
         return self.norm(self.blocks(x))  # (B, N_visible, C)
 
 

@@ -206,6 +206,10 @@ class TrainSection(Strict):
     precision: Literal["auto", "fp32", "bf16", "bf16-autocast"] = "auto"
     # Recompute each block's activations in the backward pass instead of keeping them (memory for FLOPs).
     activation_checkpointing: bool = False
+    # torch.compile the model inside the engine, in place (checkpoints keep their keys): "inductor" fuses
+    # kernels (a launch-bound GPU step's lever; a worker's first step waits for the compilation), "aot_eager"
+    # only traces forward and backward (checks that a model compiles, at no gain).
+    compile: Literal["off", "inductor", "aot_eager"] = "off"
     step_timeout_s: float = Field(600.0, gt=0)
     max_failures: int = Field(3, ge=0)  # worker losses survived by restarting from the last checkpoint
     record_samples: bool = False  # debug: log the sample ids of every step to <job>/samples.jsonl

@@ -290,7 +290,8 @@ def test_a_job_under_bf16_autocast_keeps_fp32_weights_computes_in_bf16_and_resca
     """``train.precision=bf16-autocast``: DeepSpeed's torch autocast, the precision a plain torch loop
     trains in — fp32 weights and optimizer, bf16 matmuls. Its losses are not the fp32 job's (the matmuls
     ran in bf16) but close to them; resumed at another world size from its checkpoint (a universal
-    one), it ends where it ends, up to the order in which gradients were summed."""
+    one), it ends where it ends, up to the order in which gradients were summed — resumed compiled, too
+    (``train.compile``: an eager engine's checkpoint restores into a compiled one)."""
     runs = {}
     for precision in ("fp32", "bf16-autocast"):
         job = tiny_job(client, dataset.train_list, "train.steps=4", "train.checkpoint_every=2",
@@ -307,7 +308,7 @@ def test_a_job_under_bf16_autocast_keeps_fp32_weights_computes_in_bf16_and_resca
 
     rescaled = tiny_job(client, dataset.train_list, "train.steps=4", "train.checkpoint_every=2",
                         "train.precision=bf16-autocast", f"train.resume_from={autocast.checkpoints[0].path}",
-                        workers=1)
+                        "train.compile=aot_eager", workers=1)
     rescaled_events = list(client.watch(rescaled.job_id))
     rescaled = client.get(rescaled.job_id)
     assert state(rescaled) == "SUCCEEDED", rescaled.message

@@ -14,6 +14,7 @@ from internvideo.models.layers import (
     Block,
     DropPath,
     PatchEmbed3D,
+    select_tokens,
     sinusoid_position_table,
 )
 from internvideo.models.videomae import (
@@ -222,6 +223,30 @@ def test_encoder_keeps_visible_tokens_and_validates_mask() -> None:
     assert encoder(video).shape == (2, 32, 64)
     with pytest.raises(ValueError, match="bool"):
         encoder(video, mask.long())
+
+
+@pytest.mark.parametrize("hidden", [True, False])
+def test_selected_tokens_are_those_boolean_indexing_selects_with_the_same_gradient(hidden) -> None:
+    g = torch.Generator().manual_seed(3)
+    mask = torch.stack([torch.randperm(40, generator=g) < 30 for _ in range(3)])  # 30 hidden a row
+    x = torch.randn(3, 40, 5, generator=g, requires_grad=True)
+    want = x[mask if hidden else ~mask].reshape(3, -1, 5)
+    got = select_tokens(x, mask, hidden=hidden, count=30 if hidden else 10)
+    assert torch.equal(got, want)
+    weights = torch.randn(want.shape, generator=g)
+    (want_grad,) = torch.autograd.grad((want * weights).sum(), x)
+    (got_grad,) = torch.autograd.grad((got * weights).sum(), x)
+    assert torch.equal(got_grad, want_grad)
+
+
+def test_the_pretraining_forward_compiles_into_one_graph() -> None:
+    """No boolean indexing: nothing whose shape depends on the data breaks torch.compile's graph (or,
+    on a GPU, waits for the device to count a selection)."""
+    cfg = tiny_config()
+    model = VideoMAEPretrain(cfg)
+    video, pixels, mask = tiny_batch(cfg)
+    explained = torch._dynamo.explain(model.loss)(video, pixels, mask)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 
 
 def test_forward_backward_shapes() -> None:
