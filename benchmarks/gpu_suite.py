@@ -8,6 +8,8 @@ What it measures, each against its peer in the same run:
   with bf16 weights, and ZeRO-2 again with ``train.precision=bf16-autocast``) over plain torch's
   (fused AdamW, bf16 autocast) for VideoMAE ViT-B, 16 × 224², and ViT-L, with MFU and each variant's
   top operators by device time (the CPU smoke run's autocast row is bf16 against an fp32 peer);
+  for the sizes of ``--compile-sizes`` (ViT-B), also plain torch and the autocast engine compiled
+  (``train.compile=inductor``; each round compiles afresh, from inductor's cache after the first);
 - one decode core's clips/s for VideoMAE's clip (16 × 4 at 224² from 320 × 256 H.264, 300 frames)
   at 1 and 4 clips a video (``data.repeated_sampling``), and from those and the engine's clips/s, the
   decode cores one GPU needs.
@@ -33,8 +35,8 @@ from internvideo.models.videomae import VideoMAEPretrain, videomae_config
 
 
 def engine_rows(size: str, args: argparse.Namespace, device: torch.device) -> dict:
-    """Plain torch and the engine (ZeRO 0 and 2 with bf16 weights, ZeRO-2 under bf16 autocast) for one model
-    size, in turns over ``args.rounds``."""
+    """Plain torch and the engine (ZeRO 0 and 2 with bf16 weights, ZeRO-2 under bf16 autocast; both
+    compiled too for the sizes of ``args.compile_sizes``) for one model size, in turns over ``args.rounds``."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     cfg = videomae_config(size, img_size=args.img_size, num_frames=args.frames)
     video, pixels, mask = make_batch(cfg, args.batch, device)
@@ -45,13 +47,22 @@ def engine_rows(size: str, args: argparse.Namespace, device: torch.device) -> di
             # fp32 weights and optimizer, the forward under autocast: the plain loop's precision
             "engine-z2-autocast": lambda: ours_deepspeed(cfg, video, pixels, mask, args.batch, device, 2,
                                                          "bf16-autocast")}
+    if size in args.compile_sizes:
+        runs["plain-compiled"] = lambda: ours_torch(cfg, video, pixels, mask, dtype, device, compile_model=True)
+        runs["engine-z2-autocast-compiled"] = lambda: ours_deepspeed(cfg, video, pixels, mask, args.batch, device,
+                                                                     2, "bf16-autocast", "inductor")
     results = measure_in_turns(runs, args, device, flops, peak_flops(device))
-    plain = results["plain"].get("clips_per_second")
+    rate = {name: r["clips_per_second"] for name, r in results.items() if "clips_per_second" in r}
+
+    def peer(name: str) -> str:  # compiled against compiled, eager against eager
+        return "plain-compiled" if name.endswith("-compiled") else "plain"
     return {"config": {"size": size, "img_size": args.img_size, "frames": args.frames, "batch": args.batch,
                        "dtype": str(dtype), "flops_per_clip_train": flops},
             "results": results,
-            "engine_over_plain": {name: r["clips_per_second"] / plain for name, r in results.items()
-                                  if name != "plain" and plain and "clips_per_second" in r}}
+            "engine_over_plain": {name: rate[name] / rate[peer(name)] for name in rate
+                                  if name.startswith("engine") and peer(name) in rate},
+            "compiled_over_eager": {name: rate[f"{name}-compiled"] / rate[name] for name in rate
+                                    if f"{name}-compiled" in rate}}
 
 
 def decode_rows(args: argparse.Namespace) -> dict:
@@ -84,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", type=int, default=5, metavar="STEPS")
+    parser.add_argument("--compile-sizes", nargs="*", default=["base"],
+                        help="sizes also measured compiled (each compilation takes tens of seconds)")
     parser.add_argument("--skip-decode", action="store_true")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)

@@ -150,8 +150,10 @@ def hf_torch(cfg, video, pixels, mask, dtype, device):
     return build
 
 
-def ours_deepspeed(cfg, video, pixels, mask, batch, device, zero_stage: int, precision: str = "auto"):
-    """The engine as a job builds it; ``precision``: ``train.precision`` (auto: bf16 weights on a GPU)."""
+def ours_deepspeed(cfg, video, pixels, mask, batch, device, zero_stage: int, precision: str = "auto",
+                   compile_backend: str = "off"):
+    """The engine as a job builds it; ``precision``: ``train.precision`` (auto: bf16 weights on a GPU);
+    ``compile_backend``: ``train.compile``."""
     import torch.distributed as dist
 
     from workers import engine as ds
@@ -163,7 +165,8 @@ def ours_deepspeed(cfg, video, pixels, mask, batch, device, zero_stage: int, pre
         resolved = ds.resolve_precision(precision, on_gpu=device.type == "cuda")
         engine = ds.build_engine(model, param_groups(model, 0.05), micro_batch=batch, accumulation=1, world_size=1,
                                  lr=1e-4, min_lr=0.0, warmup_steps=0, total_steps=1000, betas=(0.9, 0.95),
-                                 grad_clip=0.0, zero_stage=zero_stage, precision=resolved)
+                                 grad_clip=0.0, zero_stage=zero_stage, precision=resolved,
+                                 compile_backend=compile_backend)
         inputs = video.to(resolved.weights)
 
         def step():
