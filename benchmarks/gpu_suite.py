@@ -1,4 +1,5 @@
-"""Every GPU row of issue 14's table in one run on one GPU (under 5 minutes), one JSON.
+"""Every GPU row of issue 14's table in one run on one GPU, one JSON (under 5 minutes without the compiled
+rows; what ViT-B's inductor compilations add is not measured yet: ``--compile-sizes`` with no size drops them).
 
     python -m benchmarks.gpu_suite --out benchmarks/results/gpu_suite_h100.json
     python -m benchmarks.gpu_suite --device cpu --size tiny --img-size 64 --frames 8 --batch 4   # a smoke run

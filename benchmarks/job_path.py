@@ -98,7 +98,8 @@ def engine_alone(task, steps, warmup) -> list[float]:
                              accumulation=train.global_batch // train.micro_batch, world_size=1, lr=train.lr,
                              min_lr=train.min_lr, warmup_steps=train.warmup_steps, total_steps=train.steps,
                              betas=train.betas, grad_clip=train.grad_clip, zero_stage=train.zero_stage,
-                             precision=ds.resolve_precision(train.precision, on_gpu=False))
+                             precision=ds.resolve_precision(train.precision, on_gpu=False),
+                             compile_backend=train.compile)
     return loop_step_seconds(task, engine, steps, warmup)
 
 

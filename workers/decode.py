@@ -324,6 +324,7 @@ def _request(actor: ray.actor.ActorHandle, epoch: int, sample_ids: list[int],
 
 
 def _decoded(request: concurrent.futures.Future, timeout_s: float) -> dict[str, Any]:
+    """The batch ``request`` answers; a timeout says which setting bounds it (a future's own names none)."""
     try:
         return request.result(timeout=timeout_s)
     except concurrent.futures.TimeoutError:
@@ -338,13 +339,15 @@ class _InFlight:
     epoch: int
     sample_ids: list[int]
     actor: ray.actor.ActorHandle
-    batch: concurrent.futures.Future
+    answer: concurrent.futures.Future
 
 
 class ClipStream(BaseNode[dict]):
     """The trainer side of a pool, as a torchdata node: yields this rank's micro-batches in step order,
     keeps at most ``max_in_flight`` requests outstanding, and resumes exactly from its state
-    ``{"step", "micro"}`` (the position of the next micro-batch)."""
+    ``{"step", "micro"}`` (the position of the next micro-batch). A request dropped by ``reset`` or
+    ``set_actors`` is still fetched when its answer comes (its future is Ray's until then), then freed:
+    at most ``max_in_flight`` batches."""
 
     def __init__(self, actors: list[ray.actor.ActorHandle], plan: GlobalBatchPlan, *, rank: int,
                  world_size: int, micro_batch: int, end_step: int, max_in_flight: int, timeout_s: float) -> None:
@@ -379,7 +382,7 @@ class ClipStream(BaseNode[dict]):
         if not self._in_flight:
             raise StopIteration
         request = self._in_flight.popleft()
-        batch = _decoded(request.batch, self.timeout_s)
+        batch = _decoded(request.answer, self.timeout_s)
         batch["step"], batch["micro"] = request.step, request.micro
         last = request.micro + 1 == self.accumulation
         self._position = (request.step + 1, 0) if last else (request.step, request.micro + 1)
@@ -396,7 +399,7 @@ class ClipStream(BaseNode[dict]):
         for request in self._in_flight:
             if request.actor not in kept:
                 request.actor = self._next_actor()
-                request.batch = _request(request.actor, request.epoch, request.sample_ids)
+                request.answer = _request(request.actor, request.epoch, request.sample_ids)
 
     def _micro_batches_from(self, step: int, micro: int) -> Iterator[tuple[int, int, int, list[int]]]:
         for s in range(step, self.end_step):

@@ -96,6 +96,11 @@ def build_engine(model: torch.nn.Module, groups: list[dict[str, Any]], *, micro_
     }
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
     if compile_backend != "off":
+        import torch._inductor.config as inductor_config  # only when compiling: a second to import
+
+        # Inductor's own random numbers would differ from eager's: with eager's, a compiled job draws the
+        # dropout and drop path an eager one does, and pretrain-mm's two GradCache passes draw the same.
+        inductor_config.fallback_random = True
         engine.compile(backend=compile_backend)  # the module in place: its state dict keeps its keys
     return engine
 

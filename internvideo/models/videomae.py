@@ -118,7 +118,7 @@ def videomae_targets(
     if normalize:
         x = (x - x.mean(dim=-2, keepdim=True)) / (x.var(dim=-2, unbiased=True, keepdim=True).sqrt() + 1e-6)
     x = rearrange(x, "b n p c -> b n (p c)")  # (B, N, tubelet*p*p*C)
-    return select_tokens(x, mask, hidden=True, count=int(mask[0].sum()) if num_masked is None else num_masked)
+    return select_tokens(x, mask, hidden=True, count=num_masked)
 
 
 # -----------------------------------------------------------------------------
@@ -179,6 +179,9 @@ class VideoMAEPretrain(nn.Module):
         (B, N_masked, tubelet * p * p * C), in the order of the True entries of ``mask``.
         """
         hidden = self.config.num_masked
+        # Tokens are picked by that count: a mask that hides another number would pick the wrong ones.
+        # Checked on the device, with no wait for it (on a GPU, a failure is a device-side assert).
+        torch._assert_async((mask.sum(dim=1) == hidden).all(), f"every row of the mask must hide {hidden} tokens")
         x_vis = self.encoder_to_decoder(self.encoder(video, mask, hidden))  # (B, N_vis, D_dec)
         # Tokens stay in "visible first, then hidden" order; the positions are
         # gathered to match instead of un-shuffling the tokens.

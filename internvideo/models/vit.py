@@ -158,13 +158,13 @@ class VideoViTEncoder(nn.Module):
         x = self.patch_embed(x)  # (B, N, C)
         x = x + self.pos_embed.to(x.dtype)
         if mask is not None:
-            b, n, c = x.shape
+            b, n, _ = x.shape
             if mask.dtype != torch.bool or mask.shape != (b, n):
                 raise ValueError(
                     f"mask must be a bool tensor of shape ({b}, {n}), got {mask.dtype} {tuple(mask.shape)}"
                 )
-            hidden = int(mask[0].sum()) if num_hidden is None else num_hidden
-            x = select_tokens(x, mask, hidden=False, count=n - hidden)  # (B, N_visible, C)
+            visible = None if num_hidden is None else n - num_hidden
+            x = select_tokens(x, mask, hidden=False, count=visible)  # (B, N_visible, C)
         return self.norm(self.blocks(x))  # (B, N_visible, C)
 
 

@@ -2,13 +2,11 @@
 import os
 import socket
 
-import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from internvideo.data.masking import tube_mask
-from internvideo.models.videomae import VideoMAEPretrain, videomae_config
+from internvideo.models.vit import VideoClassifier, classifier_config
 from internvideo.optim import param_groups
 from workers.engine import resolve_precision, zero_config
 from workers.trainer import _seed_generators
@@ -47,31 +45,31 @@ def test_precision_auto_is_fp32_off_the_gpu_and_autocast_keeps_fp32_weights():
 
 
 def _train_eager_and_compiled(port: int, backend: str, queue) -> None:
-    """Three steps of two micro-batches of a tiny VideoMAE in the engine a job builds, eager and then
-    compiled with ``backend``, from the same weights; reports what the test compares."""
+    """Three steps of two micro-batches of a tiny video classifier with drop path and head dropout in the
+    engine a job builds on a GPU (ZeRO-2 with its gradient hooks and contiguous buckets), eager and then
+    compiled with ``backend``, from the same weights and seeds; reports what the test compares."""
     import torch.distributed as dist
 
     from workers import engine as ds
 
+    ds.zero_config = lambda stage, **_: {"stage": stage, "contiguous_gradients": True}
     ds.init_process_group(master_addr="127.0.0.1", master_port=port, rank=0, world_size=1, timeout_s=60)
-    config = videomae_config("tiny", img_size=32, num_frames=4, mask_ratio=0.75,
-                             encoder_overrides={"embed_dim": 64, "depth": 2, "num_heads": 2, "patch_size": 8},
-                             decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+    config = classifier_config("tiny", 5, img_size=32, num_frames=4, embed_dim=64, depth=2, num_heads=2,
+                               patch_size=8, drop_path_rate=0.5).model_copy(update={"head_dropout": 0.5})
     generator = torch.Generator().manual_seed(0)
-    pixels = torch.rand(2, 3, 4, 32, 32, generator=generator)
-    rng = np.random.default_rng(0)
-    mask = torch.from_numpy(np.stack([tube_mask(2, 4, 4, 0.75, rng) for _ in range(2)]))
+    video, labels = torch.randn(2, 3, 4, 32, 32, generator=generator), torch.tensor([1, 3])
     runs = {}
     for compile_backend in ("off", backend):
         torch.manual_seed(0)
-        model = VideoMAEPretrain(config)
+        model = VideoClassifier(config)
         engine = ds.build_engine(model, param_groups(model, 0.05), micro_batch=2, accumulation=2, world_size=1,
                                  lr=1e-3, min_lr=0.0, warmup_steps=0, total_steps=10, betas=(0.9, 0.95),
                                  grad_clip=0.0, zero_stage=2, precision=resolve_precision("fp32", on_gpu=False),
                                  compile_backend=compile_backend)
         losses = []
-        for _ in range(6):
-            loss = engine.module.reconstruction_loss(engine((pixels - 0.5) / 0.25, mask), pixels, mask)
+        for micro in range(6):
+            _seed_generators(torch.device("cpu"), micro)
+            loss = torch.nn.functional.cross_entropy(engine(video), labels)
             engine.backward(loss)
             engine.step()
             losses.append(loss.item())
@@ -89,19 +87,20 @@ def _train_eager_and_compiled(port: int, backend: str, queue) -> None:
 
 
 def test_a_compiled_engine_trains_as_the_eager_one_in_one_graph_and_keeps_its_state_dict_keys():
-    """``train.compile``: the module compiled in place inside the engine (ZeRO's hooks and all) takes the
-    eager engine's steps, its forward as one graph, and its checkpoints keep the eager names."""
+    """``train.compile=inductor``: the module compiled in place inside the engine (ZeRO-2's hooks and all)
+    takes the eager engine's steps — with eager's random draws for dropout and drop path (inductor's own
+    would differ) — its forward as one graph, and its checkpoints keep the eager names."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     context = mp.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_train_eager_and_compiled, args=(port, "aot_eager", queue))
+    process = context.Process(target=_train_eager_and_compiled, args=(port, "inductor", queue))
     process.start()
     report = queue.get(timeout=300)
     process.join(60)
     assert report["is_compiled"] and report["graphs"] == 1
     assert report["same_keys"]
-    assert report["compiled_losses"] == pytest.approx(report["eager_losses"], rel=1e-6)
+    assert report["compiled_losses"] == pytest.approx(report["eager_losses"], rel=1e-5)
     assert report["eager_losses"][-1] < report["eager_losses"][0]
-    assert report["max_weight_difference"] < 1e-6  # aot_eager runs the eager kernels: 0 here (inductor's: 5e-6)
+    assert report["max_weight_difference"] < 1e-4  # fused kernels sum in another order

@@ -239,6 +239,19 @@ def test_selected_tokens_are_those_boolean_indexing_selects_with_the_same_gradie
     assert torch.equal(got_grad, want_grad)
 
 
+def test_a_mask_that_hides_another_count_than_the_config_is_refused() -> None:
+    cfg = tiny_config()
+    model = VideoMAEPretrain(cfg)
+    video, _, mask = tiny_batch(cfg)
+    all_hidden = torch.ones_like(mask)
+    with pytest.raises(RuntimeError, match=f"must hide {cfg.num_masked} tokens"):
+        model(video, all_hidden)
+    one_fewer = mask.clone()
+    one_fewer[1, int(mask[1].nonzero()[0])] = False
+    with pytest.raises(RuntimeError, match=f"must hide {cfg.num_masked} tokens"):
+        model(video, one_fewer)
+
+
 def test_the_pretraining_forward_compiles_into_one_graph() -> None:
     """No boolean indexing: nothing whose shape depends on the data breaks torch.compile's graph (or,
     on a GPU, waits for the device to count a selection)."""
