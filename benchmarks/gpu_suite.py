@@ -108,21 +108,30 @@ def main(argv: list[str] | None = None) -> int:
     threads = torch.get_num_threads()
     suite = {"machine": {**record.machine(), "threads": threads,
                          "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"},
-             "engine": {size: engine_rows(size, args, device) for size in args.size or ["base", "large"]}}
-    if not args.skip_decode:
-        suite["decode"] = decode_rows(args)
-        torch.set_num_threads(threads)
-        per_core = suite["decode"].get("clips_per_second_per_core", {})
-        first = next(iter(suite["engine"].values()))["results"]  # ViT-B unless sizes were given
-        for name, row in first.items():  # the decode cores this GPU needs to train at full speed
-            if "clips_per_second" in row and per_core:
-                row["decode_cores_needed"] = {r: row["clips_per_second"] / rate for r, rate in per_core.items()}
-    suite["seconds"] = time.perf_counter() - began
-    if args.out:
-        record.save(suite, args.out)
-    else:
+             "engine": {}}
+    sizes = args.size or ["base", "large"]
+    # The first size, then the decode cores it needs, then the other sizes; the JSON is written after
+    # each part, so a run cut short by the device's time limit still brings back what it measured.
+    for index, size in enumerate(sizes):
+        suite["engine"][size] = engine_rows(size, args, device)
+        if index == 0 and not args.skip_decode:
+            suite["decode"] = decode_rows(args)
+            torch.set_num_threads(threads)
+            add_decode_cores_needed(suite["engine"][size]["results"], suite["decode"])
+        suite["seconds"] = time.perf_counter() - began
+        if args.out:
+            record.save(suite, args.out)
+    if not args.out:
         print(json.dumps(suite, indent=1))
     return 0
+
+
+def add_decode_cores_needed(results: dict[str, dict], decode: dict) -> None:
+    """The decode cores this GPU needs to train each variant at full speed, at each clips-a-video."""
+    per_core = decode.get("clips_per_second_per_core", {})
+    for row in results.values():
+        if "clips_per_second" in row and per_core:
+            row["decode_cores_needed"] = {r: row["clips_per_second"] / rate for r, rate in per_core.items()}
 
 
 if __name__ == "__main__":
