@@ -1,0 +1,82 @@
+"""What a busy neighbour core costs a training step: the plain-torch loop of ``job_path`` (tiny-cpu
+``pretrain-mae``, one thread) pinned to one core, alone, beside a process that spins on the other core
+(busy, touching no memory), and beside one that streams through 512 MB (busy on memory, as a decoder
+is). It bounds what ``job_path`` can show on a small machine: there the job's decode worker and Ray
+share the trainer's memory system, while its plain-loop peer runs next to an idle core.
+
+    python -m benchmarks.neighbour_core --out benchmarks/results/cpu_neighbour_core.json
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks import record
+from benchmarks.job_path import decoded_steps, plain
+from coordinator.client import read_config
+from coordinator.submission import validate_submission
+from internvideo.data.synthetic import write_synthetic_dataset
+from internvideo.tasks import TaskRef
+
+NEIGHBOURS = {
+    "idle": None,
+    "spinning": "while True: pass",
+    "streaming memory": "import numpy as np\narray = np.ones(64 * 1024 * 1024)\nwhile True: array += 1",
+}
+
+
+def beside(neighbour: str | None, core: int, run):
+    """``run()`` while ``neighbour`` (Python source) runs pinned to ``core``."""
+    if neighbour is None:
+        return run()
+    process = subprocess.Popen([sys.executable, "-c", neighbour], preexec_fn=lambda: os.sched_setaffinity(0, {core}))
+    try:
+        time.sleep(1.0)  # its start-up (and the array's first touch) is not what is measured
+        return run()
+    finally:
+        process.kill()
+        process.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        raise SystemExit("needs two cores: one for the loop, one for its neighbour")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_synthetic_dataset(Path(tmp), num_videos=64, num_frames=24, size=64, seed=0)
+        spec = validate_submission(kind="pretrain-mae", config_text=read_config("tiny-cpu"),
+                                   overrides=[f"data.train_list={data.train_list}", f"train.steps={args.steps}"],
+                                   min_workers=1, max_workers=1)
+        task = TaskRef.of("pretrain-mae", spec.config).load()
+        torch.set_num_threads(1)
+        steps = decoded_steps(task, data.train_list, args.steps)
+        os.sched_setaffinity(0, {cores[0]})
+        ran = record.in_turns({name: lambda code=code: beside(code, cores[1], lambda: plain(task, steps, args.warmup))
+                               for name, code in NEIGHBOURS.items()}, args.rounds)
+    step_ms = {name: [statistics.median(times) * 1e3 for times in rounds] for name, rounds in ran.items()}
+    median = {name: statistics.median(values) for name, values in step_ms.items()}
+    record.save({"config": {"kind": "pretrain-mae", "preset": "tiny-cpu", "threads": 1, "rounds": args.rounds,
+                            "timed_steps": args.steps - args.warmup, "cores": [cores[0], cores[1]]},
+                 "machine": record.machine(),
+                 "step_ms": median, "step_ms_per_round": step_ms,
+                 "over_idle": {name: median["idle"] / ms for name, ms in median.items()}},
+                args.out or Path("/dev/null"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
