@@ -1,22 +1,23 @@
 """What a busy neighbour core costs a training step: the plain-torch loop of ``job_path`` (tiny-cpu
-``pretrain-mae``, one thread) pinned to one core, alone, beside a process that spins on the other core
-(busy, touching no memory), and beside one that streams through 512 MB (busy on memory, as a decoder
-is). It bounds what ``job_path`` can show on a small machine: there the job's decode worker and Ray
-share the trainer's memory system, while its plain-loop peer runs next to an idle core.
+``pretrain-mae``, one thread) pinned to one core, alone, and beside a process on the other core that
+spins (busy, touching no memory), streams through 512 MB (busy on memory), or decodes the job's clips
+without pause (the job's own sample function). It bounds what ``job_path`` can show on a small
+machine: there the job's decode worker shares the trainer's memory system, while its plain-loop peer
+runs next to an idle core.
 
     python -m benchmarks.neighbour_core --out benchmarks/results/cpu_neighbour_core.json
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from benchmarks import record
@@ -26,24 +27,41 @@ from coordinator.submission import validate_submission
 from internvideo.data.synthetic import write_synthetic_dataset
 from internvideo.tasks import TaskRef
 
-NEIGHBOURS = {
-    "idle": None,
-    "spinning": "while True: pass",
-    "streaming memory": "import numpy as np\narray = np.ones(64 * 1024 * 1024)\nwhile True: array += 1",
-}
+
+def spin() -> None:
+    while True:
+        pass
 
 
-def beside(neighbour: str | None, core: int, run):
-    """``run()`` while ``neighbour`` (Python source) runs pinned to ``core``."""
+def stream_memory() -> None:
+    array = np.ones(64 * 1024 * 1024)  # 512 MB: far past the caches
+    while True:
+        array += 1
+
+
+def decode(task, list_path: Path) -> None:
+    while True:
+        decoded_steps(task, list_path, 4)
+
+
+def beside(neighbour, args: tuple, core: int, run):
+    """``run()`` while ``neighbour(*args)`` runs in a process of its own pinned to ``core``."""
     if neighbour is None:
         return run()
-    process = subprocess.Popen([sys.executable, "-c", neighbour], preexec_fn=lambda: os.sched_setaffinity(0, {core}))
+    process = multiprocessing.get_context("spawn").Process(target=_pinned, args=(core, neighbour, args), daemon=True)
+    process.start()
     try:
-        time.sleep(1.0)  # its start-up (and the array's first touch) is not what is measured
+        time.sleep(3.0)  # its start-up (imports, the array's first touch) is not what is measured
         return run()
     finally:
         process.kill()
-        process.wait()
+        process.join()
+
+
+def _pinned(core: int, target, args: tuple) -> None:
+    os.sched_setaffinity(0, {core})
+    torch.set_num_threads(1)
+    target(*args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)
         steps = decoded_steps(task, data.train_list, args.steps)
         os.sched_setaffinity(0, {cores[0]})
-        ran = record.in_turns({name: lambda code=code: beside(code, cores[1], lambda: plain(task, steps, args.warmup))
-                               for name, code in NEIGHBOURS.items()}, args.rounds)
+        neighbours = {"idle": (None, ()), "spinning": (spin, ()), "streaming memory": (stream_memory, ()),
+                      "decoding": (decode, (task, data.train_list))}
+        ran = record.in_turns({name: lambda n=n, a=a: beside(n, a, cores[1], lambda: plain(task, steps, args.warmup))
+                               for name, (n, a) in neighbours.items()}, args.rounds)
     step_ms = {name: [statistics.median(times) * 1e3 for times in rounds] for name, rounds in ran.items()}
     median = {name: statistics.median(values) for name, values in step_ms.items()}
     record.save({"config": {"kind": "pretrain-mae", "preset": "tiny-cpu", "threads": 1, "rounds": args.rounds,
