@@ -1,9 +1,8 @@
 """What a busy neighbour core costs a training step: the plain-torch loop of ``job_path`` (tiny-cpu
 ``pretrain-mae``, one thread) pinned to one core, alone, and beside a process on the other core that
 spins (busy, touching no memory), streams through 512 MB (busy on memory), or decodes the job's clips
-without pause (the job's own sample function). It bounds what ``job_path`` can show on a small
-machine: there the job's decode worker shares the trainer's memory system, while its plain-loop peer
-runs next to an idle core.
+without pause (the job's own sample function). It tells what a busy neighbour costs a step by itself
+from what the job's feed costs it (``job_path``, whose plain-loop peer runs next to an idle core).
 
     python -m benchmarks.neighbour_core --out benchmarks/results/cpu_neighbour_core.json
 """
