@@ -8,7 +8,7 @@ key-for-key: ``patch_embed.proj``, ``attn.qkv`` / ``attn.q_bias`` /
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -181,17 +181,16 @@ def sinusoid_position_table(num_positions: int, dim: int) -> Tensor:
     return table.to(torch.float32).unsqueeze(0)  # (1, N, dim)
 
 
-def select_tokens(x: Tensor, mask: Tensor, *, hidden: bool, count: Optional[int] = None) -> Tensor:
-    """The tokens of ``x`` (B, N, C) that ``mask`` (B, N; True = hidden) marks hidden (``hidden``) or
-    visible, ``count`` in every row, in their order: what ``x[mask]`` (or ``x[~mask]``) reshaped to
-    (B, count, C) holds, as a gather of static shape. Boolean indexing must count the selection before
-    it can allocate the result (on a GPU, a wait for the device), and torch.compile breaks its graph there.
-    ``count`` None: counted from the mask's first row, at that cost."""
-    if count is None:
-        hidden_count = int(mask[0].sum())
-        count = hidden_count if hidden else mask.shape[1] - hidden_count
-    order = torch.argsort(mask.to(torch.uint8), dim=1, stable=True)  # the visible tokens first, each group in order
-    index = order[:, mask.shape[1] - count:] if hidden else order[:, :count]
+def token_order(mask: Tensor) -> Tensor:
+    """Each row's token indices (B, N), the visible tokens (False in ``mask``) first, each group in its
+    order: ``order[:, :visible]`` picks what ``x[~mask]`` holds and ``order[:, visible:]`` what ``x[mask]``
+    does, as gathers of static shape. Boolean indexing must count the selection before it can allocate
+    the result (on a GPU, a wait for the device), and torch.compile breaks its graph there."""
+    return torch.argsort(mask.to(torch.uint8), dim=1, stable=True)
+
+
+def gather_tokens(x: Tensor, index: Tensor) -> Tensor:
+    """The tokens of ``x`` (B, N, C) at ``index`` (B, K), in that order: (B, K, C)."""
     return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 

@@ -25,7 +25,7 @@ from einops import rearrange
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from internvideo.models.layers import LAYER_NORM_EPS, BlockStack, select_tokens, sinusoid_position_table
+from internvideo.models.layers import LAYER_NORM_EPS, BlockStack, gather_tokens, sinusoid_position_table, token_order
 from internvideo.models.vit import VideoViTEncoder, ViTConfig, divisible, transformer_flops, vit_config
 
 # -----------------------------------------------------------------------------
@@ -118,7 +118,8 @@ def videomae_targets(
     if normalize:
         x = (x - x.mean(dim=-2, keepdim=True)) / (x.var(dim=-2, unbiased=True, keepdim=True).sqrt() + 1e-6)
     x = rearrange(x, "b n p c -> b n (p c)")  # (B, N, tubelet*p*p*C)
-    return select_tokens(x, mask, hidden=True, count=num_masked)
+    hidden = int(mask[0].sum()) if num_masked is None else num_masked
+    return gather_tokens(x, token_order(mask)[:, mask.shape[1] - hidden:])  # (B, N_masked, tubelet*p*p*C)
 
 
 # -----------------------------------------------------------------------------
@@ -178,17 +179,21 @@ class VideoMAEPretrain(nn.Module):
         ``config.num_masked`` in every row (the tube masks the config's data makes). Returns
         (B, N_masked, tubelet * p * p * C), in the order of the True entries of ``mask``.
         """
+        b, n = video.shape[0], self.encoder.num_patches
+        if mask.dtype != torch.bool or mask.shape != (b, n):
+            raise ValueError(f"mask must be a bool tensor of shape ({b}, {n}), got {mask.dtype} {tuple(mask.shape)}")
         hidden = self.config.num_masked
         # Tokens are picked by that count: a mask that hides another number would pick the wrong ones.
         # Checked on the device, with no wait for it (on a GPU, a failure is a device-side assert).
         torch._assert_async((mask.sum(dim=1) == hidden).all(), f"every row of the mask must hide {hidden} tokens")
-        x_vis = self.encoder_to_decoder(self.encoder(video, mask, hidden))  # (B, N_vis, D_dec)
+        order = token_order(mask)
+        visible, masked = order[:, :n - hidden], order[:, n - hidden:]
+        x_vis = self.encoder_to_decoder(self.encoder(video, visible))  # (B, N_vis, D_dec)
         # Tokens stay in "visible first, then hidden" order; the positions are
         # gathered to match instead of un-shuffling the tokens.
-        pos = self.pos_embed.to(x_vis.dtype).expand(x_vis.shape[0], -1, -1)  # (B, N, D_dec)
-        pos_vis = select_tokens(pos, mask, hidden=False, count=x_vis.shape[1])  # (B, N_vis, D_dec)
-        pos_masked = select_tokens(pos, mask, hidden=True, count=hidden)  # (B, N_masked, D_dec)
-        x = torch.cat([x_vis + pos_vis, self.mask_token + pos_masked], dim=1)  # (B, N, D_dec)
+        pos = self.pos_embed.to(x_vis.dtype).expand(b, -1, -1)  # (B, N, D_dec)
+        x = torch.cat([x_vis + gather_tokens(pos, visible), self.mask_token + gather_tokens(pos, masked)],
+                      dim=1)  # (B, N, D_dec)
         return self.decoder(x, hidden)
 
     def loss(self, video: Tensor, pixels: Tensor, mask: Tensor) -> Tensor:

@@ -20,7 +20,7 @@ from internvideo.models.layers import (
     LAYER_NORM_EPS,
     BlockStack,
     PatchEmbed3D,
-    select_tokens,
+    gather_tokens,
     sinusoid_position_table,
 )
 
@@ -148,24 +148,14 @@ class VideoViTEncoder(nn.Module):
     def num_patches(self) -> int:
         return self.patch_embed.num_patches
 
-    def forward(self, x: Tensor, mask: Optional[Tensor] = None, num_hidden: Optional[int] = None) -> Tensor:
-        """Encode a clip (B, C, T, H, W); ``mask`` (B, N) is True where a token is hidden.
-
-        Every row of ``mask`` must hide the same number of tokens: ``num_hidden`` if given (a count
-        known beforehand keeps the forward free of host syncs and compiles into one graph), else
-        counted from the mask. Returns the visible tokens in their original order, (B, N_visible, C).
-        """
+    def forward(self, x: Tensor, keep: Optional[Tensor] = None) -> Tensor:
+        """Encode a clip (B, C, T, H, W): all its tokens, or only those at ``keep`` (B, K) — a masked
+        model's visible tokens (``layers.token_order``) — in that order. Returns (B, K or N, C)."""
         x = self.patch_embed(x)  # (B, N, C)
         x = x + self.pos_embed.to(x.dtype)
-        if mask is not None:
-            b, n, _ = x.shape
-            if mask.dtype != torch.bool or mask.shape != (b, n):
-                raise ValueError(
-                    f"mask must be a bool tensor of shape ({b}, {n}), got {mask.dtype} {tuple(mask.shape)}"
-                )
-            visible = None if num_hidden is None else n - num_hidden
-            x = select_tokens(x, mask, hidden=False, count=visible)  # (B, N_visible, C)
-        return self.norm(self.blocks(x))  # (B, N_visible, C)
+        if keep is not None:
+            x = gather_tokens(x, keep)  # (B, K, C)
+        return self.norm(self.blocks(x))
 
 
 def interpolate_pos_embed(pos_embed: Tensor, from_grid: tuple[int, int, int], to_grid: tuple[int, int, int]) -> Tensor:

@@ -14,8 +14,9 @@ from internvideo.models.layers import (
     Block,
     DropPath,
     PatchEmbed3D,
-    select_tokens,
+    gather_tokens,
     sinusoid_position_table,
+    token_order,
 )
 from internvideo.models.videomae import (
     DECODER_SIZES,
@@ -213,30 +214,34 @@ def test_block_layer_scale_and_drop_path() -> None:
 # ----------------------------------------------------------------------------- encoder / model
 
 
-def test_encoder_keeps_visible_tokens_and_validates_mask() -> None:
+def test_encoder_encodes_the_tokens_it_keeps_and_the_model_validates_its_mask() -> None:
     cfg = tiny_config()
     encoder = VideoViTEncoder(cfg.encoder)
     video, _, mask = tiny_batch(cfg)
     assert not encoder.pos_embed.requires_grad
     assert "pos_embed" not in encoder.state_dict()  # official checkpoints have no table
-    assert encoder(video, mask).shape == (2, 32 - cfg.num_masked, 64)
+    visible = token_order(mask)[:, :32 - cfg.num_masked]
+    assert encoder(video, visible).shape == (2, 32 - cfg.num_masked, 64)
     assert encoder(video).shape == (2, 32, 64)
-    with pytest.raises(ValueError, match="bool"):
-        encoder(video, mask.long())
+    model = VideoMAEPretrain(cfg)
+    for bad in (mask.long(), mask[:, 1:]):
+        with pytest.raises(ValueError, match="bool tensor of shape"):
+            model(video, bad)
 
 
-@pytest.mark.parametrize("hidden", [True, False])
-def test_selected_tokens_are_those_boolean_indexing_selects_with_the_same_gradient(hidden) -> None:
+def test_token_order_gathers_what_boolean_indexing_selects_with_the_same_gradient() -> None:
     g = torch.Generator().manual_seed(3)
     mask = torch.stack([torch.randperm(40, generator=g) < 30 for _ in range(3)])  # 30 hidden a row
     x = torch.randn(3, 40, 5, generator=g, requires_grad=True)
-    want = x[mask if hidden else ~mask].reshape(3, -1, 5)
-    got = select_tokens(x, mask, hidden=hidden, count=30 if hidden else 10)
-    assert torch.equal(got, want)
-    weights = torch.randn(want.shape, generator=g)
-    (want_grad,) = torch.autograd.grad((want * weights).sum(), x)
-    (got_grad,) = torch.autograd.grad((got * weights).sum(), x)
-    assert torch.equal(got_grad, want_grad)
+    order = token_order(mask)
+    for index, selected in ((order[:, :10], ~mask), (order[:, 10:], mask)):
+        want = x[selected].reshape(3, -1, 5)
+        got = gather_tokens(x, index)
+        assert torch.equal(got, want)
+        weights = torch.randn(want.shape, generator=g)
+        (want_grad,) = torch.autograd.grad((want * weights).sum(), x)
+        (got_grad,) = torch.autograd.grad((got * weights).sum(), x)
+        assert torch.equal(got_grad, want_grad)
 
 
 def test_a_mask_that_hides_another_count_than_the_config_is_refused() -> None:
