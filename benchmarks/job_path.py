@@ -94,12 +94,8 @@ def engine_alone(task, steps, warmup) -> list[float]:
     if not dist.is_initialized():
         ds.init_process_group(master_addr="127.0.0.1", master_port=29537, rank=0, world_size=1, timeout_s=120)
     model, train = task.build_model(), task.config.train
-    engine = ds.build_engine(model, task.param_groups(model), micro_batch=train.micro_batch,
-                             accumulation=train.global_batch // train.micro_batch, world_size=1, lr=train.lr,
-                             min_lr=train.min_lr, warmup_steps=train.warmup_steps, total_steps=train.steps,
-                             betas=train.betas, grad_clip=train.grad_clip, zero_stage=train.zero_stage,
-                             precision=ds.resolve_precision(train.precision, on_gpu=False),
-                             compile_backend=train.compile)
+    engine = ds.build_job_engine(model, task.param_groups(model), train, world_size=1,
+                                 precision=ds.resolve_precision(train.precision, on_gpu=False))
     return loop_step_seconds(task, engine, steps, warmup)
 
 

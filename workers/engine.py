@@ -17,7 +17,9 @@ import deepspeed  # noqa: E402 — after the cache location is set
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
+from internvideo.data.order import gradient_accumulation  # noqa: E402
 from internvideo.optim import warmup_cosine  # noqa: E402
+from internvideo.tasks.common import TrainSection  # noqa: E402
 
 
 def init_process_group(*, master_addr: str, master_port: int, rank: int, world_size: int,
@@ -103,6 +105,18 @@ def build_engine(model: torch.nn.Module, groups: list[dict[str, Any]], *, micro_
         inductor_config.fallback_random = True
         engine.compile(backend=compile_backend)  # the module in place: its state dict keeps its keys
     return engine
+
+
+def build_job_engine(model: torch.nn.Module, groups: list[dict[str, Any]], train: TrainSection, *, world_size: int,
+                     precision: Precision, load_universal: bool = False) -> deepspeed.DeepSpeedEngine:
+    """The engine a job's ``train`` section asks for, at ``world_size`` ranks (``build_engine``'s
+    arguments)."""
+    return build_engine(
+        model, groups, micro_batch=train.micro_batch, world_size=world_size,
+        accumulation=gradient_accumulation(train.global_batch, train.micro_batch, world_size),
+        lr=train.lr, min_lr=train.min_lr, warmup_steps=train.warmup_steps, total_steps=train.steps,
+        betas=train.betas, grad_clip=train.grad_clip, zero_stage=train.zero_stage, precision=precision,
+        load_universal=load_universal, compile_backend=train.compile)
 
 
 def zero_config(stage: int, *, world_size: int, on_gpu: bool) -> dict[str, Any]:

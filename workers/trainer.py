@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from internvideo.data.order import GlobalBatchPlan, gradient_accumulation, micro_batch_seed
+from internvideo.data.order import GlobalBatchPlan, micro_batch_seed
 from internvideo.models.layers import set_activation_checkpointing
 from internvideo.tasks import TaskRef
 from internvideo.tasks.base import clips_per_sample
@@ -122,13 +122,9 @@ class EncoderWorker:
         train = self.config.train
         if train.activation_checkpointing and not set_activation_checkpointing(model, True):
             raise ValueError(f"train.activation_checkpointing: {self.task.kind}'s model has no block stack to checkpoint")
-        self.accumulation = gradient_accumulation(train.global_batch, train.micro_batch, self.world_size)
-        self.engine = ds.build_engine(
-            model, self.task.param_groups(model), micro_batch=train.micro_batch, accumulation=self.accumulation,
-            world_size=self.world_size, lr=train.lr, min_lr=train.min_lr, warmup_steps=train.warmup_steps,
-            total_steps=train.steps, betas=train.betas, grad_clip=train.grad_clip,
-            zero_stage=train.zero_stage, precision=precision, load_universal=load_universal,
-            compile_backend=train.compile)
+        self.engine = ds.build_job_engine(model, self.task.param_groups(model), train, world_size=self.world_size,
+                                          precision=precision, load_universal=load_universal)
+        self.accumulation = self.engine.gradient_accumulation_steps()
         clips = clips_per_sample(self.task.sample_fn())  # the plan and the stream count samples, not clips
         self.plan = GlobalBatchPlan(num_samples, train.global_batch // clips, train.seed)
         self.stream = ClipStream(decode_actors, self.plan, rank=self.rank, world_size=self.world_size,
