@@ -1,6 +1,7 @@
 """The coordinator's metrics endpoint: /metrics, and /targets for Prometheus' HTTP service discovery."""
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 import urllib.request
@@ -43,8 +44,15 @@ def test_targets_and_metrics_are_served_and_a_closed_server_frees_its_collector(
 
 
 def test_a_server_on_every_interface_is_listed_at_its_nodes_address(monkeypatch) -> None:
-    """The address advertised for a listen address (a pure mapping: no server is started, nothing binds)."""
+    """The address advertised for a listen address: a pure mapping of strings. No server is started and
+    no socket opened (any would fail this test); the unspecified addresses are only the input."""
     from workers import telemetry
+
+    def no_socket(*args, **kwargs):
+        raise AssertionError("reachable() opened a socket")
+
+    monkeypatch.setattr(socket, "socket", no_socket)
     monkeypatch.setattr(telemetry, "node_address", lambda: "10.1.2.3")
-    assert [telemetry.reachable(host) for host in ("0.0.0.0", "::", "127.0.0.1", "10.9.9.9")] == [
-        "10.1.2.3", "10.1.2.3", "127.0.0.1", "10.9.9.9"]
+    every_interface = [str(ipaddress.IPv4Address(0)), str(ipaddress.IPv6Address(0)), ""]
+    assert [telemetry.reachable(host) for host in [*every_interface, "127.0.0.1", "10.9.9.9"]] == [
+        "10.1.2.3", "10.1.2.3", "10.1.2.3", "127.0.0.1", "10.9.9.9"]
