@@ -4,7 +4,6 @@ targets for HTTP service discovery (``http_sd_configs``)."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 from pathlib import Path
@@ -14,6 +13,7 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 from prometheus_client import make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
+from coordinator.files import replace_text
 from coordinator.metrics import REGISTRY, JobsCollector
 from coordinator.store import JobStore
 from workers.energy import export_node_energy
@@ -83,7 +83,5 @@ class ScrapeTargets:
         if groups == self._written:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(groups, indent=1))
-        os.replace(tmp, self.path)  # Prometheus must never read a half-written file
+        replace_text(self.path, json.dumps(groups, indent=1))
         self._written = groups

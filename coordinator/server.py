@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from coordinator.auth import AuthInterceptor
 from coordinator.discovery import MetricsServer, ScrapeTargets
+from coordinator.files import replace_text
 from coordinator.runner import RunnerSettings
 from coordinator.scheduler import Scheduler
 from coordinator.service import MAX_WATCHES_PER_TOKEN, JobService
@@ -213,10 +214,10 @@ def serve(options: ServeOptions) -> int:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     # Where to find this coordinator (ports may have been picked by the OS with port 0).
     endpoints = options.state_dir / "coordinator.json"
-    endpoints.write_text(json.dumps({"grpc": f"{options.host}:{port}", "metrics": f"{options.host}:{metrics_port}",
-                                     "ray_dashboard": ray_dashboard, "pid": os.getpid(),
-                                     "token_file": str(options.state_dir / LOCAL_TOKEN_FILE),
-                                     "tls": options.tls_cert is not None}))
+    replace_text(endpoints, json.dumps({"grpc": f"{options.host}:{port}", "metrics": f"{options.host}:{metrics_port}",
+                                        "ray_dashboard": ray_dashboard, "pid": os.getpid(),
+                                        "token_file": str(options.state_dir / LOCAL_TOKEN_FILE),
+                                        "tls": options.tls_cert is not None}))
     log.info("serving on %s:%d (metrics on :%d, state in %s, trainers use %s)",
              options.host, port, metrics_port, options.state_dir, settings.trainer_bundle)
     print(f"internvideo coordinator listening on {options.host}:{port}; metrics on {options.host}:{metrics_port}"
