@@ -17,6 +17,7 @@ from internvideo.models.layers import (
     gather_tokens,
     sinusoid_position_table,
     token_order,
+    tubelet_linear,
 )
 from internvideo.models.videomae import (
     DECODER_SIZES,
@@ -196,6 +197,21 @@ def test_patch_embed_tokens_are_t_major_raster() -> None:
     torch.testing.assert_close(tokens[:, (t * 4 + h) * 4 + w], ref, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="built for"):
         embed(torch.randn(1, 3, 4, 16, 16))
+
+
+def test_tubelet_matmul_is_the_patch_convolution() -> None:
+    """The GPU's patch embedding (one matmul) gives the CPU's convolution's tokens and gradients."""
+    torch.manual_seed(0)
+    embed = PatchEmbed3D(img_size=16, patch_size=4, tubelet_size=2, in_chans=3, embed_dim=8, num_frames=6)
+    x = torch.randn(2, 3, 6, 16, 16)
+    by_conv, by_matmul = embed(x), tubelet_linear(x, embed.proj)
+    assert by_matmul.shape == (2, 48, 8)
+    torch.testing.assert_close(by_matmul, by_conv, atol=1e-6, rtol=1e-5)
+    upstream = torch.randn(2, 48, 8)
+    conv_grads = torch.autograd.grad((by_conv * upstream).sum(), list(embed.parameters()))
+    matmul_grads = torch.autograd.grad((by_matmul * upstream).sum(), list(embed.parameters()))
+    for matmul_grad, conv_grad in zip(matmul_grads, conv_grads, strict=True):
+        torch.testing.assert_close(matmul_grad, conv_grad, atol=1e-5, rtol=1e-5)
 
 
 def test_block_layer_scale_and_drop_path() -> None:
