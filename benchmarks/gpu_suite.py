@@ -1,5 +1,4 @@
-"""Every GPU row of issue 14's table in one run on one GPU, one JSON (under 5 minutes without the compiled
-rows; what ViT-B's inductor compilations add is not measured yet: ``--compile-sizes`` with no size drops them).
+"""Every GPU row of issue 14's table in one run on one GPU, one JSON.
 
     python -m benchmarks.gpu_suite --out benchmarks/results/gpu_suite_h100.json
     python -m benchmarks.gpu_suite --device cpu --size tiny --img-size 64 --frames 8 --batch 4   # a smoke run
@@ -7,13 +6,18 @@ rows; what ViT-B's inductor compilations add is not measured yet: ``--compile-si
 What it measures, each against its peer in the same run:
 - the DeepSpeed engine's step (as ``workers.engine.build_engine`` builds it for a job: ZeRO 0 and 2
   with bf16 weights, and ZeRO-2 again with ``train.precision=bf16-autocast``) over plain torch's
-  (fused AdamW, bf16 autocast) for VideoMAE ViT-B, 16 × 224², and ViT-L, with MFU and each variant's
-  top operators by device time (the CPU smoke run's autocast row is bf16 against an fp32 peer);
-  for the sizes of ``--compile-sizes`` (ViT-B), also plain torch and the autocast engine compiled
-  (``train.compile=inductor``; each round compiles afresh, from inductor's cache after the first);
+  (fused AdamW, bf16 autocast) for VideoMAE ViT-B, 16 × 224², and ViT-L, with MFU and, from one profiled
+  round of each, its top operators by device time, how busy the device was, and the kernel launches and
+  synchronising calls a step makes (the CPU smoke run's autocast row is bf16 against an fp32 peer);
 - one decode core's clips/s for VideoMAE's clip (16 × 4 at 224² from 320 × 256 H.264, 300 frames)
   at 1 and 4 clips a video (``data.repeated_sampling``), and from those and the engine's clips/s, the
-  decode cores one GPU needs.
+  decode cores one GPU needs;
+- last, for the sizes of ``--compile-sizes`` (ViT-B), plain torch and the autocast engine compiled
+  (``train.compile=inductor``; each round compiles afresh, from inductor's cache after the first).
+
+On an H100 (2026-11-27) ViT-B's eager and compiled rows with decoding took 355 s, and ViT-L's eager rows
+did not finish in the next 190 s; so no round starts after ``--deadline-s``, and the JSON is rewritten
+after each part: a run cut short by the device's 10-minute limit still brings back what it measured.
 
 What it cannot: the job path through the coordinator and Ray (the GPU machine has no Ray's wheel).
 A variant whose library is missing (DeepSpeed, decord) is recorded with its error; the others still run.
@@ -35,35 +39,40 @@ from benchmarks.gpu_videomae_step import make_batch, measure_in_turns, ours_deep
 from internvideo.models.videomae import VideoMAEPretrain, videomae_config
 
 
-def engine_rows(size: str, args: argparse.Namespace, device: torch.device) -> dict:
-    """Plain torch and the engine (ZeRO 0 and 2 with bf16 weights, ZeRO-2 under bf16 autocast; both
-    compiled too for the sizes of ``args.compile_sizes``) for one model size, in turns over ``args.rounds``."""
+def engine_rows(size: str, args: argparse.Namespace, device: torch.device, compiled: bool,
+                deadline: float | None) -> dict:
+    """Plain torch and the engine for one model size, in turns over ``args.rounds``: eager (the engine at
+    ZeRO 0 and 2 with bf16 weights, and ZeRO-2 under bf16 autocast), or both compiled."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     cfg = videomae_config(size, img_size=args.img_size, num_frames=args.frames)
     video, pixels, mask = make_batch(cfg, args.batch, device)
     flops = VideoMAEPretrain(cfg).flops_per_clip(training=True)
-    runs = {"plain": lambda: ours_torch(cfg, video, pixels, mask, dtype, device),
-            **{f"engine-z{z}": (lambda z=z: ours_deepspeed(cfg, video, pixels, mask, args.batch, device, z))
-               for z in (0, 2)},
-            # fp32 weights and optimizer, the forward under autocast: the plain loop's precision
-            "engine-z2-autocast": lambda: ours_deepspeed(cfg, video, pixels, mask, args.batch, device, 2,
-                                                         "bf16-autocast")}
-    if size in args.compile_sizes:
-        runs["plain-compiled"] = lambda: ours_torch(cfg, video, pixels, mask, dtype, device, compile_model=True)
-        runs["engine-z2-autocast-compiled"] = lambda: ours_deepspeed(cfg, video, pixels, mask, args.batch, device,
-                                                                     2, "bf16-autocast", "inductor")
-    results = measure_in_turns(runs, args, device, flops, peak_flops(device))
-    rate = {name: r["clips_per_second"] for name, r in results.items() if "clips_per_second" in r}
-
-    def peer(name: str) -> str:  # compiled against compiled, eager against eager
-        return "plain-compiled" if name.endswith("-compiled") else "plain"
+    if compiled:
+        runs = {"plain-compiled": lambda: ours_torch(cfg, video, pixels, mask, dtype, device, compile_model=True),
+                "engine-z2-autocast-compiled": lambda: ours_deepspeed(cfg, video, pixels, mask, args.batch, device,
+                                                                      2, "bf16-autocast", "inductor")}
+    else:
+        runs = {"plain": lambda: ours_torch(cfg, video, pixels, mask, dtype, device),
+                **{f"engine-z{z}": (lambda z=z: ours_deepspeed(cfg, video, pixels, mask, args.batch, device, z))
+                   for z in (0, 2)},
+                # fp32 weights and optimizer, the forward under autocast: the plain loop's precision
+                "engine-z2-autocast": lambda: ours_deepspeed(cfg, video, pixels, mask, args.batch, device, 2,
+                                                             "bf16-autocast")}
     return {"config": {"size": size, "img_size": args.img_size, "frames": args.frames, "batch": args.batch,
                        "dtype": str(dtype), "flops_per_clip_train": flops},
-            "results": results,
-            "engine_over_plain": {name: rate[name] / rate[peer(name)] for name in rate
-                                  if name.startswith("engine") and peer(name) in rate},
-            "compiled_over_eager": {name: rate[f"{name}-compiled"] / rate[name] for name in rate
-                                    if f"{name}-compiled" in rate}}
+            "results": measure_in_turns(runs, args, device, flops, peak_flops(device), deadline)}
+
+
+def add_ratios(rows: dict) -> None:
+    """Each engine variant over the plain run of its own compile mode, and each compiled run over eager."""
+    rate = {name: r["clips_per_second"] for name, r in rows["results"].items() if "clips_per_second" in r}
+
+    def peer(name: str) -> str:
+        return "plain-compiled" if name.endswith("-compiled") else "plain"
+    rows["engine_over_plain"] = {name: rate[name] / rate[peer(name)] for name in rate
+                                 if name.startswith("engine") and peer(name) in rate}
+    rows["compiled_over_eager"] = {name: rate[f"{name}-compiled"] / rate[name] for name in rate
+                                   if f"{name}-compiled" in rate}
 
 
 def decode_rows(args: argparse.Namespace) -> dict:
@@ -99,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile-sizes", nargs="*", default=["base"],
                         help="sizes also measured compiled (each compilation takes tens of seconds)")
     parser.add_argument("--skip-decode", action="store_true")
+    parser.add_argument("--deadline-s", type=float, default=540,
+                        help="start no round after this many seconds (a lent GPU's command runs 10 minutes)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
@@ -110,17 +121,32 @@ def main(argv: list[str] | None = None) -> int:
                          "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"},
              "engine": {}}
     sizes = args.size or ["base", "large"]
-    # The first size, then the decode cores it needs, then the other sizes; the JSON is written after
-    # each part, so a run cut short by the device's time limit still brings back what it measured.
+    deadline = time.monotonic() + args.deadline_s if args.deadline_s else None
+
+    def save() -> None:
+        suite["seconds"] = time.perf_counter() - began
+        if args.out:
+            record.save(suite, args.out)
+
+    # Every size eager, the decode cores after the first, then the compiled runs (each compilation takes
+    # tens of seconds); the JSON is written after each part, and no round starts past the deadline, so a
+    # run cut short by a device's time limit still brings back what it measured.
     for index, size in enumerate(sizes):
-        suite["engine"][size] = engine_rows(size, args, device)
+        suite["engine"][size] = engine_rows(size, args, device, compiled=False, deadline=deadline)
+        add_ratios(suite["engine"][size])
         if index == 0 and not args.skip_decode:
             suite["decode"] = decode_rows(args)
             torch.set_num_threads(threads)
             add_decode_cores_needed(suite["engine"][size]["results"], suite["decode"])
-        suite["seconds"] = time.perf_counter() - began
-        if args.out:
-            record.save(suite, args.out)
+        save()
+    for size in args.compile_sizes:
+        compiled = engine_rows(size, args, device, compiled=True, deadline=deadline)
+        rows = suite["engine"].setdefault(size, {"config": compiled["config"], "results": {}})
+        rows["results"].update(compiled["results"])
+        add_ratios(rows)
+        if "decode" in suite:
+            add_decode_cores_needed(rows["results"], suite["decode"])
+        save()
     if not args.out:
         print(json.dumps(suite, indent=1))
     return 0

@@ -73,20 +73,42 @@ def time_steps(step: Callable[[], None], device: torch.device, warmup: int, iter
     return statistics.median(times)
 
 
-def top_operators(step: Callable[[], None], device: torch.device, steps: int, rows: int = 12) -> list[dict]:
-    """The operators that took the most self time over ``steps`` steps (the device's time on a GPU)."""
+# CUDA runtime calls that make the host wait for the device: while the host waits, it cannot queue the
+# next kernels, so a step with one of these runs at host speed plus device speed rather than the larger.
+SYNCING_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy",
+                 "cudaMemcpyAsync")
+LAUNCH_CALLS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
+
+
+def profile_step(step: Callable[[], None], device: torch.device, steps: int, rows: int = 12) -> dict:
+    """Where ``steps`` steps spend their time: the operators with the most self time (the device's on a
+    GPU), and on a GPU how busy the device was, and the kernel launches and synchronising calls a step
+    makes, which tell a host-bound step (the device idles between kernels) from a device-bound one."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    on_gpu = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    began = time.perf_counter()
     with profile(activities=activities) as prof:
         for _ in range(steps):
             step()
-        if device.type == "cuda":
+        if on_gpu:
             torch.cuda.synchronize(device)
-    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    ops = sorted(prof.key_averages(), key=lambda op: getattr(op, attr), reverse=True)[:rows]
-    return [{"op": op.key, "ms_per_step": getattr(op, attr) / 1e3 / steps, "calls_per_step": op.count / steps}
-            for op in ops]
+    wall = (time.perf_counter() - began) / steps
+    events = prof.key_averages()
+    attr = "self_device_time_total" if on_gpu else "self_cpu_time_total"
+    ops = sorted(events, key=lambda op: getattr(op, attr), reverse=True)[:rows]
+    summary = {"top_operators": [{"op": op.key, "ms_per_step": getattr(op, attr) / 1e3 / steps,
+                                  "calls_per_step": op.count / steps} for op in ops]}
+    if on_gpu:
+        def calls(names: tuple[str, ...]) -> float:
+            return sum(e.count for e in events if e.key in names) / steps
+        busy = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / 1e3 / steps
+        summary.update(profiled_step_ms=wall * 1e3, device_busy_ms_per_step=busy,
+                       device_idle_fraction=max(0.0, 1 - busy / (wall * 1e3)),
+                       kernel_launches_per_step=calls(LAUNCH_CALLS), syncing_calls_per_step=calls(SYNCING_CALLS))
+    return summary
 
 
 def measure(name: str, build: Callable[[], Callable[[], None]], device, batch, warmup, iters,
@@ -100,7 +122,7 @@ def measure(name: str, build: Callable[[], Callable[[], None]], device, batch, w
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     result = {"name": name, "step_seconds": seconds, "clips_per_second": batch / seconds, "peak_memory_bytes": peak}
     if profile_steps:
-        result["top_operators"] = top_operators(step, device, profile_steps)
+        result["profile"] = profile_step(step, device, profile_steps)
     del step
     return result
 
@@ -178,12 +200,15 @@ def ours_deepspeed(cfg, video, pixels, mask, batch, device, zero_stage: int, pre
 
 
 def median_round(name: str, rounds: list[dict], flops: float | None, peak: float | None) -> dict:
-    """``name``'s median round (or its error), with every round's step time and the derived rates."""
-    errors = [r for r in rounds if "error" in r]
-    if errors:
-        return errors[0]
-    result = record.middle_round(rounds, "step_seconds")
-    result["round_step_seconds"] = [r["step_seconds"] for r in rounds]
+    """``name``'s median round (or its error), with every round's step time, the derived rates, and the
+    profile of the round that took one. Rounds skipped at the deadline are left out."""
+    errors = [r for r in rounds if "error" in r and not r.get("skipped")]
+    measured = [r for r in rounds if "error" not in r]
+    if errors or not measured:
+        return (errors or rounds)[0]
+    result = {k: v for k, v in record.middle_round(measured, "step_seconds").items() if k != "profile"}
+    result["round_step_seconds"] = [r["step_seconds"] for r in measured]
+    result.update({k: r[k] for r in measured for k in ("profile",) if k in r})
     if flops:
         result["model_tflops_per_second"] = flops * result["clips_per_second"] / 1e12
         if peak:
@@ -192,13 +217,21 @@ def median_round(name: str, rounds: list[dict], flops: float | None, peak: float
 
 
 def measure_in_turns(runs: dict[str, Callable[[], Callable]], args: argparse.Namespace, device: torch.device,
-                     flops: float | None, peak: float | None) -> dict[str, dict]:
+                     flops: float | None, peak: float | None, deadline: float | None = None) -> dict[str, dict]:
     """Each of ``runs`` (name → builder of a step) measured ``args.rounds`` times in turns; each reports
-    its median round, or its error."""
+    its median round, or its error. No round starts after ``deadline`` (``time.monotonic()``); the first
+    round of each also profiles ``args.profile`` steps."""
     def measured(name: str) -> Callable[[], dict]:
+        rounds_done = 0
+
         def once() -> dict:
+            nonlocal rounds_done
+            rounds_done += 1
+            if deadline and time.monotonic() > deadline:
+                return {"name": name, "skipped": True, "error": "skipped: past the deadline"}
+            profile_steps = args.profile if rounds_done == 1 else 0  # once: profiling takes seconds
             try:
-                return measure(name, runs[name](), device, args.batch, args.warmup, args.iters, args.profile)
+                return measure(name, runs[name](), device, args.batch, args.warmup, args.iters, profile_steps)
             except Exception as err:  # noqa: BLE001 — report and keep measuring the others
                 return {"name": name, "error": f"{type(err).__name__}: {err}"}
         return once
@@ -223,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also profile each variant over STEPS steps and record its top operators")
     parser.add_argument("--rounds", type=int, default=1,
                         help="measure the variants in turn this many times; each reports its median round")
+    parser.add_argument("--deadline-s", type=float, default=None,
+                        help="start no variant's round after this many seconds (a device lease's limit)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
@@ -239,8 +274,9 @@ def main(argv: list[str] | None = None) -> int:
                for z in map(int, args.zero_stages.split(","))}}
     if args.compile:
         runs["ours-compiled"] = lambda: ours_torch(cfg, video, pixels, mask, dtype, device, compile_model=True)
+    deadline = time.monotonic() + args.deadline_s if args.deadline_s else None
     results = list(measure_in_turns({n: r for n, r in runs.items() if n not in args.skip}, args, device,
-                                    flops, peak).values())
+                                    flops, peak, deadline).values())
     for result in results:
         print(json.dumps(result), flush=True)
 
