@@ -94,6 +94,10 @@ def build_engine(model: torch.nn.Module, groups: list[dict[str, Any]], *, micro_
         "torch_autocast": {"enabled": precision.autocast, "dtype": str(precision.compute),
                            "lower_precision_safe_modules": []},
         "steps_per_print": 2**31 - 1,
+        # DeepSpeed's throughput timer, on by default, synchronises the device about once a micro-batch
+        # (from its second step on), so the host cannot queue kernels ahead of the device; the workers
+        # time their steps themselves.
+        "timers": {"throughput": {"enabled": False}},
         "checkpoint": {"load_universal": load_universal},
     }
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)

@@ -86,21 +86,63 @@ def _train_eager_and_compiled(port: int, backend: str, queue) -> None:
     os._exit(0)  # without the interpreter's teardown of gloo's threads (see test_contrastive)
 
 
-def test_a_compiled_engine_trains_as_the_eager_one_in_one_graph_and_keeps_its_state_dict_keys():
-    """``train.compile=inductor``: the module compiled in place inside the engine (ZeRO-2's hooks and all)
-    takes the eager engine's steps — with eager's random draws for dropout and drop path (inductor's own
-    would differ) — its forward as one graph, and its checkpoints keep the eager names."""
+def _in_a_process(target, *args) -> dict:
+    """What ``target(port, *args, queue)`` reports from a spawned process of its own (a process group
+    per process, and a fresh DeepSpeed accelerator)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     context = mp.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_train_eager_and_compiled, args=(port, "inductor", queue))
+    process = context.Process(target=target, args=(port, *args, queue))
     process.start()
     report = queue.get(timeout=300)
     process.join(60)
+    return report
+
+
+def test_a_compiled_engine_trains_as_the_eager_one_in_one_graph_and_keeps_its_state_dict_keys():
+    """``train.compile=inductor``: the module compiled in place inside the engine (ZeRO-2's hooks and all)
+    takes the eager engine's steps — with eager's random draws for dropout and drop path (inductor's own
+    would differ) — its forward as one graph, and its checkpoints keep the eager names."""
+    report = _in_a_process(_train_eager_and_compiled, "inductor")
     assert report["is_compiled"] and report["graphs"] == 1
     assert report["same_keys"]
     assert report["compiled_losses"] == pytest.approx(report["eager_losses"], rel=1e-5)
     assert report["eager_losses"][-1] < report["eager_losses"][0]
     assert report["max_weight_difference"] < 1e-4  # fused kernels sum in another order
+
+
+def _count_device_synchronisations(port: int, queue) -> None:
+    """Three steps of two micro-batches in the engine a job builds, counting the calls that would make a
+    GPU's host wait for its device (DeepSpeed's accelerator's ``synchronize``)."""
+    from deepspeed.accelerator import get_accelerator
+
+    from workers import engine as ds
+
+    ds.init_process_group(master_addr="127.0.0.1", master_port=port, rank=0, world_size=1, timeout_s=60)
+    accelerator, calls = get_accelerator(), []
+    synchronize = accelerator.synchronize
+    accelerator.synchronize = lambda *args, **kwargs: (calls.append(1), synchronize(*args, **kwargs))[1]
+    model = VideoClassifier(classifier_config("tiny", 5, img_size=32, num_frames=4, embed_dim=64, depth=2,
+                                              num_heads=2, patch_size=8))
+    engine = ds.build_engine(model, param_groups(model, 0.05), micro_batch=2, accumulation=2, world_size=1,
+                             lr=1e-3, min_lr=0.0, warmup_steps=0, total_steps=10, betas=(0.9, 0.95),
+                             grad_clip=1.0, zero_stage=2, precision=resolve_precision("fp32", on_gpu=False))
+    video, labels = torch.randn(2, 3, 4, 32, 32), torch.tensor([1, 3])
+    for _ in range(6):
+        engine.backward(torch.nn.functional.cross_entropy(engine(video), labels))
+        engine.step()
+    queue.put({"synchronisations": len(calls), "steps": engine.global_steps})
+    queue.close()
+    queue.join_thread()
+    os._exit(0)
+
+
+def test_the_engine_lets_the_host_run_ahead_of_the_device():
+    """DeepSpeed's throughput timer, on by default, synchronised the device about once a micro-batch (4
+    times here with it on, counted): a GPU's host then cannot queue the next kernels while the device
+    runs. The engine a job builds leaves it off."""
+    report = _in_a_process(_count_device_synchronisations)
+    assert report["steps"] == 3
+    assert report["synchronisations"] == 0
