@@ -68,12 +68,13 @@ def clips_per_second(list_path: Path, videos: int, repeats: int, clips: int, mic
 
 
 def peer_clips_per_second(tree: Path, repeats: int, args: argparse.Namespace) -> float:
-    """``clips_per_second`` at ``repeats`` clips a video, run by this file with ``tree``'s packages."""
+    """``clips_per_second`` at ``repeats`` clips a video, run by this file in a process of its own with
+    ``tree``'s packages first (then the caller's path: a GPU machine's carried wheels)."""
     out = subprocess.run([sys.executable, __file__, "--rate-only", "--repeats", str(repeats), "--videos",
                           str(args.videos), "--video-frames", str(args.video_frames), "--clips", str(args.clips),
                           "--micro", str(args.micro), "--data-dir", str(args.data_dir)],
-                         env={**os.environ, "PYTHONPATH": str(tree)}, cwd=tree, capture_output=True, text=True,
-                         check=True)
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")])},
+                         cwd=tree, capture_output=True, text=True, check=True)
     return float(out.stdout.split()[-1])
 
 

@@ -8,10 +8,12 @@ What it measures, each against its peer in the same run:
   with bf16 weights, and ZeRO-2 again with ``train.precision=bf16-autocast``) over plain torch's
   (fused AdamW, bf16 autocast) for VideoMAE ViT-B, 16 × 224², and ViT-L, with MFU and, from one profiled
   round of each, its top operators by device time, how busy the device was, and the kernel launches and
-  synchronising calls a step makes (the CPU smoke run's autocast row is bf16 against an fp32 peer);
+  synchronising calls a step makes (the CPU smoke run's autocast row is bf16 against an fp32 peer); for
+  the first size also plain torch with the patch embedding as cuDNN's convolution (the peer of
+  ``layers.tubelet_linear``) and the engine at ZeRO-0 under autocast (no optimizer wrapper);
 - one decode core's clips/s for VideoMAE's clip (16 × 4 at 224² from 320 × 256 H.264, 300 frames)
-  at 1 and 4 clips a video (``data.repeated_sampling``), and from those and the engine's clips/s, the
-  decode cores one GPU needs;
+  at 1 and 4 clips a video (``data.repeated_sampling``), in the suite's process and in a fresh one, and
+  from those and the engine's clips/s, the decode cores one GPU needs;
 - last, for the sizes of ``--compile-sizes`` (ViT-B), plain torch and the autocast engine compiled
   (``train.compile=inductor``; each round compiles afresh, from inductor's cache after the first).
 
@@ -38,11 +40,14 @@ from benchmarks import record
 from benchmarks.gpu_videomae_step import make_batch, measure_in_turns, ours_deepspeed, ours_torch, peak_flops
 from internvideo.models.videomae import VideoMAEPretrain, videomae_config
 
+REPOSITORY = Path(__file__).resolve().parents[1]
+
 
 def engine_rows(size: str, args: argparse.Namespace, device: torch.device, compiled: bool,
-                deadline: float | None) -> dict:
+                deadline: float | None, extras: bool = False) -> dict:
     """Plain torch and the engine for one model size, in turns over ``args.rounds``: eager (the engine at
-    ZeRO 0 and 2 with bf16 weights, and ZeRO-2 under bf16 autocast), or both compiled."""
+    ZeRO 0 and 2 with bf16 weights, and ZeRO-2 under bf16 autocast), or both compiled. ``extras``: also
+    plain torch with the patch embedding as a convolution, and the engine at ZeRO-0 under autocast."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     cfg = videomae_config(size, img_size=args.img_size, num_frames=args.frames)
     video, pixels, mask = make_batch(cfg, args.batch, device)
@@ -52,12 +57,17 @@ def engine_rows(size: str, args: argparse.Namespace, device: torch.device, compi
                 "engine-z2-autocast-compiled": lambda: ours_deepspeed(cfg, video, pixels, mask, args.batch, device,
                                                                       2, "bf16-autocast", "inductor")}
     else:
+        # fp32 weights and optimizer, the forward under autocast (the plain loop's precision), at ZeRO-2 and,
+        # for the first size, at ZeRO-0, where DeepSpeed steps the optimizer without a wrapper
+        autocast_stages = (0, 2) if extras else (2,)
         runs = {"plain": lambda: ours_torch(cfg, video, pixels, mask, dtype, device),
+                **({"plain-conv-embed": lambda: ours_torch(cfg, video, pixels, mask, dtype, device,
+                                                           convolution_embedding=True)} if extras else {}),
                 **{f"engine-z{z}": (lambda z=z: ours_deepspeed(cfg, video, pixels, mask, args.batch, device, z))
                    for z in (0, 2)},
-                # fp32 weights and optimizer, the forward under autocast: the plain loop's precision
-                "engine-z2-autocast": lambda: ours_deepspeed(cfg, video, pixels, mask, args.batch, device, 2,
-                                                             "bf16-autocast")}
+                **{f"engine-z{z}-autocast": (lambda z=z: ours_deepspeed(cfg, video, pixels, mask, args.batch,
+                                                                        device, z, "bf16-autocast"))
+                   for z in autocast_stages}}
     return {"config": {"size": size, "img_size": args.img_size, "frames": args.frames, "batch": args.batch,
                        "dtype": str(dtype), "flops_per_clip_train": flops},
             "results": measure_in_turns(runs, args, device, flops, peak_flops(device), deadline)}
@@ -79,7 +89,7 @@ def decode_rows(args: argparse.Namespace) -> dict:
     """One decode core's clips/s at 1 and 4 clips a video (``benchmarks.decode_per_clip``); leaves torch
     on one thread (the caller restores its own)."""
     try:
-        from benchmarks.decode_per_clip import clips_per_second
+        from benchmarks.decode_per_clip import clips_per_second, peer_clips_per_second
         from benchmarks.loaders import write_videos
     except ImportError as err:
         return {"error": f"{type(err).__name__}: {err}"}
@@ -87,11 +97,15 @@ def decode_rows(args: argparse.Namespace) -> dict:
     folder = Path(tempfile.gettempdir()) / "internvideo-bench-300f"
     folder.mkdir(parents=True, exist_ok=True)
     list_path = write_videos(folder, 24, 256, 320, 300, fps=25)
+    # Also in a process of its own: on an H100 node a core of the suite's process, after the engines and
+    # inductor's compile workers, decoded half of what this repository's other measurements had seen.
+    fresh = argparse.Namespace(videos=24, video_frames=300, clips=64, micro=8, data_dir=folder)
     try:
         rates = {str(r): statistics.median(clips_per_second(list_path, 24, r, 64, 8) for _ in range(2)) for r in (1, 4)}
+        in_a_fresh_process = {str(r): peer_clips_per_second(REPOSITORY, r, fresh) for r in (1, 4)}
     except Exception as err:  # noqa: BLE001 — decord missing, say
         return {"error": f"{type(err).__name__}: {err}"}
-    return {"clips_per_second_per_core": rates}
+    return {"clips_per_second_per_core": rates, "in_a_fresh_process": in_a_fresh_process}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     # tens of seconds); the JSON is written after each part, and no round starts past the deadline, so a
     # run cut short by a device's time limit still brings back what it measured.
     for index, size in enumerate(sizes):
-        suite["engine"][size] = engine_rows(size, args, device, compiled=False, deadline=deadline)
+        suite["engine"][size] = engine_rows(size, args, device, compiled=False, deadline=deadline,
+                                            extras=index == 0)
         add_ratios(suite["engine"][size])
         if index == 0 and not args.skip_decode:
             suite["decode"] = decode_rows(args)

@@ -127,9 +127,15 @@ def measure(name: str, build: Callable[[], Callable[[], None]], device, batch, w
     return result
 
 
-def ours_torch(cfg, video, pixels, mask, dtype, device, compile_model: bool = False):
+def ours_torch(cfg, video, pixels, mask, dtype, device, compile_model: bool = False,
+               convolution_embedding: bool = False):
+    """Plain torch's step; ``convolution_embedding``: the patch embedding as its convolution on a GPU too
+    (the peer of ``layers.tubelet_linear``)."""
     def build():
         model = VideoMAEPretrain(cfg).to(device)
+        if convolution_embedding:
+            embed = model.encoder.patch_embed
+            embed.forward = lambda x: embed.proj(x).flatten(2).transpose(1, 2)
         if compile_model:
             model.compile()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
