@@ -178,9 +178,10 @@ def hf_torch(cfg, video, pixels, mask, dtype, device):
     return build
 
 
-def ours_deepspeed(cfg, video, pixels, mask, batch, device, zero_stage: int, precision: str = "auto",
+def ours_deepspeed(cfg, video, pixels, mask, batch, device, zero_stage: int, precision: str | None = None,
                    compile_backend: str = "off"):
-    """The engine as a job builds it; ``precision``: ``train.precision`` (auto: bf16 weights on a GPU);
+    """The engine as a job builds it; ``precision``: ``train.precision`` (by default bf16 weights on a GPU
+    and fp32 on a CPU, the rows recorded before ``auto`` meant bf16-autocast on a GPU);
     ``compile_backend``: ``train.compile``."""
     import torch.distributed as dist
 
@@ -190,7 +191,8 @@ def ours_deepspeed(cfg, video, pixels, mask, batch, device, zero_stage: int, pre
         if not dist.is_initialized():
             ds.init_process_group(master_addr="127.0.0.1", master_port=29511, rank=0, world_size=1, timeout_s=120)
         model = VideoMAEPretrain(cfg)
-        resolved = ds.resolve_precision(precision, on_gpu=device.type == "cuda")
+        setting = precision or ("bf16" if device.type == "cuda" else "fp32")
+        resolved = ds.resolve_precision(setting, on_gpu=device.type == "cuda")
         engine = ds.build_engine(model, param_groups(model, 0.05), micro_batch=batch, accumulation=1, world_size=1,
                                  lr=1e-4, min_lr=0.0, warmup_steps=0, total_steps=1000, betas=(0.9, 0.95),
                                  grad_clip=0.0, zero_stage=zero_stage, precision=resolved,

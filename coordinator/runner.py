@@ -37,8 +37,9 @@ from internvideo.tasks import Task, TaskRef
 from internvideo.tasks.base import clips_per_sample
 from internvideo.tasks.common import SharedConfig, replace_job_refs
 from workers.calls import PlacementTimeout, WorkerGroupError, kill_actors
-from workers.checkpoint import UNIVERSAL, checkpoint_folder, commit, read_commit, to_universal
+from workers.checkpoint import UNIVERSAL, checkpoint_folder, commit, loads_as_saved, to_universal
 from workers.decode import DataError, Dataset, DecodePool, PoolSpec
+from workers.engine import trained_weights
 from workers.group import WorkerGroup
 
 log = logging.getLogger(__name__)
@@ -438,13 +439,19 @@ class JobRunner(threading.Thread):
         self.usage.charge(use, self._group.last_call_joules)
         return results
 
+    @property
+    def _weights(self) -> str:
+        """The dtype a training job trains its weights in: its checkpoints' layout depends on it."""
+        return str(trained_weights(self.config.train.precision))
+
     def _loadable(self, folder: Path | None) -> Path | None:
-        """``folder`` as this world size can load it: converted to the universal layout when it was
-        saved at another world size (the global batch, and with it the data cursor, is the same)."""
+        """``folder`` as this world size and precision can load it: converted to the universal layout
+        when it was saved at another world size or in weights of another dtype (the global batch, and
+        with it the data cursor, is the same)."""
         if folder is None:
             return None
-        saved_world = read_commit(folder)["world_size"]  # refuses a half-written checkpoint
-        return folder if saved_world == self.world_size else to_universal(folder)
+        as_saved = loads_as_saved(folder, world_size=self.world_size, weights=self._weights)
+        return folder if as_saved else to_universal(folder)
 
     def _restore(self, folder: Path | None) -> int:
         if folder is None:
@@ -662,7 +669,7 @@ class JobRunner(threading.Thread):
                            timeout_s=self.config.train.step_timeout_s)
         folder = checkpoint_folder(root, step)
         assert set(saved) == {str(folder)}, f"ranks saved into {saved}"
-        commit(folder, {"job_id": self.job_id, "step": step, "world_size": self.world_size})
+        commit(folder, {"job_id": self.job_id, "step": step, "world_size": self.world_size, "weights": self._weights})
         self.store.record_checkpoint(self.job_id, step, str(folder), self.world_size)
         self.usage.kept(step)
         self._checkpointed_step = step

@@ -5,8 +5,8 @@ returned does the job runner write ``COMMITTED`` (atomically, by rename). A fold
 the marker is a half-written checkpoint and is never loaded.
 
 ZeRO shards the optimizer state by rank, so a checkpoint loads as saved only at the world
-size that saved it. For another world size it is converted once into the universal layout
-(one file per parameter and state), kept beside the shards in ``<folder>/universal``.
+size (and in the precision of weights) that saved it. Otherwise it is converted once into the
+universal layout (one file per parameter and state), kept beside the shards in ``<folder>/universal``.
 """
 from __future__ import annotations
 
@@ -39,6 +39,21 @@ def read_commit(folder: str | Path) -> dict[str, Any]:
     if not marker.is_file():
         raise ValueError(f"{folder} is not a committed checkpoint (no {COMMIT_MARKER} marker)")
     return json.loads(marker.read_text())
+
+
+def loads_as_saved(folder: str | Path, *, world_size: int, weights: str) -> bool:
+    """Whether an engine of ``world_size`` ranks training ``weights`` (a dtype's name, ``torch.float32``)
+    loads the committed checkpoint ``folder`` as saved; if not, it loads its universal form.
+
+    A checkpoint of another precision goes through the universal layout too: DeepSpeed names a bf16
+    engine's ZeRO files apart (``bf16_zero_pp_rank_*``) and, in 0.19, looks only for its own kind, while
+    the universal layout holds the fp32 master weights and the optimizer's state whatever the precision.
+    A checkpoint committed before the weights were recorded is told by those file names."""
+    folder = Path(folder)
+    meta = read_commit(folder)  # refuses a half-written checkpoint
+    bf16_files = any(folder.glob("bf16_zero_pp_rank_*"))
+    saved = meta.get("weights", "torch.bfloat16" if bf16_files else "torch.float32")
+    return meta["world_size"] == world_size and saved == weights
 
 
 def to_universal(folder: str | Path, timeout_s: float = 3600.0) -> Path:

@@ -94,10 +94,10 @@ class EncoderWorker:
         backend = ds.init_process_group(master_addr=master_addr, master_port=master_port, rank=self.rank,
                                         world_size=self.world_size, timeout_s=timeout_s)
         self.device = torch.device("cuda", 0) if backend == "nccl" else torch.device("cpu")
-        # Evaluation keeps the device's default (bf16 weights on a GPU that has bf16): with no optimizer
-        # state, there is nothing for fp32 weights to keep exact.
+        # Evaluation keeps the device's default for inference (bf16 weights on a GPU that has bf16): with
+        # no optimizer state, there is nothing for fp32 weights to keep exact.
         precision = ds.resolve_precision("auto" if self.config.evaluates else self.config.train.precision,
-                                         on_gpu=backend == "nccl")
+                                         on_gpu=backend == "nccl", inference=self.config.evaluates)
         self.dtype = precision.weights
         model = self.task.build_model()
         self.flops_per_clip = self.task.flops_per_sample(model)

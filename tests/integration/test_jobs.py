@@ -317,6 +317,33 @@ def test_a_job_under_bf16_autocast_keeps_fp32_weights_computes_in_bf16_and_resca
     assert max_difference(weights(autocast.checkpoints[0].path), final) > 1e-3  # what steps 3–4 moved them by
 
 
+def test_a_checkpoint_of_bf16_weights_resumes_under_bf16_autocast_through_the_universal_layout(client, dataset):
+    """A checkpoint of bf16 weights (``train.precision=bf16``, or ``auto`` on a GPU before it meant
+    bf16-autocast) restores into an engine of fp32 weights at the same world size: DeepSpeed names a bf16
+    engine's ZeRO files apart and, loading, looks only for its own kind, so the runner goes through the
+    universal layout, which holds the fp32 master weights and the optimizer's state."""
+    bf16 = tiny_job(client, dataset.train_list, "train.steps=4", "train.checkpoint_every=2", "train.precision=bf16")
+    events = list(client.watch(bf16.job_id))
+    bf16 = client.get(bf16.job_id)
+    assert state(bf16) == "SUCCEEDED", bf16.message
+    saved = bf16.checkpoints[0].path
+    assert {w.dtype for w in weights(saved).values()} == {torch.bfloat16}
+    assert read_commit(saved)["weights"] == "torch.bfloat16"
+
+    resumed = tiny_job(client, dataset.train_list, "train.steps=4", "train.checkpoint_every=2",
+                       "train.precision=bf16-autocast", f"train.resume_from={saved}")
+    resumed_events = list(client.watch(resumed.job_id))
+    resumed = client.get(resumed.job_id)
+    assert state(resumed) == "SUCCEEDED", resumed.message
+    progress = bodies(resumed_events, "progress")
+    assert [p.step for p in progress] == [3, 4]
+    assert read_commit(Path(saved) / "universal")["universal"]
+    assert {w.dtype for w in weights(resumed.result.final_checkpoint).values()} == {torch.float32}
+    assert read_commit(resumed.result.final_checkpoint)["weights"] == "torch.float32"
+    # The same steps from the same state, the matmuls in bf16 either way: close, not equal.
+    assert [p.loss for p in progress] == pytest.approx([p.loss for p in bodies(events, "progress")][2:], rel=0.05)
+
+
 def test_repeated_sampling_reads_half_the_videos_a_step_each_twice(client, dataset, coordinator):
     """``data.repeated_sampling=2``: a step's 16 clips are 2 of each of the 8 videos the plan gives it (a
     global batch of 8 samples), every epoch still sees each video once, and the job trains."""
