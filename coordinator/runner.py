@@ -439,10 +439,11 @@ class JobRunner(threading.Thread):
         self.usage.charge(use, self._group.last_call_joules)
         return results
 
-    @property
-    def _weights(self) -> str:
-        """The dtype a training job trains its weights in: its checkpoints' layout depends on it."""
-        return str(trained_weights(self.config.train.precision))
+    def _expected_weights(self) -> str | None:
+        """The dtype this training job's engines will hold their weights in, where its settings alone
+        decide it (its checkpoints' layout depends on it); None where the workers' devices do."""
+        weights = trained_weights(self.config.train.precision, self.config.train.zero_stage)
+        return str(weights) if weights is not None else None
 
     def _loadable(self, folder: Path | None) -> Path | None:
         """``folder`` as this world size and precision can load it: converted to the universal layout
@@ -450,7 +451,7 @@ class JobRunner(threading.Thread):
         with it the data cursor, is the same)."""
         if folder is None:
             return None
-        as_saved = loads_as_saved(folder, world_size=self.world_size, weights=self._weights)
+        as_saved = loads_as_saved(folder, world_size=self.world_size, weights=self._expected_weights())
         return folder if as_saved else to_universal(folder)
 
     def _restore(self, folder: Path | None) -> int:
@@ -669,7 +670,8 @@ class JobRunner(threading.Thread):
                            timeout_s=self.config.train.step_timeout_s)
         folder = checkpoint_folder(root, step)
         assert set(saved) == {str(folder)}, f"ranks saved into {saved}"
-        commit(folder, {"job_id": self.job_id, "step": step, "world_size": self.world_size, "weights": self._weights})
+        commit(folder, {"job_id": self.job_id, "step": step, "world_size": self.world_size,
+                        "weights": self._group.infos[0]["weights"]})
         self.store.record_checkpoint(self.job_id, step, str(folder), self.world_size)
         self.usage.kept(step)
         self._checkpointed_step = step

@@ -41,19 +41,29 @@ def read_commit(folder: str | Path) -> dict[str, Any]:
     return json.loads(marker.read_text())
 
 
-def loads_as_saved(folder: str | Path, *, world_size: int, weights: str) -> bool:
-    """Whether an engine of ``world_size`` ranks training ``weights`` (a dtype's name, ``torch.float32``)
-    loads the committed checkpoint ``folder`` as saved; if not, it loads its universal form.
+def loads_as_saved(folder: str | Path, *, world_size: int, weights: str | None) -> bool:
+    """Whether an engine of ``world_size`` ranks training ``weights`` (a dtype's name, ``torch.float32``;
+    None where the device will decide) loads the committed checkpoint ``folder`` as it is; if not, it
+    loads its universal form. A universal checkpoint loads at any world size and precision.
 
     A checkpoint of another precision goes through the universal layout too: DeepSpeed names a bf16
-    engine's ZeRO files apart (``bf16_zero_pp_rank_*``) and, in 0.19, looks only for its own kind, while
-    the universal layout holds the fp32 master weights and the optimizer's state whatever the precision.
-    A checkpoint committed before the weights were recorded is told by those file names."""
+    engine's ZeRO files apart (``bf16_zero_pp_rank_*``), and in 0.19 its fallback to the other kind's
+    names never fires (the name lookup returns names that do not exist rather than none), while the
+    universal layout holds the fp32 master weights and the optimizer's state whatever the precision. A
+    checkpoint committed before the weights were recorded is told by those file names; one with no ZeRO
+    files (ZeRO-0, which no universal layout serves) is taken as it is, by its world size alone."""
     folder = Path(folder)
     meta = read_commit(folder)  # refuses a half-written checkpoint
-    bf16_files = any(folder.glob("bf16_zero_pp_rank_*"))
-    saved = meta.get("weights", "torch.bfloat16" if bf16_files else "torch.float32")
-    return meta["world_size"] == world_size and saved == weights
+    if meta.get("universal"):
+        return True
+    saved = meta.get("weights") or _weights_by_file_names(folder)
+    return meta["world_size"] == world_size and (saved is None or weights is None or saved == weights)
+
+
+def _weights_by_file_names(folder: Path) -> str | None:
+    if any(folder.glob("bf16_zero_pp_rank_*")):
+        return "torch.bfloat16"
+    return "torch.float32" if any(folder.glob("zero_pp_rank_*")) else None
 
 
 def to_universal(folder: str | Path, timeout_s: float = 3600.0) -> Path:

@@ -53,17 +53,24 @@ PRECISIONS = {"fp32": Precision(torch.float32, torch.float32),
               "bf16-autocast": Precision(torch.float32, torch.bfloat16)}
 
 
-def resolve_precision(setting: str, *, on_gpu: bool, inference: bool = False) -> Precision:
-    """``train.precision`` on this device. ``auto`` on a GPU that has bf16: bf16-autocast to train, bf16
-    weights for inference (no optimizer state to keep exact); fp32 elsewhere. On an H100, ViT-B's ZeRO-2
-    step took 82 ms under bf16-autocast and 125 ms with bf16 weights, with 10.4 against 15.4 GiB at its
-    peak (``benchmarks/results/gpu_suite_h100.json``). With bf16 weights DeepSpeed checks each gradient
-    for overflow, about 4,800 small operations a ViT-B step (``benchmarks/engine_host_overhead.py``);
-    under autocast it checks the one global norm."""
+AUTOCAST_STAGES = (1, 2)  # the ZeRO stages at which ``auto`` trains under bf16-autocast on a GPU
+
+
+def resolve_precision(setting: str, *, on_gpu: bool, zero_stage: int | None = None) -> Precision:
+    """``train.precision`` on this device, for an engine at ``zero_stage`` (None: inference, no engine).
+
+    ``auto`` on a GPU that has bf16 is bf16-autocast at ZeRO-1 and 2, and bf16 weights otherwise; fp32
+    elsewhere. On an H100, ViT-B's ZeRO-2 step took 82 ms under bf16-autocast and 125 ms with bf16
+    weights, at 10.4 against 15.4 GiB of peak memory (``benchmarks/results/gpu_suite_h100.json``): with
+    bf16 weights DeepSpeed checks each gradient for overflow, about 4,800 small operations a ViT-B step
+    (``benchmarks/engine_host_overhead.py``), where under autocast it checks the global norm. Not
+    measured at the other stages, and each has a reason for bf16 weights: at ZeRO-0 DeepSpeed steps an
+    fp32 model's optimizer unwrapped and reports no gradient norm, ZeRO-3 would gather fp32 weights
+    (twice the bytes), and inference keeps no optimizer state for fp32 weights to keep exact."""
     if setting == "auto":
         if not (on_gpu and torch.cuda.is_bf16_supported()):
             return PRECISIONS["fp32"]
-        return PRECISIONS["bf16" if inference else "bf16-autocast"]
+        return PRECISIONS["bf16-autocast" if zero_stage in AUTOCAST_STAGES else "bf16"]
     precision = PRECISIONS[setting]
     if on_gpu and precision.compute == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         raise ValueError(f"train.precision={setting} needs bfloat16, which {torch.cuda.get_device_name()} lacks; "
@@ -71,10 +78,13 @@ def resolve_precision(setting: str, *, on_gpu: bool, inference: bool = False) ->
     return precision
 
 
-def trained_weights(setting: str) -> torch.dtype:
-    """The dtype ``train.precision`` trains the weights in, on any device: only ``bf16`` trains bf16
-    weights (``auto`` is bf16-autocast or fp32). A checkpoint's layout depends on it."""
-    return PRECISIONS["bf16" if setting == "bf16" else "fp32"].weights
+def trained_weights(setting: str, zero_stage: int) -> torch.dtype | None:
+    """The dtype ``train.precision`` trains the weights in at ``zero_stage`` where the setting alone
+    decides it, before any worker has seen its device; None where the device does (``auto`` at ZeRO-0
+    and 3: bf16 on a GPU that has bf16). A checkpoint's layout depends on it."""
+    if setting == "auto":
+        return torch.float32 if zero_stage in AUTOCAST_STAGES else None
+    return PRECISIONS[setting].weights
 
 
 def build_engine(model: torch.nn.Module, groups: list[dict[str, Any]], *, micro_batch: int, accumulation: int,
@@ -84,7 +94,8 @@ def build_engine(model: torch.nn.Module, groups: list[dict[str, Any]], *, micro_
     """``groups``: the trainable parameters' groups (``internvideo.optim.param_groups``); a group's
     ``lr_scale`` (layer-wise decay) scales the learning rate all along the schedule. ``model`` is in
     ``precision.weights`` when given, or is converted by the engine (bf16).
-    ``load_universal``: the engine will be restored from a universal checkpoint (another world size).
+    ``load_universal``: the engine will be restored from a universal checkpoint (another world size, or
+    weights of another dtype).
     ``compile_backend``: ``train.compile``."""
     groups = [{**group, "lr": lr * group.get("lr_scale", 1.0)} for group in groups]
     # Fused AdamW is one kernel per group on CPUs and GPUs alike; ZeRO-1/2 hand it one flat fp32
@@ -107,9 +118,9 @@ def build_engine(model: torch.nn.Module, groups: list[dict[str, Any]], *, micro_
         "torch_autocast": {"enabled": precision.autocast, "dtype": str(precision.compute),
                            "lower_precision_safe_modules": []},
         "steps_per_print": 2**31 - 1,
-        # DeepSpeed's throughput timer, on by default, synchronises the device about once a micro-batch
-        # (from its second step on), so the host cannot queue kernels ahead of the device; the workers
-        # time their steps themselves.
+        # DeepSpeed's throughput timer, on by default, synchronises the device twice a micro-batch (from
+        # its third step on), so the host cannot queue kernels ahead of the device; the workers time
+        # their steps themselves.
         "timers": {"throughput": {"enabled": False}},
         "checkpoint": {"load_universal": load_universal},
     }

@@ -96,8 +96,11 @@ class EncoderWorker:
         self.device = torch.device("cuda", 0) if backend == "nccl" else torch.device("cpu")
         # Evaluation keeps the device's default for inference (bf16 weights on a GPU that has bf16): with
         # no optimizer state, there is nothing for fp32 weights to keep exact.
-        precision = ds.resolve_precision("auto" if self.config.evaluates else self.config.train.precision,
-                                         on_gpu=backend == "nccl", inference=self.config.evaluates)
+        if self.config.evaluates:
+            precision = ds.resolve_precision("auto", on_gpu=backend == "nccl")
+        else:
+            precision = ds.resolve_precision(self.config.train.precision, on_gpu=backend == "nccl",
+                                             zero_stage=self.config.train.zero_stage)
         self.dtype = precision.weights
         model = self.task.build_model()
         self.flops_per_clip = self.task.flops_per_sample(model)
@@ -113,6 +116,7 @@ class EncoderWorker:
         return {"backend": backend, "device": str(self.device),
                 "parameters": sum(p.numel() for p in model.parameters()),
                 "flops_per_clip": self.flops_per_clip, "metrics_endpoint": self.metrics_endpoint,
+                "weights": str(self.dtype),
                 "device_name": device_name, "peak_flops": peak.flops, "peak": peak.label,
                 "energy_sources": sorted({r.source for r in self._meter.read()}),
                 "energy_joules": self.joules_since_last_read()}

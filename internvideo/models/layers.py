@@ -40,7 +40,7 @@ class PatchEmbed3D(nn.Module):
         self.num_frames = num_frames
         self.grid_size = (num_frames // tubelet_size, img_size // patch_size, img_size // patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1] * self.grid_size[2]
-        self.proj = nn.Conv3d(
+        self.proj = TubeletProjection(
             in_chans,
             embed_dim,
             kernel_size=(tubelet_size, patch_size, patch_size),
@@ -57,20 +57,29 @@ class PatchEmbed3D(nn.Module):
                 f"input clip is {t}x{h}x{w} (T x H x W) but the model was built for "
                 f"{self.num_frames}x{self.img_size}x{self.img_size}"
             )
+        return self.proj(x)  # (B, N, C)
+
+
+class TubeletProjection(nn.Conv3d):
+    """A convolution whose stride is its kernel, giving its outputs as tokens: (B, C, T, H, W) -> (B, N, D),
+    t-major. It stays a ``Conv3d`` (the weights' layout and names, hooks such as ZeRO-3's) but on a GPU
+    runs as one matmul over the flattened tubelets (``tubelet_linear``).
+
+    On an H100, cuDNN ran ViT-B's bf16 patch embedding as an implicit-GEMM kernel: 4.5 ms forward (118
+    GFLOP, ~26 TFLOP/s) and 2.6 ms backward of a 48 ms step (``benchmarks/results/gpu_suite_h100.json``),
+    where cuBLAS runs the blocks' matmuls at several hundred TFLOP/s. On this repository's 2-core CPU,
+    oneDNN's convolution was the faster (125 against 161 ms forward and backward at ViT-B's clip size,
+    batch 4, one measurement by a script not kept), so CPUs keep it.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
         if x.is_cuda:
-            return tubelet_linear(x, self.proj)
-        return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, C)
+            return tubelet_linear(x, self)
+        return super().forward(x).flatten(2).transpose(1, 2)
 
 
 def tubelet_linear(x: Tensor, proj: nn.Conv3d) -> Tensor:
-    """``proj`` over non-overlapping tubelets as one matmul: (B, C, T, H, W) -> (B, N, D), tokens t-major.
-
-    A convolution whose stride is its kernel is a matmul over the flattened tubelets. On an H100, cuDNN ran
-    ViT-B's bf16 patch embedding as an implicit-GEMM kernel at ~26 TFLOP/s: 4.5 ms forward and 2.6 ms
-    backward of a 48 ms step (``benchmarks/results/gpu_suite_h100.json``), where cuBLAS runs matmuls of
-    ViT-B's blocks at several hundred. On CPUs oneDNN's convolution is the faster one (125 against 161 ms, forward and backward at
-    ViT-B's clip size), so the module keeps it there.
-    """
+    """``proj`` (stride = kernel, no padding) over the tubelets of ``x`` as one matmul: (B, N, D)."""
     pt, ph, pw = proj.kernel_size
     tubelets = rearrange(x, "b c (t pt) (h ph) (w pw) -> b (t h w) (c pt ph pw)", pt=pt, ph=ph, pw=pw)
     return F.linear(tubelets, proj.weight.flatten(1), proj.bias)

@@ -29,6 +29,21 @@ def test_a_checkpoint_committed_before_its_weights_were_recorded_is_told_by_its_
     assert loads_as_saved(bf16, world_size=1, weights="torch.bfloat16")
     assert not loads_as_saved(bf16, world_size=1, weights="torch.float32")
     assert loads_as_saved(fp32, world_size=1, weights="torch.float32")
+    # ZeRO-0 writes no ZeRO files, and no universal layout serves it: its world size alone decides.
+    zero_0 = committed(tmp_path / "zero-0", "mp_rank_00_model_states.pt", world_size=1)
+    assert loads_as_saved(zero_0, world_size=1, weights="torch.float32")
+    assert not loads_as_saved(zero_0, world_size=2, weights="torch.float32")
+
+
+def test_where_the_device_decides_the_weights_the_world_size_alone_does(tmp_path: Path) -> None:
+    folder = committed(tmp_path / "step-1", world_size=1, weights="torch.bfloat16")
+    assert loads_as_saved(folder, world_size=1, weights=None)
+    assert not loads_as_saved(folder, world_size=2, weights=None)
+
+
+def test_a_universal_checkpoint_loads_at_any_world_size_and_precision(tmp_path: Path) -> None:
+    folder = committed(tmp_path / "universal", world_size=2, weights="torch.bfloat16", universal=True)
+    assert loads_as_saved(folder, world_size=3, weights="torch.float32")
 
 
 def test_a_half_written_checkpoint_is_refused(tmp_path: Path) -> None:
@@ -38,16 +53,25 @@ def test_a_half_written_checkpoint_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("setting", ["auto", "fp32", "bf16", "bf16-autocast"])
+@pytest.mark.parametrize("zero_stage", [0, 1, 2, 3])
 @pytest.mark.parametrize("bf16_gpu", [False, True])
-def test_the_runner_knows_the_weights_a_setting_trains_on_any_device(monkeypatch, setting, bf16_gpu) -> None:
-    """The runner decides how to load a checkpoint before any worker has seen its device."""
+def test_the_runner_knows_the_weights_a_setting_trains_wherever_the_device_does_not_decide(
+        monkeypatch, setting, zero_stage, bf16_gpu) -> None:
+    """The runner decides how to load a checkpoint before any worker has seen its device: where it
+    names the weights' dtype, every device trains in it."""
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *_, **__: True)
-    assert resolve_precision(setting, on_gpu=bf16_gpu).weights == trained_weights(setting)
+    expected = trained_weights(setting, zero_stage)
+    if expected is not None:
+        assert resolve_precision(setting, on_gpu=bf16_gpu, zero_stage=zero_stage).weights == expected
+    else:
+        assert (setting, zero_stage) in {("auto", 0), ("auto", 3)}
 
 
-def test_auto_trains_under_bf16_autocast_on_a_bf16_gpu_and_infers_in_bf16_weights(monkeypatch) -> None:
+def test_auto_trains_under_bf16_autocast_at_zero_1_and_2_on_a_bf16_gpu(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *_, **__: True)
-    training = resolve_precision("auto", on_gpu=True)
-    assert (training.weights, training.compute, training.autocast) == (torch.float32, torch.bfloat16, True)
-    assert resolve_precision("auto", on_gpu=True, inference=True).weights == torch.bfloat16
-    assert resolve_precision("auto", on_gpu=False, inference=True).weights == torch.float32
+    for stage in (1, 2):
+        training = resolve_precision("auto", on_gpu=True, zero_stage=stage)
+        assert (training.weights, training.compute, training.autocast) == (torch.float32, torch.bfloat16, True)
+    for stage in (0, 3, None):  # None: inference
+        assert resolve_precision("auto", on_gpu=True, zero_stage=stage).weights == torch.bfloat16
+    assert resolve_precision("auto", on_gpu=False, zero_stage=2).weights == torch.float32

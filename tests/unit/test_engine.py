@@ -1,6 +1,7 @@
 """The engine's settings, the trainer's seeding of the model's random draws, and a compiled engine."""
 import os
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -140,9 +141,58 @@ def _count_device_synchronisations(port: int, queue) -> None:
 
 
 def test_the_engine_lets_the_host_run_ahead_of_the_device():
-    """DeepSpeed's throughput timer, on by default, synchronised the device about once a micro-batch (4
-    times here with it on, counted): a GPU's host then cannot queue the next kernels while the device
-    runs. The engine a job builds leaves it off."""
+    """DeepSpeed's throughput timer, on by default, synchronised the device twice a micro-batch from its
+    third step (4 times here with it on, counted): a GPU's host then cannot queue the next kernels while
+    the device runs. The engine a job builds leaves it off."""
     report = _in_a_process(_count_device_synchronisations)
     assert report["steps"] == 3
     assert report["synchronisations"] == 0
+
+
+def _restore_bf16_weights_under_autocast(port: int, folder: Path, queue) -> None:
+    """Three steps with bf16 weights, a checkpoint, and its universal form restored into an engine of
+    fp32 weights under autocast; reports whether the fp32 master weights and Adam's moments came back."""
+    from workers import engine as ds
+    from workers.checkpoint import commit, to_universal
+
+    ds.init_process_group(master_addr="127.0.0.1", master_port=port, rank=0, world_size=1, timeout_s=60)
+    config = classifier_config("tiny", 5, img_size=32, num_frames=4, embed_dim=64, depth=2, num_heads=2,
+                               patch_size=8)
+    video, labels = torch.randn(2, 3, 4, 32, 32), torch.tensor([1, 3])
+
+    def engine(setting: str, load_universal: bool = False):
+        model = VideoClassifier(config)
+        return ds.build_engine(model, param_groups(model, 0.05), micro_batch=2, accumulation=1, world_size=1,
+                               lr=1e-3, min_lr=0.0, warmup_steps=0, total_steps=10, betas=(0.9, 0.95),
+                               grad_clip=1.0, zero_stage=2, precision=ds.resolve_precision(setting, on_gpu=False),
+                               load_universal=load_universal)
+
+    def optimizer_state(engine) -> list[torch.Tensor]:
+        partitions = engine.optimizer.single_partition_of_fp32_groups
+        adam = engine.optimizer.optimizer.state
+        return [torch.cat([p.detach().flatten() for p in partitions]),
+                *(torch.cat([adam[p][k].flatten() for p in partitions]) for k in ("exp_avg", "exp_avg_sq"))]
+
+    bf16 = engine("bf16")
+    for _ in range(3):
+        bf16.backward(torch.nn.functional.cross_entropy(bf16(video.to(torch.bfloat16)), labels))
+        bf16.step()
+    ds.save_checkpoint(bf16, folder, {"step": 3})
+    commit(folder, {"world_size": 1, "step": 3, "weights": "torch.bfloat16"})
+    autocast = engine("bf16-autocast", load_universal=True)
+    client_state = ds.load_checkpoint(autocast, to_universal(folder))
+    queue.put({"equal": [torch.equal(a, b) for a, b in zip(optimizer_state(bf16), optimizer_state(autocast))],
+               "steps": autocast.global_steps, "client_step": client_state.get("step"),
+               "weights": {str(p.dtype) for p in autocast.module.parameters()}})
+    queue.close()
+    queue.join_thread()
+    os._exit(0)
+
+
+def test_a_checkpoint_of_bf16_weights_restores_exactly_into_an_engine_of_fp32_weights(tmp_path: Path):
+    """What a job resumed under another precision gets: through the universal layout, the fp32 master
+    weights and Adam's two moments of the bf16 engine, to the bit, and its step count."""
+    report = _in_a_process(_restore_bf16_weights_under_autocast, tmp_path / "step-00000003")
+    assert report["equal"] == [True, True, True]
+    assert report["steps"] == 3 and report["client_step"] == 3
+    assert report["weights"] == {"torch.float32"}

@@ -212,6 +212,12 @@ def test_tubelet_matmul_is_the_patch_convolution() -> None:
     matmul_grads = torch.autograd.grad((by_matmul * upstream).sum(), list(embed.parameters()))
     for matmul_grad, conv_grad in zip(matmul_grads, conv_grads, strict=True):
         torch.testing.assert_close(matmul_grad, conv_grad, atol=1e-5, rtol=1e-5)
+    strided = torch.randn(2, 3, 16, 16, 6).permute(0, 1, 4, 2, 3)  # a clip that is not contiguous
+    torch.testing.assert_close(tubelet_linear(strided, embed.proj), embed(strided), atol=1e-6, rtol=1e-5)
+    unbiased = torch.nn.Conv3d(3, 8, kernel_size=(2, 4, 4), stride=(2, 4, 4), bias=False)
+    torch.testing.assert_close(tubelet_linear(x, unbiased), unbiased(x).flatten(2).transpose(1, 2),
+                               atol=1e-6, rtol=1e-5)
+    assert isinstance(embed.proj, torch.nn.Conv3d)  # its hooks and checkpoint names stay a Conv3d's
 
 
 def test_block_layer_scale_and_drop_path() -> None:
