@@ -190,12 +190,15 @@ class Scheduler:
             except InvalidTransition:
                 return True  # cancelled since the queue was read
             self.runners[job.job_id] = runner
-        try:
-            runner.start()
-        except Exception as err:  # noqa: BLE001 — no thread for it (the process is at its limit): it fails
-            with self._lock:
+            # Started under the lock: cancel() finds a runner only once its thread can be joined.
+            try:
+                runner.start()
+                no_thread = None
+            except Exception as err:  # noqa: BLE001 — no thread for it (the process is at its limit): it fails
                 self.runners.pop(job.job_id, None)
-            self._cannot_start(job, err)
+                no_thread = err
+        if no_thread is not None:
+            self._cannot_start(job, no_thread)
             return True
         metrics.QUEUE_WAIT.observe(time.time() - queued_at)
         for key, amount in runner.demand.items():
