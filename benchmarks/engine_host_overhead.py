@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,7 +25,7 @@ import deepspeed
 import torch
 
 from benchmarks import record
-from benchmarks.gpu_videomae_step import make_batch
+from benchmarks.gpu_videomae_step import make_batch, time_steps
 from internvideo.models.videomae import VideoMAEPretrain, videomae_config
 from internvideo.optim import param_groups
 from workers import engine as ds
@@ -97,14 +95,7 @@ def host_counts(step: Callable[[], None]) -> dict[str, float]:
 
 def measured(build: Callable[[], Callable[[], None]], warmup: int, iters: int) -> dict:
     step = build()
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(iters):
-        began = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - began)
-    return {"step_ms": statistics.median(times) * 1e3, **host_counts(step)}
+    return {"step_ms": time_steps(step, torch.device("cpu"), warmup, iters) * 1e3, **host_counts(step)}
 
 
 def main(argv: list[str] | None = None) -> int:
