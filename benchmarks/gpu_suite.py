@@ -5,12 +5,12 @@
 
 What it measures, each against its peer in the same run:
 - the DeepSpeed engine's step (as ``workers.engine.build_engine`` builds it for a job: ZeRO 0 and 2
-  with bf16 weights, and ZeRO-2 again with ``train.precision=bf16-autocast``) over plain torch's
-  (fused AdamW, bf16 autocast) for VideoMAE ViT-B, 16 × 224², and ViT-L, with MFU and, from one profiled
-  round of each, its top operators by device time, how busy the device was, and the kernel launches and
-  synchronising calls a step makes (the CPU smoke run's autocast row is bf16 against an fp32 peer); for
-  the first size also plain torch with the patch embedding as cuDNN's convolution (the peer of
-  ``layers.TubeletProjection``) and the engine at ZeRO-0 under autocast (no optimizer wrapper);
+  under ``train.precision=bf16-autocast``) over plain torch's (fused AdamW, bf16 autocast) for VideoMAE
+  ViT-B, 16 × 224², and ViT-L, with MFU and, from one profiled round of each, its top operators by device
+  time, how busy the device was, and the kernel launches and synchronising calls a step makes (the CPU
+  smoke run's autocast rows are bf16 against an fp32 peer); for the first size also the engine at ZeRO 0
+  and 2 with bf16 weights, and plain torch with the patch embedding as cuDNN's convolution (the peer of
+  ``layers.TubeletProjection``);
 - one decode core's clips/s for VideoMAE's clip (16 × 4 at 224² from 320 × 256 H.264, 300 frames)
   at 1 and 4 clips a video (``data.repeated_sampling``), in the suite's process and in a fresh one, and
   from those and the engine's clips/s, the decode cores one GPU needs;
@@ -46,8 +46,8 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 def engine_rows(size: str, args: argparse.Namespace, device: torch.device, compiled: bool,
                 deadline: float | None, extras: bool = False) -> dict:
     """Plain torch and the engine for one model size, in turns over ``args.rounds``: eager (the engine at
-    ZeRO 0 and 2 with bf16 weights, and ZeRO-2 under bf16 autocast), or both compiled. ``extras``: also
-    plain torch with the patch embedding as a convolution, and the engine at ZeRO-0 under autocast."""
+    ZeRO 0 and 2 under bf16 autocast), or both compiled (ZeRO-2). ``extras``: also plain torch with the
+    patch embedding as a convolution, and the engine at ZeRO 0 and 2 with bf16 weights."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     cfg = videomae_config(size, img_size=args.img_size, num_frames=args.frames)
     video, pixels, mask = make_batch(cfg, args.batch, device)
@@ -57,17 +57,17 @@ def engine_rows(size: str, args: argparse.Namespace, device: torch.device, compi
                 "engine-z2-autocast-compiled": lambda: ours_deepspeed(cfg, video, pixels, mask, args.batch, device,
                                                                       2, "bf16-autocast", "inductor")}
     else:
-        # fp32 weights and optimizer, the forward under autocast (the plain loop's precision), at ZeRO-2 and,
-        # for the first size, at ZeRO-0, where DeepSpeed steps the optimizer without a wrapper
-        autocast_stages = (0, 2) if extras else (2,)
+        # fp32 weights and optimizer, the forward under autocast (the plain loop's precision), at ZeRO-2 and
+        # at ZeRO-0, where DeepSpeed steps the optimizer without a wrapper (``workers.engine.ClippedAdamW``);
+        # bf16 weights for the first size only
         runs = {"plain": lambda: ours_torch(cfg, video, pixels, mask, dtype, device),
                 **({"plain-conv-embed": lambda: ours_torch(cfg, video, pixels, mask, dtype, device,
                                                            convolution_embedding=True)} if extras else {}),
                 **{f"engine-z{z}": (lambda z=z: ours_deepspeed(cfg, video, pixels, mask, args.batch, device, z))
-                   for z in (0, 2)},
+                   for z in ((0, 2) if extras else ())},
                 **{f"engine-z{z}-autocast": (lambda z=z: ours_deepspeed(cfg, video, pixels, mask, args.batch,
                                                                         device, z, "bf16-autocast"))
-                   for z in autocast_stages}}
+                   for z in (0, 2)}}
     return {"config": {"size": size, "img_size": args.img_size, "frames": args.frames, "batch": args.batch,
                        "dtype": str(dtype), "flops_per_clip_train": flops},
             "results": measure_in_turns(runs, args, device, flops, peak_flops(device), deadline)}

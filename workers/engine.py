@@ -100,7 +100,9 @@ def build_engine(model: torch.nn.Module, groups: list[dict[str, Any]], *, micro_
     groups = [{**group, "lr": lr * group.get("lr_scale", 1.0)} for group in groups]
     # Fused AdamW is one kernel per group on CPUs and GPUs alike; ZeRO-1/2 hand it one flat fp32
     # partition per group, on which the for-loop implementation's sqrt/div were a tenth of a CPU step.
-    optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
+    unwrapped = zero_stage == 0 and precision.weights == torch.float32  # DeepSpeed steps it as it is
+    optimizer = (ClippedAdamW(groups, max_norm=grad_clip, lr=lr, betas=betas, fused=True) if unwrapped
+                 else torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True))
     # LambdaLR multiplies the base lr; the schedule is written in absolute terms, hence the division.
     schedule = functools.partial(warmup_cosine, warmup_steps=warmup_steps, total_steps=total_steps,
                                  base_lr=lr, min_lr=min_lr)
@@ -111,7 +113,7 @@ def build_engine(model: torch.nn.Module, groups: list[dict[str, Any]], *, micro_
         "gradient_accumulation_steps": accumulation,
         "zero_optimization": zero_config(zero_stage, world_size=world_size, on_gpu=torch.cuda.is_available()),
         "zero_allow_untested_optimizer": True,
-        "gradient_clipping": grad_clip,
+        "gradient_clipping": 0.0 if unwrapped else grad_clip,  # ClippedAdamW clips
         "bf16": {"enabled": precision.weights == torch.bfloat16},
         # No module's gradients are tagged for bf16 communication (DeepSpeed's default tags Linear and
         # Conv): under autocast, gradients are reduced in fp32, as a plain torch loop reduces them.
@@ -125,6 +127,10 @@ def build_engine(model: torch.nn.Module, groups: list[dict[str, Any]], *, micro_
         "checkpoint": {"load_universal": load_universal},
     }
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
+    if zero_stage == 0 and world_size == 1:
+        # A reduction over one rank is the identity; DeepSpeed's still flattens the gradients, all-reduces
+        # the copy and copies it back: three operations a parameter.
+        engine.enable_backward_allreduce = False
     if compile_backend != "off":
         import torch._inductor.config as inductor_config  # only when compiling: a second to import
 
@@ -133,6 +139,29 @@ def build_engine(model: torch.nn.Module, groups: list[dict[str, Any]], *, micro_
         inductor_config.fallback_random = True
         engine.compile(backend=compile_backend)  # the module in place: its state dict keeps its keys
     return engine
+
+
+class ClippedAdamW(torch.optim.AdamW):
+    """AdamW that first clips its gradients to a global norm of ``max_norm`` (0: no clipping) and keeps
+    that norm, taken before clipping, where DeepSpeed's engine reports it from.
+
+    For ZeRO-0 with fp32 weights, where DeepSpeed steps the client optimizer unwrapped: there its own
+    clipping takes a norm and a multiply per parameter and then drops the norm (the engine reports
+    none). torch's multi-tensor norm and scale are a few operations a step, and read nothing back to
+    the host. Its state dict is AdamW's: checkpoints do not tell the two apart."""
+
+    def __init__(self, params, *, max_norm: float, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        self.max_norm = max_norm
+        self._global_grad_norm: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        self._global_grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        if self.max_norm > 0:
+            torch.nn.utils.clip_grads_with_norm_(params, self.max_norm, self._global_grad_norm, foreach=True)
+        return super().step(closure)
 
 
 def build_job_engine(model: torch.nn.Module, groups: list[dict[str, Any]], train: TrainSection, *, world_size: int,

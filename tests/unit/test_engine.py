@@ -149,6 +149,63 @@ def test_the_engine_lets_the_host_run_ahead_of_the_device():
     assert report["synchronisations"] == 0
 
 
+def _zero_0_against_a_plain_loop(port: int, queue) -> None:
+    """Three steps of two micro-batches of a tiny classifier in a ZeRO-0 engine of fp32 weights and in a
+    plain torch loop (the engine's parameter groups, fused AdamW, schedule and torch's clipping, on the
+    mean of the two micro-batches' gradients), from the same weights, clipped hard; reports the
+    largest weight difference and each step's gradient norm from both."""
+    import functools
+
+    from internvideo.optim import warmup_cosine
+    from workers import engine as ds
+
+    ds.init_process_group(master_addr="127.0.0.1", master_port=port, rank=0, world_size=1, timeout_s=60)
+    config = classifier_config("tiny", 5, img_size=32, num_frames=4, embed_dim=64, depth=2, num_heads=2,
+                               patch_size=8)
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(2, 3, 4, 32, 32, generator=generator), torch.tensor([m % 5, (m + 2) % 5]))
+               for m in range(6)]
+    torch.manual_seed(0)
+    model = VideoClassifier(config)
+    plain = VideoClassifier(config)
+    plain.load_state_dict(model.state_dict())
+    engine = ds.build_engine(model, param_groups(model, 0.05), micro_batch=2, accumulation=2, world_size=1,
+                             lr=1e-3, min_lr=0.0, warmup_steps=0, total_steps=10, betas=(0.9, 0.95),
+                             grad_clip=0.05, zero_stage=0, precision=resolve_precision("fp32", on_gpu=False))
+    optimizer = torch.optim.AdamW(param_groups(plain, 0.05), lr=1e-3, betas=(0.9, 0.95), fused=True)
+    schedule = functools.partial(warmup_cosine, warmup_steps=0, total_steps=10, base_lr=1e-3, min_lr=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step) / 1e-3)
+    engine_norms, plain_norms = [], []
+    for micro, (video, labels) in enumerate(batches):
+        engine.backward(torch.nn.functional.cross_entropy(engine(video), labels))
+        engine.step()
+        (torch.nn.functional.cross_entropy(plain(video), labels) / 2).backward()
+        if micro % 2:
+            norm = engine.get_global_grad_norm()
+            engine_norms.append(None if norm is None else float(norm))
+            plain_norms.append(float(torch.nn.utils.clip_grad_norm_(plain.parameters(), 0.05)))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+    queue.put({"engine_norms": engine_norms, "plain_norms": plain_norms, "steps": engine.global_steps,
+               "max_weight_difference": max((a - b).abs().max().item() for a, b in
+                                            zip(engine.module.parameters(), plain.parameters()))})
+    queue.close()
+    queue.join_thread()
+    os._exit(0)
+
+
+def test_a_zero_0_engine_of_fp32_weights_clips_and_reports_its_gradient_norm_as_torch_does():
+    """At ZeRO-0 with fp32 weights DeepSpeed steps the optimizer unwrapped; its own clipping took a norm
+    and a multiply per parameter and reported no norm. The engine a job builds clips in ``ClippedAdamW``
+    and skips the reduction over its one rank: the steps and norms are a plain torch loop's."""
+    report = _in_a_process(_zero_0_against_a_plain_loop)
+    assert report["steps"] == 3
+    assert report["engine_norms"] == pytest.approx(report["plain_norms"], rel=1e-5)
+    assert min(report["plain_norms"]) > 0.05  # every step was clipped
+    assert report["max_weight_difference"] < 1e-6
+
+
 def _restore_bf16_weights_under_autocast(port: int, folder: Path, queue) -> None:
     """Three steps with bf16 weights, a checkpoint, and its universal form restored into an engine of
     fp32 weights under autocast; reports whether the fp32 master weights and Adam's moments came back."""
