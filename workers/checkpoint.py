@@ -74,6 +74,11 @@ def to_universal(folder: str | Path, timeout_s: float = 3600.0) -> Path:
     """
     folder = Path(folder)
     meta = read_commit(folder)
+    if not any(folder.glob("*zero_pp_rank_*")):
+        raise ValueError(
+            f"{folder} was saved by a ZeRO-0 engine of fp32 weights, which DeepSpeed cannot convert to the "
+            f"universal layout: it loads only at the world size ({meta['world_size']}) and weights "
+            f"({meta.get('weights', 'torch.float32')}) it was saved with")
     out = folder / UNIVERSAL
     if (out / COMMIT_MARKER).is_file():
         return out

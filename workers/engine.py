@@ -53,20 +53,19 @@ PRECISIONS = {"fp32": Precision(torch.float32, torch.float32),
               "bf16-autocast": Precision(torch.float32, torch.bfloat16)}
 
 
-AUTOCAST_STAGES = (1, 2)  # the ZeRO stages at which ``auto`` trains under bf16-autocast on a GPU
+AUTOCAST_STAGES = (0, 1, 2)  # the ZeRO stages at which ``auto`` trains under bf16-autocast on a GPU
 
 
 def resolve_precision(setting: str, *, on_gpu: bool, zero_stage: int | None = None) -> Precision:
     """``train.precision`` on this device, for an engine at ``zero_stage`` (None: inference, no engine).
 
-    ``auto`` on a GPU that has bf16 is bf16-autocast at ZeRO-1 and 2, and bf16 weights otherwise; fp32
-    elsewhere. On an H100, ViT-B's ZeRO-2 step took 82 ms under bf16-autocast and 125 ms with bf16
-    weights, at 10.4 against 15.4 GiB of peak memory (``benchmarks/results/gpu_suite_h100.json``): with
-    bf16 weights DeepSpeed checks each gradient for overflow, about 4,800 small operations a ViT-B step
-    (``benchmarks/engine_host_overhead.py``), where under autocast it checks the global norm. Not
-    measured at the other stages, and each has a reason for bf16 weights: at ZeRO-0 DeepSpeed steps an
-    fp32 model's optimizer unwrapped and reports no gradient norm, ZeRO-3 would gather fp32 weights
-    (twice the bytes), and inference keeps no optimizer state for fp32 weights to keep exact."""
+    ``auto`` on a GPU that has bf16 is bf16-autocast at ZeRO-0, 1 and 2, and bf16 weights at ZeRO-3 and
+    for inference; fp32 elsewhere. On an H100 (``benchmarks/results/gpu_suite_h100.json``), ViT-B's step
+    under bf16-autocast took 56 ms at ZeRO-0 and 84 ms at ZeRO-2, with bf16 weights 120 and 125 ms: with
+    bf16 weights DeepSpeed checks each gradient for overflow and, at ZeRO-0, reads each one's norm back
+    to the host, where under autocast ZeRO-2 checks the global norm and ZeRO-0 clips in ``ClippedAdamW``
+    (``benchmarks/engine_host_overhead.py``). ZeRO-3 would gather fp32 weights (twice the bytes), and
+    inference keeps no optimizer state for fp32 weights to keep exact."""
     if setting == "auto":
         if not (on_gpu and torch.cuda.is_bf16_supported()):
             return PRECISIONS["fp32"]
@@ -80,8 +79,8 @@ def resolve_precision(setting: str, *, on_gpu: bool, zero_stage: int | None = No
 
 def trained_weights(setting: str, zero_stage: int) -> torch.dtype | None:
     """The dtype ``train.precision`` trains the weights in at ``zero_stage`` where the setting alone
-    decides it, before any worker has seen its device; None where the device does (``auto`` at ZeRO-0
-    and 3: bf16 on a GPU that has bf16). A checkpoint's layout depends on it."""
+    decides it, before any worker has seen its device; None where the device does (``auto`` at ZeRO-3:
+    bf16 on a GPU that has bf16). A checkpoint's layout depends on it."""
     if setting == "auto":
         return torch.float32 if zero_stage in AUTOCAST_STAGES else None
     return PRECISIONS[setting].weights
@@ -101,6 +100,9 @@ def build_engine(model: torch.nn.Module, groups: list[dict[str, Any]], *, micro_
     # Fused AdamW is one kernel per group on CPUs and GPUs alike; ZeRO-1/2 hand it one flat fp32
     # partition per group, on which the for-loop implementation's sqrt/div were a tenth of a CPU step.
     unwrapped = zero_stage == 0 and precision.weights == torch.float32  # DeepSpeed steps it as it is
+    if unwrapped and load_universal:  # DeepSpeed would load the module's weights alone, then fail
+        raise ValueError("a ZeRO-0 engine of fp32 weights cannot restore a universal checkpoint (one saved at "
+                         "another world size or precision): resume it as it was saved, or at ZeRO-1 or above")
     optimizer = (ClippedAdamW(groups, max_norm=grad_clip, lr=lr, betas=betas, fused=True) if unwrapped
                  else torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True))
     # LambdaLR multiplies the base lr; the schedule is written in absolute terms, hence the division.

@@ -202,8 +202,8 @@ class TrainSection(Strict):
     keep_checkpoints: int = Field(0, ge=0)  # keep the newest K committed checkpoints; 0: keep all
     zero_stage: Literal[0, 1, 2, 3] = 2  # 3 partitions the weights too: the large sizes
     # bf16-autocast: fp32 weights and optimizer, the forward under torch.autocast in bf16 (DeepSpeed's
-    # torch_autocast), as a plain torch loop trains. auto: on a GPU that has bf16, bf16-autocast at ZeRO-1/2
-    # and bf16 weights at ZeRO-0/3 (workers.engine.resolve_precision); fp32 elsewhere. bf16: bf16 weights.
+    # torch_autocast), as a plain torch loop trains. auto: on a GPU that has bf16, bf16-autocast at ZeRO-0/1/2
+    # and bf16 weights at ZeRO-3 (workers.engine.resolve_precision); fp32 elsewhere. bf16: bf16 weights.
     precision: Literal["auto", "fp32", "bf16", "bf16-autocast"] = "auto"
     # Recompute each block's activations in the backward pass instead of keeping them (memory for FLOPs).
     activation_checkpointing: bool = False

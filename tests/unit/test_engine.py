@@ -149,15 +149,17 @@ def test_the_engine_lets_the_host_run_ahead_of_the_device():
     assert report["synchronisations"] == 0
 
 
-def _zero_0_against_a_plain_loop(port: int, queue) -> None:
+def _zero_0_against_a_plain_loop(port: int, folder: Path, queue) -> None:
     """Three steps of two micro-batches of a tiny classifier in a ZeRO-0 engine of fp32 weights and in a
     plain torch loop (the engine's parameter groups, fused AdamW, schedule and torch's clipping, on the
     mean of the two micro-batches' gradients), from the same weights, clipped hard; reports the
-    largest weight difference and each step's gradient norm from both."""
+    largest weight difference and each step's gradient norm from both, and how a request for the
+    universal form of the engine's checkpoint is refused."""
     import functools
 
     from internvideo.optim import warmup_cosine
     from workers import engine as ds
+    from workers.checkpoint import commit, to_universal
 
     ds.init_process_group(master_addr="127.0.0.1", master_port=port, rank=0, world_size=1, timeout_s=60)
     config = classifier_config("tiny", 5, img_size=32, num_frames=4, embed_dim=64, depth=2, num_heads=2,
@@ -187,23 +189,46 @@ def _zero_0_against_a_plain_loop(port: int, queue) -> None:
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+    ds.save_checkpoint(engine, folder, {"step": 3})
+    commit(folder, {"world_size": 1, "step": 3, "weights": "torch.float32"})
+    try:
+        to_universal(folder)
+        refusal = None
+    except ValueError as err:
+        refusal = str(err)
     queue.put({"engine_norms": engine_norms, "plain_norms": plain_norms, "steps": engine.global_steps,
                "max_weight_difference": max((a - b).abs().max().item() for a, b in
-                                            zip(engine.module.parameters(), plain.parameters()))})
+                                            zip(engine.module.parameters(), plain.parameters())),
+               "universal_refusal": refusal})
     queue.close()
     queue.join_thread()
     os._exit(0)
 
 
-def test_a_zero_0_engine_of_fp32_weights_clips_and_reports_its_gradient_norm_as_torch_does():
+def test_a_zero_0_engine_of_fp32_weights_clips_and_reports_its_gradient_norm_as_torch_does(tmp_path: Path):
     """At ZeRO-0 with fp32 weights DeepSpeed steps the optimizer unwrapped; its own clipping took a norm
     and a multiply per parameter and reported no norm. The engine a job builds clips in ``ClippedAdamW``
-    and skips the reduction over its one rank: the steps and norms are a plain torch loop's."""
-    report = _in_a_process(_zero_0_against_a_plain_loop)
+    and skips the reduction over its one rank: the steps and norms are a plain torch loop's. Its
+    checkpoint has no universal form, and a resize or precision change that needs one is told why."""
+    report = _in_a_process(_zero_0_against_a_plain_loop, tmp_path / "step-00000003")
+    assert "ZeRO-0" in report["universal_refusal"] and "world size (1)" in report["universal_refusal"]
     assert report["steps"] == 3
     assert report["engine_norms"] == pytest.approx(report["plain_norms"], rel=1e-5)
     assert min(report["plain_norms"]) > 0.05  # every step was clipped
     assert report["max_weight_difference"] < 1e-6
+
+
+def test_a_zero_0_engine_of_fp32_weights_refuses_a_universal_checkpoint_before_building():
+    """DeepSpeed would restore such an engine's module weights alone from a universal checkpoint and
+    then fail on the unwrapped optimizer."""
+    from workers.engine import build_engine
+
+    model = VideoClassifier(classifier_config("tiny", 5, img_size=32, num_frames=4, embed_dim=64, depth=2,
+                                              num_heads=2, patch_size=8))
+    with pytest.raises(ValueError, match="ZeRO-0 engine of fp32 weights cannot restore a universal"):
+        build_engine(model, param_groups(model, 0.05), micro_batch=2, accumulation=1, world_size=2, lr=1e-3,
+                     min_lr=0.0, warmup_steps=0, total_steps=10, betas=(0.9, 0.95), grad_clip=1.0,
+                     zero_stage=0, precision=resolve_precision("fp32", on_gpu=False), load_universal=True)
 
 
 def _restore_bf16_weights_under_autocast(port: int, folder: Path, queue) -> None:
