@@ -17,9 +17,10 @@ What it measures, each against its peer in the same run:
 - last, for the sizes of ``--compile-sizes`` (ViT-B), plain torch and the autocast engine compiled
   (``train.compile=inductor``; each round compiles afresh, from inductor's cache after the first).
 
-On an H100 (2026-11-27) ViT-B's eager and compiled rows with decoding took 355 s, and ViT-L's eager rows
-did not finish in the next 190 s; so no round starts after ``--deadline-s``, and the JSON is rewritten
-after each part: a run cut short by the device's 10-minute limit still brings back what it measured.
+On an H100 (2026-11-27) a first run's ViT-B rows with decoding took 355 s, and ViT-L's eager rows (then
+with bf16 weights too) did not finish in the next 190 s; a second run, ViT-L under autocast only, did all
+in 379 s. No round starts after ``--deadline-s``, and the JSON is rewritten after each part: a run cut
+short by the device's 10-minute limit still brings back what it measured.
 
 What it cannot: the job path through the coordinator and Ray (the GPU machine has no Ray's wheel).
 A variant whose library is missing (DeepSpeed, decord) is recorded with its error; the others still run.

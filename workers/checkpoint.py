@@ -4,9 +4,11 @@ All ranks write their shards into ``<job>/checkpoints/step-00000042``; only afte
 returned does the job runner write ``COMMITTED`` (atomically, by rename). A folder without
 the marker is a half-written checkpoint and is never loaded.
 
-ZeRO shards the optimizer state by rank, so a checkpoint loads as saved only at the world
-size (and in the precision of weights) that saved it. Otherwise it is converted once into the
+ZeRO-1 and above shard the optimizer state by rank, so their checkpoints load as saved only at the
+world size (and in the precision of weights) that saved them. Otherwise one is converted once into the
 universal layout (one file per parameter and state), kept beside the shards in ``<folder>/universal``.
+ZeRO-0 writes its whole state into one file every rank reads: it loads at any world size, in the
+precision that saved it, and has no universal form.
 """
 from __future__ import annotations
 
@@ -50,14 +52,19 @@ def loads_as_saved(folder: str | Path, *, world_size: int, weights: str | None) 
     engine's ZeRO files apart (``bf16_zero_pp_rank_*``), and in 0.19 its fallback to the other kind's
     names never fires (the name lookup returns names that do not exist rather than none), while the
     universal layout holds the fp32 master weights and the optimizer's state whatever the precision. A
-    checkpoint committed before the weights were recorded is told by those file names; one with no ZeRO
-    files (ZeRO-0, which no universal layout serves) is taken as it is, by its world size alone."""
+    checkpoint committed before the weights were recorded is told by those file names. One with no ZeRO
+    files (ZeRO-0: every rank reads the one file of the whole state) loads at any world size."""
     folder = Path(folder)
     meta = read_commit(folder)  # refuses a half-written checkpoint
     if meta.get("universal"):
         return True
     saved = meta.get("weights") or _weights_by_file_names(folder)
-    return meta["world_size"] == world_size and (saved is None or weights is None or saved == weights)
+    same_layout = meta["world_size"] == world_size or not _has_zero_shards(folder)
+    return same_layout and (saved is None or weights is None or saved == weights)
+
+
+def _has_zero_shards(folder: Path) -> bool:
+    return any(folder.glob("*zero_pp_rank_*"))
 
 
 def _weights_by_file_names(folder: Path) -> str | None:
@@ -74,11 +81,12 @@ def to_universal(folder: str | Path, timeout_s: float = 3600.0) -> Path:
     """
     folder = Path(folder)
     meta = read_commit(folder)
-    if not any(folder.glob("*zero_pp_rank_*")):
+    if not _has_zero_shards(folder):
+        saved = meta.get("weights", "the dtype it was saved in")
         raise ValueError(
-            f"{folder} was saved by a ZeRO-0 engine of fp32 weights, which DeepSpeed cannot convert to the "
-            f"universal layout: it loads only at the world size ({meta['world_size']}) and weights "
-            f"({meta.get('weights', 'torch.float32')}) it was saved with")
+            f"{folder} was saved at ZeRO-0, whose checkpoints have no universal form: it loads only into a "
+            f"ZeRO-0 engine of {saved} weights (train.precision "
+            f"{'bf16' if saved == 'torch.bfloat16' else 'fp32 or bf16-autocast'}), at any world size")
     out = folder / UNIVERSAL
     if (out / COMMIT_MARKER).is_file():
         return out

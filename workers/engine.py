@@ -5,6 +5,7 @@ import datetime
 import functools
 import os
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,9 +101,9 @@ def build_engine(model: torch.nn.Module, groups: list[dict[str, Any]], *, micro_
     # Fused AdamW is one kernel per group on CPUs and GPUs alike; ZeRO-1/2 hand it one flat fp32
     # partition per group, on which the for-loop implementation's sqrt/div were a tenth of a CPU step.
     unwrapped = zero_stage == 0 and precision.weights == torch.float32  # DeepSpeed steps it as it is
-    if unwrapped and load_universal:  # DeepSpeed would load the module's weights alone, then fail
-        raise ValueError("a ZeRO-0 engine of fp32 weights cannot restore a universal checkpoint (one saved at "
-                         "another world size or precision): resume it as it was saved, or at ZeRO-1 or above")
+    if zero_stage == 0 and load_universal:  # DeepSpeed would restore no weights, then fail on the optimizer
+        raise ValueError("a ZeRO-0 engine cannot restore a universal checkpoint (one saved at ZeRO-1 or above, "
+                         "at another world size or precision): resume it at ZeRO-1 or above")
     optimizer = (ClippedAdamW(groups, max_norm=grad_clip, lr=lr, betas=betas, fused=True) if unwrapped
                  else torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True))
     # LambdaLR multiplies the base lr; the schedule is written in absolute terms, hence the division.
@@ -131,7 +132,9 @@ def build_engine(model: torch.nn.Module, groups: list[dict[str, Any]], *, micro_
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
     if zero_stage == 0 and world_size == 1:
         # A reduction over one rank is the identity; DeepSpeed's still flattens the gradients, all-reduces
-        # the copy and copies it back: three operations a parameter.
+        # the copy and copies it back: three operations a parameter. (It also gives a parameter left out of
+        # the loss a zero gradient, which AdamW would step; with one rank such a parameter is not stepped,
+        # as in a plain torch loop. Our models use every trainable parameter.)
         engine.enable_backward_allreduce = False
     if compile_backend != "off":
         import torch._inductor.config as inductor_config  # only when compiling: a second to import
@@ -150,20 +153,26 @@ class ClippedAdamW(torch.optim.AdamW):
     For ZeRO-0 with fp32 weights, where DeepSpeed steps the client optimizer unwrapped: there its own
     clipping takes a norm and a multiply per parameter and then drops the norm (the engine reports
     none). torch's multi-tensor norm and scale are a few operations a step, and read nothing back to
-    the host. Its state dict is AdamW's: checkpoints do not tell the two apart."""
+    the host (the trainer reads the norm once a step, with the loss). Its state dict is AdamW's:
+    checkpoints do not tell the two apart."""
 
-    def __init__(self, params, *, max_norm: float, **kwargs: Any) -> None:
+    def __init__(self, params: Iterable[Any], *, max_norm: float, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
         self.max_norm = max_norm
         self._global_grad_norm: torch.Tensor | None = None
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        loss = None
+        if closure is not None:  # it makes the gradients this step clips
+            with torch.enable_grad():
+                loss = closure()
         params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
         self._global_grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
         if self.max_norm > 0:
             torch.nn.utils.clip_grads_with_norm_(params, self.max_norm, self._global_grad_norm, foreach=True)
-        return super().step(closure)
+        super().step()
+        return loss
 
 
 def build_job_engine(model: torch.nn.Module, groups: list[dict[str, Any]], train: TrainSection, *, world_size: int,

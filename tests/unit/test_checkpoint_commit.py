@@ -16,8 +16,9 @@ def committed(folder: Path, *files: str, **meta) -> Path:
     return folder
 
 
-def test_a_checkpoint_loads_as_saved_only_at_its_world_size_and_weights(tmp_path: Path) -> None:
-    folder = committed(tmp_path / "step-1", world_size=2, weights="torch.float32")
+def test_a_zero_checkpoint_loads_as_saved_only_at_its_world_size_and_weights(tmp_path: Path) -> None:
+    folder = committed(tmp_path / "step-1", "zero_pp_rank_0_mp_rank_00_optim_states.pt", world_size=2,
+                       weights="torch.float32")
     assert loads_as_saved(folder, world_size=2, weights="torch.float32")
     assert not loads_as_saved(folder, world_size=1, weights="torch.float32")
     assert not loads_as_saved(folder, world_size=2, weights="torch.bfloat16")
@@ -29,14 +30,21 @@ def test_a_checkpoint_committed_before_its_weights_were_recorded_is_told_by_its_
     assert loads_as_saved(bf16, world_size=1, weights="torch.bfloat16")
     assert not loads_as_saved(bf16, world_size=1, weights="torch.float32")
     assert loads_as_saved(fp32, world_size=1, weights="torch.float32")
-    # ZeRO-0 writes no ZeRO files, and no universal layout serves it: its world size alone decides.
+    # ZeRO-0 writes no ZeRO files: every rank reads the one file, at any world size.
     zero_0 = committed(tmp_path / "zero-0", "mp_rank_00_model_states.pt", world_size=1)
     assert loads_as_saved(zero_0, world_size=1, weights="torch.float32")
-    assert not loads_as_saved(zero_0, world_size=2, weights="torch.float32")
+    assert loads_as_saved(zero_0, world_size=2, weights="torch.float32")
+
+
+def test_a_zero_0_checkpoint_loads_at_any_world_size_in_its_own_weights_only(tmp_path: Path) -> None:
+    folder = committed(tmp_path / "zero-0", "mp_rank_00_model_states.pt", world_size=2, weights="torch.bfloat16")
+    assert loads_as_saved(folder, world_size=3, weights="torch.bfloat16")
+    assert not loads_as_saved(folder, world_size=2, weights="torch.float32")
 
 
 def test_where_the_device_decides_the_weights_the_world_size_alone_does(tmp_path: Path) -> None:
-    folder = committed(tmp_path / "step-1", world_size=1, weights="torch.bfloat16")
+    folder = committed(tmp_path / "step-1", "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", world_size=1,
+                       weights="torch.bfloat16")
     assert loads_as_saved(folder, world_size=1, weights=None)
     assert not loads_as_saved(folder, world_size=2, weights=None)
 

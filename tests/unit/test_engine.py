@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 
 from internvideo.models.vit import VideoClassifier, classifier_config
 from internvideo.optim import param_groups
-from workers.engine import resolve_precision, zero_config
+from workers.engine import ClippedAdamW, resolve_precision, zero_config
 from workers.trainer import _seed_generators
 
 
@@ -191,6 +191,8 @@ def _zero_0_against_a_plain_loop(port: int, folder: Path, queue) -> None:
             optimizer.zero_grad(set_to_none=True)
     ds.save_checkpoint(engine, folder, {"step": 3})
     commit(folder, {"world_size": 1, "step": 3, "weights": "torch.float32"})
+    torch.save({"weights": engine.module.state_dict(), "optimizer": engine.optimizer.state_dict()},
+               folder.parent / "saved.pt")
     try:
         to_universal(folder)
         refusal = None
@@ -199,7 +201,7 @@ def _zero_0_against_a_plain_loop(port: int, folder: Path, queue) -> None:
     queue.put({"engine_norms": engine_norms, "plain_norms": plain_norms, "steps": engine.global_steps,
                "max_weight_difference": max((a - b).abs().max().item() for a, b in
                                             zip(engine.module.parameters(), plain.parameters())),
-               "universal_refusal": refusal})
+               "universal_refusal": refusal, "deepspeed_clipping": engine.gradient_clipping()})
     queue.close()
     queue.join_thread()
     os._exit(0)
@@ -211,21 +213,73 @@ def test_a_zero_0_engine_of_fp32_weights_clips_and_reports_its_gradient_norm_as_
     and skips the reduction over its one rank: the steps and norms are a plain torch loop's. Its
     checkpoint has no universal form, and a resize or precision change that needs one is told why."""
     report = _in_a_process(_zero_0_against_a_plain_loop, tmp_path / "step-00000003")
-    assert "ZeRO-0" in report["universal_refusal"] and "world size (1)" in report["universal_refusal"]
+    assert "saved at ZeRO-0" in report["universal_refusal"]
+    assert "ZeRO-0 engine of torch.float32 weights" in report["universal_refusal"]
+    assert report["deepspeed_clipping"] == 0  # clipped once, by ClippedAdamW (Adam would hide a second clip)
+    # every rank reads the one file of a ZeRO-0 checkpoint: a job resized from one rank to two resumes
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    ranks = [context.Process(target=_load_zero_0_at_two_ranks, args=(rank, port, tmp_path / "step-00000003", queue))
+             for rank in (0, 1)]
+    for process in ranks:
+        process.start()
+    reports = sorted((queue.get(timeout=300) for _ in ranks), key=lambda r: r["rank"])
+    for process in ranks:
+        process.join(60)
+    assert reports == [{"rank": rank, "steps": 3, "client_step": 3, "weights": True, "optimizer": True}
+                       for rank in (0, 1)]
     assert report["steps"] == 3
     assert report["engine_norms"] == pytest.approx(report["plain_norms"], rel=1e-5)
     assert min(report["plain_norms"]) > 0.05  # every step was clipped
     assert report["max_weight_difference"] < 1e-6
 
 
-def test_a_zero_0_engine_of_fp32_weights_refuses_a_universal_checkpoint_before_building():
-    """DeepSpeed would restore such an engine's module weights alone from a universal checkpoint and
-    then fail on the unwrapped optimizer."""
+def test_clipped_adamw_clips_to_the_global_norm_once_and_keeps_the_norm_before_clipping():
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(7))]
+    for param in params:
+        param.grad = torch.randn_like(param) * 10
+    before = torch.cat([p.grad.flatten() for p in params]).norm()
+    optimizer = ClippedAdamW(params, max_norm=0.5, lr=1e-3)
+    optimizer.step()
+    assert float(optimizer._global_grad_norm) == pytest.approx(float(before), rel=1e-6)
+    assert float(torch.cat([p.grad.flatten() for p in params]).norm()) == pytest.approx(0.5, rel=1e-5)
+
+
+def _load_zero_0_at_two_ranks(rank: int, port: int, folder: Path, queue) -> None:
+    """One of two ranks restoring the one-rank ZeRO-0 checkpoint ``folder``: reports whether its weights
+    and optimizer state are those saved, and its step count."""
+    from workers import engine as ds
+
+    ds.init_process_group(master_addr="127.0.0.1", master_port=port, rank=rank, world_size=2, timeout_s=60)
+    model = VideoClassifier(classifier_config("tiny", 5, img_size=32, num_frames=4, embed_dim=64, depth=2,
+                                              num_heads=2, patch_size=8))
+    engine = ds.build_engine(model, param_groups(model, 0.05), micro_batch=2, accumulation=1, world_size=2,
+                             lr=1e-3, min_lr=0.0, warmup_steps=0, total_steps=10, betas=(0.9, 0.95),
+                             grad_clip=0.05, zero_stage=0, precision=resolve_precision("fp32", on_gpu=False))
+    client_state = ds.load_checkpoint(engine, folder)
+    saved = torch.load(folder.parent / "saved.pt", weights_only=True)
+    state = engine.optimizer.state_dict()["state"]
+    queue.put({"rank": rank, "steps": engine.global_steps, "client_step": client_state.get("step"),
+               "weights": all(torch.equal(v, saved["weights"][k]) for k, v in engine.module.state_dict().items()),
+               "optimizer": all(torch.equal(state[i][key], saved["optimizer"]["state"][i][key])
+                                for i in saved["optimizer"]["state"] for key in ("exp_avg", "exp_avg_sq"))})
+    queue.close()
+    queue.join_thread()
+    os._exit(0)
+
+
+def test_a_zero_0_engine_refuses_a_universal_checkpoint_before_building():
+    """DeepSpeed would restore no weights into a ZeRO-0 engine from a universal checkpoint, and then fail
+    on its optimizer."""
     from workers.engine import build_engine
 
     model = VideoClassifier(classifier_config("tiny", 5, img_size=32, num_frames=4, embed_dim=64, depth=2,
                                               num_heads=2, patch_size=8))
-    with pytest.raises(ValueError, match="ZeRO-0 engine of fp32 weights cannot restore a universal"):
+    with pytest.raises(ValueError, match="ZeRO-0 engine cannot restore a universal checkpoint"):
         build_engine(model, param_groups(model, 0.05), micro_batch=2, accumulation=1, world_size=2, lr=1e-3,
                      min_lr=0.0, warmup_steps=0, total_steps=10, betas=(0.9, 0.95), grad_clip=1.0,
                      zero_stage=0, precision=resolve_precision("fp32", on_gpu=False), load_universal=True)
