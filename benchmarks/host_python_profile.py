@@ -3,7 +3,7 @@
 On an H100 the engine's ViT-B step at ZeRO-0 under autocast launched 17 kernels more than plain torch's
 and read nothing back, yet left the device idle 28 % of the time against 11 % (``results/
 gpu_suite_h100.json``): what is left is the host's Python. This runs each variant's step (the builders of
-``gpu_videomae_step``) under cProfile after a warm-up, the device synchronised at the end of every step,
+``gpu_videomae_step``), timed by its ``time_steps`` and then under cProfile, the device synchronised after every step,
 and records each variant's host seconds a step and its functions by their own time, so that the engine's
 additions show against plain torch's.
 
@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
-import time
 from pathlib import Path
 
 import torch
 
 from benchmarks import record
-from benchmarks.gpu_videomae_step import make_batch, ours_deepspeed, ours_torch
+from benchmarks.gpu_videomae_step import make_batch, ours_deepspeed, ours_torch, time_steps
 from internvideo.models.videomae import videomae_config
 
 
@@ -31,15 +30,9 @@ def synchronize(device: torch.device) -> None:
 
 
 def profiled(step, device: torch.device, warmup: int, steps: int, top: int) -> dict:
-    """``step``'s host seconds a step without and with cProfile, and its top functions by own time."""
-    for _ in range(warmup):
-        step()
-    synchronize(device)
-    began = time.perf_counter()
-    for _ in range(steps):
-        step()
-        synchronize(device)
-    seconds = (time.perf_counter() - began) / steps
+    """``step``'s seconds a step (the median, the device synchronised after each) without and with cProfile
+    (the mean), and its top functions by own time."""
+    seconds = time_steps(step, device, warmup, steps)
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(steps):

@@ -82,11 +82,11 @@ def to_universal(folder: str | Path, timeout_s: float = 3600.0) -> Path:
     folder = Path(folder)
     meta = read_commit(folder)
     if not _has_zero_shards(folder):
-        saved = meta.get("weights", "the dtype it was saved in")
-        raise ValueError(
-            f"{folder} was saved at ZeRO-0, whose checkpoints have no universal form: it loads only into a "
-            f"ZeRO-0 engine of {saved} weights (train.precision "
-            f"{'bf16' if saved == 'torch.bfloat16' else 'fp32 or bf16-autocast'}), at any world size")
+        settings = {"torch.bfloat16": "bf16", "torch.float32": "fp32 or bf16-autocast"}
+        saved = meta.get("weights")
+        keep = f": {saved} (train.precision {settings[saved]})" if saved in settings else ""
+        raise ValueError(f"{folder} was saved at ZeRO-0, whose checkpoints have no universal form: it loads, at "
+                         f"any world size, only into a ZeRO-0 engine of the weights it was saved in{keep}")
     out = folder / UNIVERSAL
     if (out / COMMIT_MARKER).is_file():
         return out

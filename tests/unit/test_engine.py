@@ -87,19 +87,29 @@ def _train_eager_and_compiled(port: int, backend: str, queue) -> None:
     os._exit(0)  # without the interpreter's teardown of gloo's threads (see test_contrastive)
 
 
-def _in_a_process(target, *args) -> dict:
-    """What ``target(port, *args, queue)`` reports from a spawned process of its own (a process group
-    per process, and a fresh DeepSpeed accelerator)."""
+def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+        return sock.getsockname()[1]
+
+
+def _spawned(target, *arguments: tuple) -> list[dict]:
+    """What ``target(*args, queue)`` reports for each of ``arguments``, each from a spawned process of its
+    own (a process group per process, and a fresh DeepSpeed accelerator), in the order they report."""
     context = mp.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=target, args=(port, *args, queue))
-    process.start()
-    report = queue.get(timeout=300)
-    process.join(60)
-    return report
+    processes = [context.Process(target=target, args=(*args, queue)) for args in arguments]
+    for process in processes:
+        process.start()
+    reports = [queue.get(timeout=300) for _ in processes]
+    for process in processes:
+        process.join(60)
+    return reports
+
+
+def _in_a_process(target, *args) -> dict:
+    """What ``target(port, *args, queue)`` reports from a process of its own."""
+    return _spawned(target, (_free_port(), *args))[0]
 
 
 def test_a_compiled_engine_trains_as_the_eager_one_in_one_graph_and_keeps_its_state_dict_keys():
@@ -214,21 +224,12 @@ def test_a_zero_0_engine_of_fp32_weights_clips_and_reports_its_gradient_norm_as_
     checkpoint has no universal form, and a resize or precision change that needs one is told why."""
     report = _in_a_process(_zero_0_against_a_plain_loop, tmp_path / "step-00000003")
     assert "saved at ZeRO-0" in report["universal_refusal"]
-    assert "ZeRO-0 engine of torch.float32 weights" in report["universal_refusal"]
+    assert "weights it was saved in: torch.float32 (train.precision fp32 or bf16-autocast)" in report["universal_refusal"]
     assert report["deepspeed_clipping"] == 0  # clipped once, by ClippedAdamW (Adam would hide a second clip)
     # every rank reads the one file of a ZeRO-0 checkpoint: a job resized from one rank to two resumes
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    context = mp.get_context("spawn")
-    queue = context.Queue()
-    ranks = [context.Process(target=_load_zero_0_at_two_ranks, args=(rank, port, tmp_path / "step-00000003", queue))
-             for rank in (0, 1)]
-    for process in ranks:
-        process.start()
-    reports = sorted((queue.get(timeout=300) for _ in ranks), key=lambda r: r["rank"])
-    for process in ranks:
-        process.join(60)
+    port = _free_port()
+    reports = sorted(_spawned(_load_zero_0_at_two_ranks, *((rank, port, tmp_path / "step-00000003") for rank in (0, 1))),
+                     key=lambda report: report["rank"])
     assert reports == [{"rank": rank, "steps": 3, "client_step": 3, "weights": True, "optimizer": True}
                        for rank in (0, 1)]
     assert report["steps"] == 3
