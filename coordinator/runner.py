@@ -39,7 +39,7 @@ from internvideo.tasks.common import SharedConfig, replace_job_refs
 from workers.calls import PlacementTimeout, WorkerGroupError, kill_actors
 from workers.checkpoint import UNIVERSAL, checkpoint_folder, commit, loads_as_saved, to_universal
 from workers.decode import DataError, Dataset, DecodePool, PoolSpec
-from workers.engine import trained_weights
+from workers.engine import engine_zero_stage, trained_weights
 from workers.group import WorkerGroup
 
 log = logging.getLogger(__name__)
@@ -439,19 +439,18 @@ class JobRunner(threading.Thread):
         self.usage.charge(use, self._group.last_call_joules)
         return results
 
-    def _expected_weights(self) -> str | None:
-        """The dtype this training job's engines will hold their weights in, where its settings alone
-        decide it (its checkpoints' layout depends on it); None where the workers' devices do."""
-        weights = trained_weights(self.config.train.precision, self.config.train.zero_stage)
-        return str(weights) if weights is not None else None
-
     def _loadable(self, folder: Path | None) -> Path | None:
         """``folder`` as this world size and precision can load it: converted to the universal layout
-        when it was saved at another world size or in weights of another dtype (the global batch, and
-        with it the data cursor, is the same)."""
+        when it was saved at another world size, ZeRO stage or in weights of another dtype (the global
+        batch, and with it the data cursor, is the same). The engines' weights and stage are where the
+        job's settings alone decide them (the weights are None where the workers' devices do)."""
         if folder is None:
             return None
-        as_saved = loads_as_saved(folder, world_size=self.world_size, weights=self._expected_weights())
+        train = self.config.train
+        weights = trained_weights(train.precision, train.zero_stage)
+        stage = engine_zero_stage(train.zero_stage, world_size=self.world_size, weights=weights)
+        as_saved = loads_as_saved(folder, world_size=self.world_size, zero_stage=stage,
+                                  weights=str(weights) if weights is not None else None)
         return folder if as_saved else to_universal(folder)
 
     def _restore(self, folder: Path | None) -> int:

@@ -4,11 +4,12 @@ All ranks write their shards into ``<job>/checkpoints/step-00000042``; only afte
 returned does the job runner write ``COMMITTED`` (atomically, by rename). A folder without
 the marker is a half-written checkpoint and is never loaded.
 
-ZeRO-1 and above shard the optimizer state by rank, so their checkpoints load as saved only at the
-world size (and in the precision of weights) that saved them. Otherwise one is converted once into the
-universal layout (one file per parameter and state), kept beside the shards in ``<folder>/universal``.
-ZeRO-0 writes its whole state into one file every rank reads: it loads at any world size, in the
-precision that saved it, and has no universal form.
+ZeRO-1 and above shard the optimizer state by rank, so their checkpoints load as saved only into an
+engine of the same stage, at the world size (and in the precision of weights) that saved them. ZeRO-0
+writes its whole state into one file every rank reads: it loads into a ZeRO-0 engine at any world size,
+in the precision that saved it. Otherwise a checkpoint is converted once into the universal layout (one
+file per parameter and state), kept beside the shards in ``<folder>/universal``: by DeepSpeed's
+``ds_to_universal`` from ZeRO shards, by ``workers.zero0_universal`` from ZeRO-0's one file.
 """
 from __future__ import annotations
 
@@ -43,23 +44,28 @@ def read_commit(folder: str | Path) -> dict[str, Any]:
     return json.loads(marker.read_text())
 
 
-def loads_as_saved(folder: str | Path, *, world_size: int, weights: str | None) -> bool:
-    """Whether an engine of ``world_size`` ranks training ``weights`` (a dtype's name, ``torch.float32``;
-    None where the device will decide) loads the committed checkpoint ``folder`` as it is; if not, it
-    loads its universal form. A universal checkpoint loads at any world size and precision.
+def loads_as_saved(folder: str | Path, *, world_size: int, weights: str | None, zero_stage: int) -> bool:
+    """Whether an engine of ``world_size`` ranks at ``zero_stage`` (``workers.engine.engine_zero_stage``)
+    training ``weights`` (a dtype's name, ``torch.float32``; None where the device will decide) loads the
+    committed checkpoint ``folder`` as it is; if not, it loads its universal form. A universal checkpoint
+    loads at any world size, stage and precision.
 
     A checkpoint of another precision goes through the universal layout too: DeepSpeed names a bf16
     engine's ZeRO files apart (``bf16_zero_pp_rank_*``), and in 0.19 its fallback to the other kind's
     names never fires (the name lookup returns names that do not exist rather than none), while the
     universal layout holds the fp32 master weights and the optimizer's state whatever the precision. A
     checkpoint committed before the weights were recorded is told by those file names. One with no ZeRO
-    files (ZeRO-0: every rank reads the one file of the whole state) loads at any world size."""
+    files (ZeRO-0: every rank reads the one file of the whole state) loads into a ZeRO-0 engine at any
+    world size."""
     folder = Path(folder)
     meta = read_commit(folder)  # refuses a half-written checkpoint
     if meta.get("universal"):
         return True
     saved = meta.get("weights") or _weights_by_file_names(folder)
-    same_layout = meta["world_size"] == world_size or not _has_zero_shards(folder)
+    saved_at_zero_0 = not _has_zero_shards(folder)
+    if saved_at_zero_0 != (zero_stage == 0):
+        return False
+    same_layout = saved_at_zero_0 or meta["world_size"] == world_size
     return same_layout and (saved is None or weights is None or saved == weights)
 
 
@@ -76,27 +82,24 @@ def _weights_by_file_names(folder: Path) -> str | None:
 def to_universal(folder: str | Path, timeout_s: float = 3600.0) -> Path:
     """The universal form of a committed checkpoint, converting it on first use.
 
-    Runs DeepSpeed's ``ds_to_universal`` in a child process (it is memory-hungry and uses
-    process pools) into a temporary folder that is committed and renamed only when complete.
+    The converter (DeepSpeed's ``ds_to_universal`` for ZeRO shards, ``workers.zero0_universal`` for a ZeRO-0
+    checkpoint) runs in a child process, as it holds the whole state in memory (and DeepSpeed's uses process
+    pools), into a temporary folder that is committed and renamed only when complete.
     """
     folder = Path(folder)
     meta = read_commit(folder)
-    if not _has_zero_shards(folder):
-        settings = {"torch.bfloat16": "bf16", "torch.float32": "fp32 or bf16-autocast"}
-        saved = meta.get("weights")
-        keep = f": {saved} (train.precision {settings[saved]})" if saved in settings else ""
-        raise ValueError(f"{folder} was saved at ZeRO-0, whose checkpoints have no universal form: it loads, at "
-                         f"any world size, only into a ZeRO-0 engine of the weights it was saved in{keep}")
     out = folder / UNIVERSAL
     if (out / COMMIT_MARKER).is_file():
         return out
     tmp = folder / f".{UNIVERSAL}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    done = subprocess.run(
-        [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(folder),
-         "--output_folder", str(tmp), "--num_extract_workers", "1", "--num_merge_workers", "1",
-         "--inject_missing_state"],
-        capture_output=True, text=True, timeout=timeout_s)
+    if _has_zero_shards(folder):
+        converter = ["deepspeed.checkpoint.ds_to_universal", "--input_folder", str(folder), "--output_folder",
+                     str(tmp), "--num_extract_workers", "1", "--num_merge_workers", "1", "--inject_missing_state"]
+    else:
+        tmp.mkdir()
+        converter = ["workers.zero0_universal", str(folder), str(tmp)]
+    done = subprocess.run([sys.executable, "-m", *converter], capture_output=True, text=True, timeout=timeout_s)
     if done.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
         raise RuntimeError(f"converting {folder} to a universal checkpoint failed: {done.stderr[-2000:]}")
@@ -104,3 +107,4 @@ def to_universal(folder: str | Path, timeout_s: float = 3600.0) -> Path:
     shutil.rmtree(out, ignore_errors=True)  # a half-renamed earlier attempt
     os.replace(tmp, out)
     return out
+

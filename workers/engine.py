@@ -21,6 +21,7 @@ import torch.distributed as dist  # noqa: E402
 from internvideo.data.order import gradient_accumulation  # noqa: E402
 from internvideo.optim import warmup_cosine  # noqa: E402
 from internvideo.tasks.common import TrainSection  # noqa: E402
+from workers import zero0_universal  # noqa: E402
 
 
 def init_process_group(*, master_addr: str, master_port: int, rank: int, world_size: int,
@@ -87,6 +88,22 @@ def trained_weights(setting: str, zero_stage: int) -> torch.dtype | None:
     return PRECISIONS[setting].weights
 
 
+def engine_zero_stage(stage: int, *, world_size: int, weights: torch.dtype | None) -> int:
+    """The ZeRO stage an engine of ``world_size`` ranks training ``weights`` runs at, for ``train.zero_stage``.
+
+    One rank of fp32 weights (fp32 or bf16-autocast) runs ZeRO-1 and 2 as ZeRO-0: there is nothing to
+    partition, and DeepSpeed's ZeRO code still works per parameter each step (copies into the flat
+    partition, norms, bucket hooks), where at ZeRO-0 ``ClippedAdamW`` steps the parameters as a plain
+    torch loop does. An H100's ViT-B step under autocast: 0.80 of plain torch at ZeRO-0 against 0.54 at
+    ZeRO-2, 1.6 GiB less memory (``benchmarks/results/gpu_suite_h100.json``); the tiny model on a CPU: 0.996
+    against 0.76. A job that grows from one rank or shrinks to one crosses the two checkpoint layouts
+    through the universal one (``workers.zero0_universal``). ZeRO-3 stays: it is asked for to partition
+    the weights of a model that would not fit otherwise, and bf16 weights keep DeepSpeed's own
+    optimizer wrapper at every stage."""
+    one_rank_fp32 = world_size == 1 and weights == torch.float32
+    return 0 if one_rank_fp32 and stage in (1, 2) else stage
+
+
 def build_engine(model: torch.nn.Module, groups: list[dict[str, Any]], *, micro_batch: int, accumulation: int,
                  world_size: int, lr: float, min_lr: float, warmup_steps: int, total_steps: int,
                  betas: tuple[float, float], grad_clip: float, zero_stage: int, precision: Precision,
@@ -94,16 +111,17 @@ def build_engine(model: torch.nn.Module, groups: list[dict[str, Any]], *, micro_
     """``groups``: the trainable parameters' groups (``internvideo.optim.param_groups``); a group's
     ``lr_scale`` (layer-wise decay) scales the learning rate all along the schedule. ``model`` is in
     ``precision.weights`` when given, or is converted by the engine (bf16).
-    ``load_universal``: the engine will be restored from a universal checkpoint (another world size, or
-    weights of another dtype).
+    ``load_universal``: the engine will be restored from a universal checkpoint (another world size or
+    layout, or weights of another dtype).
     ``compile_backend``: ``train.compile``."""
     groups = [{**group, "lr": lr * group.get("lr_scale", 1.0)} for group in groups]
     # Fused AdamW is one kernel per group on CPUs and GPUs alike; ZeRO-1/2 hand it one flat fp32
     # partition per group, on which the for-loop implementation's sqrt/div were a tenth of a CPU step.
     unwrapped = zero_stage == 0 and precision.weights == torch.float32  # DeepSpeed steps it as it is
-    if zero_stage == 0 and load_universal:  # DeepSpeed would restore no weights, then fail on the optimizer
-        raise ValueError("a ZeRO-0 engine cannot restore a universal checkpoint (one saved at ZeRO-1 or above, "
-                         "at another world size or precision): resume it at ZeRO-1 or above")
+    if zero_stage == 0 and load_universal and not unwrapped:
+        # DeepSpeed would restore no weights into its bf16 wrapper, then fail on the optimizer.
+        raise ValueError("a ZeRO-0 engine of bf16 weights cannot restore a universal checkpoint (one saved at "
+                         "another world size or precision): resume it at ZeRO-1 or above")
     optimizer = (ClippedAdamW(groups, max_norm=grad_clip, lr=lr, betas=betas, fused=True) if unwrapped
                  else torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True))
     # LambdaLR multiplies the base lr; the schedule is written in absolute terms, hence the division.
@@ -127,7 +145,8 @@ def build_engine(model: torch.nn.Module, groups: list[dict[str, Any]], *, micro_
         # its third step on), so the host cannot queue kernels ahead of the device; the workers time
         # their steps themselves.
         "timers": {"throughput": {"enabled": False}},
-        "checkpoint": {"load_universal": load_universal},
+        # A ZeRO-0 engine restores a universal checkpoint's optimizer state itself (``load_checkpoint``).
+        "checkpoint": {"load_universal": load_universal and not unwrapped},
     }
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
     if zero_stage == 0 and world_size == 1:
@@ -179,18 +198,20 @@ def build_job_engine(model: torch.nn.Module, groups: list[dict[str, Any]], train
                      precision: Precision, load_universal: bool = False) -> deepspeed.DeepSpeedEngine:
     """The engine a job's ``train`` section asks for, at ``world_size`` ranks (``build_engine``'s
     arguments)."""
+    zero_stage = engine_zero_stage(train.zero_stage, world_size=world_size, weights=precision.weights)
     return build_engine(
         model, groups, micro_batch=train.micro_batch, world_size=world_size,
         accumulation=gradient_accumulation(train.global_batch, train.micro_batch, world_size),
         lr=train.lr, min_lr=train.min_lr, warmup_steps=train.warmup_steps, total_steps=train.steps,
-        betas=train.betas, grad_clip=train.grad_clip, zero_stage=train.zero_stage, precision=precision,
+        betas=train.betas, grad_clip=train.grad_clip, zero_stage=zero_stage, precision=precision,
         load_universal=load_universal, compile_backend=train.compile)
 
 
 def zero_config(stage: int, *, world_size: int, on_gpu: bool) -> dict[str, Any]:
     """ZeRO's settings.
 
-    Off the GPU, a world of one runs ZeRO-2 as ZeRO-1. With one rank there is nothing to partition, and
+    Off the GPU, a world of one runs ZeRO-2 as ZeRO-1 (with fp32 weights it runs ZeRO-0 instead:
+    ``engine_zero_stage``). With one rank there is nothing to partition, and
     ZeRO-2 still reduces (flatten, all-reduce over one rank, copy back) after every micro-batch where
     ZeRO-1 reduces once a step: 71.6 against 64.2 ms a step of the tiny model in 4 micro-batches on a
     2-core CPU, with the same weights after 60 steps. The two write the same checkpoint files (with
@@ -207,14 +228,25 @@ def zero_config(stage: int, *, world_size: int, on_gpu: bool) -> dict[str, Any]:
 
 
 def save_checkpoint(engine: deepspeed.DeepSpeedEngine, folder: Path, client_state: dict[str, Any]) -> None:
-    """Every rank calls this (ZeRO shards optimizer state); the caller commits it afterwards."""
+    """Every rank calls this (ZeRO shards optimizer state); the caller commits it afterwards. A ZeRO-0
+    engine's checkpoint names its optimizer's parameters, for its universal form."""
+    if isinstance(engine.optimizer, ClippedAdamW):
+        names = zero0_universal.param_names(engine.optimizer, engine.param_names)
+        client_state = {**client_state, zero0_universal.PARAM_NAMES: names}
     engine.save_checkpoint(str(folder.parent), tag=folder.name, client_state=client_state, save_latest=False)
 
 
 def load_checkpoint(engine: deepspeed.DeepSpeedEngine, folder: Path) -> dict[str, Any]:
-    path, client_state = engine.load_checkpoint(str(folder.parent), tag=folder.name)
+    """Restore ``folder`` into ``engine``; returns the client state it was saved with."""
+    # DeepSpeed restores a universal checkpoint's optimizer state only into ZeRO's partitions: into a
+    # ZeRO-0 engine it restores the rest, and the master weights and Adam state come from zero/.
+    into_zero_0 = isinstance(engine.optimizer, ClippedAdamW) and (folder / "zero").is_dir()
+    path, client_state = engine.load_checkpoint(str(folder.parent), tag=folder.name,
+                                                load_optimizer_states=not into_zero_0)
     if path is None:
         raise FileNotFoundError(f"DeepSpeed found no checkpoint in {folder}")
+    if into_zero_0:
+        zero0_universal.restore_optimizer(engine.optimizer, engine.param_names, folder)
     _steps_beside_their_parameters(engine.optimizer)
     return client_state
 

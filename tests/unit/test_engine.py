@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 
 from internvideo.models.vit import VideoClassifier, classifier_config
 from internvideo.optim import param_groups
-from workers.engine import ClippedAdamW, resolve_precision, zero_config
+from workers.engine import ClippedAdamW, engine_zero_stage, resolve_precision, zero_config
 from workers.trainer import _seed_generators
 
 
@@ -18,6 +18,13 @@ from workers.trainer import _seed_generators
     (0, 4, False, 0), (3, 1, False, 3)])
 def test_zero_2_runs_as_zero_1_only_in_a_world_of_one_off_the_gpu(stage, world_size, on_gpu, runs):
     assert zero_config(stage, world_size=world_size, on_gpu=on_gpu)["stage"] == runs
+
+
+@pytest.mark.parametrize(("stage", "world_size", "weights", "runs"), [
+    (2, 1, torch.float32, 0), (1, 1, torch.float32, 0), (0, 1, torch.float32, 0), (2, 2, torch.float32, 2),
+    (1, 4, torch.float32, 1), (2, 1, torch.bfloat16, 2), (3, 1, torch.float32, 3), (3, 1, None, 3)])
+def test_one_rank_of_fp32_weights_runs_zero_1_and_2_as_zero_0(stage, world_size, weights, runs):
+    assert engine_zero_stage(stage, world_size=world_size, weights=weights) == runs
 
 
 def test_gradients_go_to_a_contiguous_bucket_only_on_a_gpu():
@@ -163,13 +170,13 @@ def _zero_0_against_a_plain_loop(port: int, folder: Path, queue) -> None:
     """Three steps of two micro-batches of a tiny classifier in a ZeRO-0 engine of fp32 weights and in a
     plain torch loop (the engine's parameter groups, fused AdamW, schedule and torch's clipping, on the
     mean of the two micro-batches' gradients), from the same weights, clipped hard; reports the
-    largest weight difference and each step's gradient norm from both, and how a request for the
-    universal form of the engine's checkpoint is refused."""
+    largest weight difference and each step's gradient norm from both, and saves the engine's checkpoint
+    with the state it saved."""
     import functools
 
     from internvideo.optim import warmup_cosine
     from workers import engine as ds
-    from workers.checkpoint import commit, to_universal
+    from workers.checkpoint import commit
 
     ds.init_process_group(master_addr="127.0.0.1", master_port=port, rank=0, world_size=1, timeout_s=60)
     config = classifier_config("tiny", 5, img_size=32, num_frames=4, embed_dim=64, depth=2, num_heads=2,
@@ -203,15 +210,10 @@ def _zero_0_against_a_plain_loop(port: int, folder: Path, queue) -> None:
     commit(folder, {"world_size": 1, "step": 3, "weights": "torch.float32"})
     torch.save({"weights": engine.module.state_dict(), "optimizer": engine.optimizer.state_dict()},
                folder.parent / "saved.pt")
-    try:
-        to_universal(folder)
-        refusal = None
-    except ValueError as err:
-        refusal = str(err)
     queue.put({"engine_norms": engine_norms, "plain_norms": plain_norms, "steps": engine.global_steps,
                "max_weight_difference": max((a - b).abs().max().item() for a, b in
                                             zip(engine.module.parameters(), plain.parameters())),
-               "universal_refusal": refusal, "deepspeed_clipping": engine.gradient_clipping()})
+               "deepspeed_clipping": engine.gradient_clipping()})
     queue.close()
     queue.join_thread()
     os._exit(0)
@@ -220,11 +222,8 @@ def _zero_0_against_a_plain_loop(port: int, folder: Path, queue) -> None:
 def test_a_zero_0_engine_of_fp32_weights_clips_and_reports_its_gradient_norm_as_torch_does(tmp_path: Path):
     """At ZeRO-0 with fp32 weights DeepSpeed steps the optimizer unwrapped; its own clipping took a norm
     and a multiply per parameter and reported no norm. The engine a job builds clips in ``ClippedAdamW``
-    and skips the reduction over its one rank: the steps and norms are a plain torch loop's. Its
-    checkpoint has no universal form, and a resize or precision change that needs one is told why."""
+    and skips the reduction over its one rank: the steps and norms are a plain torch loop's."""
     report = _in_a_process(_zero_0_against_a_plain_loop, tmp_path / "step-00000003")
-    assert "saved at ZeRO-0" in report["universal_refusal"]
-    assert "weights it was saved in: torch.float32 (train.precision fp32 or bf16-autocast)" in report["universal_refusal"]
     assert report["deepspeed_clipping"] == 0  # clipped once, by ClippedAdamW (Adam would hide a second clip)
     # every rank reads the one file of a ZeRO-0 checkpoint: a job resized from one rank to two resumes
     port = _free_port()
@@ -273,17 +272,108 @@ def _load_zero_0_at_two_ranks(rank: int, port: int, folder: Path, queue) -> None
     os._exit(0)
 
 
-def test_a_zero_0_engine_refuses_a_universal_checkpoint_before_building():
-    """DeepSpeed would restore no weights into a ZeRO-0 engine from a universal checkpoint, and then fail
+def test_a_zero_0_engine_of_bf16_weights_refuses_a_universal_checkpoint_before_building():
+    """DeepSpeed would restore no weights into its bf16 wrapper from a universal checkpoint, and then fail
     on its optimizer."""
     from workers.engine import build_engine
 
     model = VideoClassifier(classifier_config("tiny", 5, img_size=32, num_frames=4, embed_dim=64, depth=2,
                                               num_heads=2, patch_size=8))
-    with pytest.raises(ValueError, match="ZeRO-0 engine cannot restore a universal checkpoint"):
+    with pytest.raises(ValueError, match="ZeRO-0 engine of bf16 weights cannot restore a universal checkpoint"):
         build_engine(model, param_groups(model, 0.05), micro_batch=2, accumulation=1, world_size=2, lr=1e-3,
                      min_lr=0.0, warmup_steps=0, total_steps=10, betas=(0.9, 0.95), grad_clip=1.0,
-                     zero_stage=0, precision=resolve_precision("fp32", on_gpu=False), load_universal=True)
+                     zero_stage=0, precision=resolve_precision("bf16", on_gpu=False), load_universal=True)
+
+
+def _cross_zero_0_and_zero_2(port: int, root: Path, queue) -> None:
+    """A ZeRO-0 engine's checkpoint restored through its universal form into a ZeRO-2 engine, which trains
+    on and whose checkpoint is restored through its universal form into a ZeRO-0 engine (what a job that
+    grows from one rank, then shrinks to one, does); each engine built from other random weights than
+    the one it restores; last, a ZeRO-2 engine of bf16 weights into a ZeRO-0 engine of fp32 weights (a
+    precision changed on shrinking). Reports, for each crossing, whether every parameter's fp32 (master)
+    weight and Adam's two moments arrived to the bit, and the step counts, learning rates, client states
+    and next losses."""
+    from workers import engine as ds
+    from workers.checkpoint import commit, to_universal
+
+    ds.init_process_group(master_addr="127.0.0.1", master_port=port, rank=0, world_size=1, timeout_s=60)
+    config = classifier_config("tiny", 5, img_size=32, num_frames=4, embed_dim=64, depth=2, num_heads=2,
+                               patch_size=8)
+    video, labels = torch.randn(2, 3, 4, 32, 32), torch.tensor([1, 3])
+
+    def engine(stage: int, seed: int, load_universal: bool = False, precision: str = "fp32"):
+        torch.manual_seed(seed)
+        model = VideoClassifier(config)
+        return ds.build_engine(model, param_groups(model, 0.05), micro_batch=2, accumulation=1, world_size=1,
+                               lr=1e-3, min_lr=0.0, warmup_steps=2, total_steps=10, betas=(0.9, 0.95),
+                               grad_clip=1.0, zero_stage=stage, precision=ds.resolve_precision(precision, on_gpu=False),
+                               load_universal=load_universal)
+
+    def loss(engine) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(engine(video.to(next(engine.parameters()).dtype)).float(), labels)
+
+    def train(engine, steps: int) -> None:
+        for _ in range(steps):
+            engine.backward(loss(engine))
+            engine.step()
+
+    def state(engine) -> list[torch.Tensor]:
+        """Group by group, the fp32 (master) weights and Adam's two moments, each flat in the group's order
+        (ZeRO-2's partition at one rank, less its padding)."""
+        if isinstance(engine.optimizer, ds.ClippedAdamW):
+            adam = engine.optimizer.state
+            return [torch.cat([(p if key is None else adam[p][key]).detach().flatten() for p in group["params"]])
+                    for group in engine.optimizer.param_groups for key in (None, "exp_avg", "exp_avg_sq")]
+        zero, adam = engine.optimizer, engine.optimizer.optimizer.state
+        return [(flat if key is None else adam[flat][key])[:sum(p.numel() for p in params)].detach().clone()
+                for flat, params in zip(zero.single_partition_of_fp32_groups, zero.bit16_groups)
+                for key in (None, "exp_avg", "exp_avg_sq")]
+
+    def adam_steps(engine) -> set[float]:
+        base = getattr(engine.optimizer, "optimizer", engine.optimizer)
+        return {float(s["step"]) for s in base.state.values()}
+
+    def crossing(source, target) -> dict:
+        folder = root / f"step-{source.global_steps:08d}"
+        ds.save_checkpoint(source, folder, {"step": source.global_steps})
+        commit(folder, {"world_size": 1, "step": source.global_steps, "weights": str(next(source.parameters()).dtype)})
+        client_state = ds.load_checkpoint(target, to_universal(folder))
+        before, after = state(source), state(target)
+        with torch.no_grad():
+            losses = (loss(source).item(), loss(target).item())
+        return {"equal": [torch.equal(a, b) for a, b in zip(before, after, strict=True)],
+                "steps": (source.global_steps, target.global_steps, client_state["step"]),
+                "adam_steps": (adam_steps(source), adam_steps(target)),
+                "lr": (source.get_lr(), target.get_lr()), "losses": losses}
+
+    zero_0 = engine(0, seed=1)
+    train(zero_0, 3)
+    zero_2 = engine(2, seed=2, load_universal=True)
+    grown = crossing(zero_0, zero_2)
+    train(zero_2, 2)
+    shrunk = crossing(zero_2, engine(0, seed=3, load_universal=True))
+    bf16 = engine(2, seed=4, precision="bf16")
+    train(bf16, 4)
+    from_bf16 = crossing(bf16, engine(0, seed=5, load_universal=True))
+    queue.put({"grown": grown, "shrunk": shrunk, "from_bf16": from_bf16})
+    queue.close()
+    queue.join_thread()
+    os._exit(0)
+
+
+def test_a_zero_0_checkpoint_crosses_to_zero_2_and_back_through_the_universal_layout_to_the_bit(tmp_path: Path):
+    """A one-rank job trains at ZeRO-0 and a larger one at ZeRO-2: growing, the ZeRO-0 checkpoint's universal
+    form restores into ZeRO-2's partitions; shrinking, a ZeRO-2 checkpoint's restores into a ZeRO-0
+    engine, and one of bf16 weights restores its fp32 master weights, not its bf16 module's. Each engine
+    starts from other random weights, so a restore that missed a tensor would show."""
+    report = _in_a_process(_cross_zero_0_and_zero_2, tmp_path)
+    for crossing, steps in (("grown", 3), ("shrunk", 5), ("from_bf16", 4)):
+        got = report[crossing]
+        assert got["equal"] and all(got["equal"]), crossing
+        assert got["steps"] == (steps, steps, steps) and got["adam_steps"] == ({steps}, {steps}), crossing
+        assert got["lr"][0] == got["lr"][1], crossing
+    for crossing in ("grown", "shrunk"):  # the same weights in the same precision: the same next loss
+        assert report[crossing]["losses"][0] == report[crossing]["losses"][1], crossing
 
 
 def _restore_bf16_weights_under_autocast(port: int, folder: Path, queue) -> None:
