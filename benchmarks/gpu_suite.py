@@ -47,7 +47,8 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 def engine_rows(size: str, args: argparse.Namespace, device: torch.device, compiled: bool,
                 deadline: float | None, extras: bool = False) -> dict:
     """Plain torch and the engine for one model size, in turns over ``args.rounds``: eager (the engine at
-    ZeRO 0 and 2 under bf16 autocast), or both compiled (ZeRO-2). ``extras``: also plain torch with the
+    ZeRO 0 and 2 under bf16 autocast), or both compiled (the engine at ZeRO-0, what a one-rank job runs:
+    ``workers.engine.engine_zero_stage``). ``extras``: also plain torch with the
     patch embedding as a convolution, and the engine at ZeRO 0 and 2 with bf16 weights."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     cfg = videomae_config(size, img_size=args.img_size, num_frames=args.frames)
@@ -55,8 +56,8 @@ def engine_rows(size: str, args: argparse.Namespace, device: torch.device, compi
     flops = VideoMAEPretrain(cfg).flops_per_clip(training=True)
     if compiled:
         runs = {"plain-compiled": lambda: ours_torch(cfg, video, pixels, mask, dtype, device, compile_model=True),
-                "engine-z2-autocast-compiled": lambda: ours_deepspeed(cfg, video, pixels, mask, args.batch, device,
-                                                                      2, "bf16-autocast", "inductor")}
+                "engine-z0-autocast-compiled": lambda: ours_deepspeed(cfg, video, pixels, mask, args.batch, device,
+                                                                      0, "bf16-autocast", "inductor")}
     else:
         # fp32 weights and optimizer, the forward under autocast (the plain loop's precision), at ZeRO-2 and
         # at ZeRO-0, where DeepSpeed steps the optimizer without a wrapper (``workers.engine.ClippedAdamW``);
