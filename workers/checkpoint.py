@@ -13,6 +13,7 @@ file per parameter and state), kept beside the shards in ``<folder>/universal``:
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -63,6 +64,12 @@ def loads_as_saved(folder: str | Path, *, world_size: int, weights: str | None, 
         return True
     saved = meta.get("weights") or _weights_by_file_names(folder)
     saved_at_zero_0 = not _has_zero_shards(folder)
+    saved_at_zero_3 = any(folder.glob("zero_pp_rank_*_model_states.pt"))
+    if (saved_at_zero_0 and zero_stage == 3) or (saved_at_zero_3 and zero_stage == 0):
+        # DeepSpeed's ZeRO-3 reads a variant of the universal layout that ZeRO-0's converter does not write
+        # and whose parameters ZeRO-0's restore cannot read; a job never crosses between the two stages.
+        raise ValueError(f"{folder} was saved at ZeRO-{3 if saved_at_zero_3 else 0} and cannot be restored at "
+                         f"ZeRO-{zero_stage}: resume it at train.zero_stage 1 or 2, or on more than one rank")
     if saved_at_zero_0 != (zero_stage == 0):
         return False
     same_layout = saved_at_zero_0 or meta["world_size"] == world_size
@@ -84,13 +91,20 @@ def to_universal(folder: str | Path, timeout_s: float = 3600.0) -> Path:
 
     The converter (DeepSpeed's ``ds_to_universal`` for ZeRO shards, ``workers.zero0_universal`` for a ZeRO-0
     checkpoint) runs in a child process, as it holds the whole state in memory (and DeepSpeed's uses process
-    pools), into a temporary folder that is committed and renamed only when complete.
+    pools), into a temporary folder that is committed and renamed only when complete. Runners that ask at
+    once (jobs resuming from one checkpoint) take turns: the first converts, the others find it converted.
     """
     folder = Path(folder)
     meta = read_commit(folder)
     out = folder / UNIVERSAL
-    if (out / COMMIT_MARKER).is_file():
-        return out
+    with open(folder / f".{UNIVERSAL}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / COMMIT_MARKER).is_file():
+            _convert(folder, meta, out, timeout_s)
+    return out
+
+
+def _convert(folder: Path, meta: dict[str, Any], out: Path, timeout_s: float) -> None:
     tmp = folder / f".{UNIVERSAL}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     if _has_zero_shards(folder):
@@ -106,5 +120,3 @@ def to_universal(folder: str | Path, timeout_s: float = 3600.0) -> Path:
     commit(tmp, {**meta, "universal": True})
     shutil.rmtree(out, ignore_errors=True)  # a half-renamed earlier attempt
     os.replace(tmp, out)
-    return out
-

@@ -172,8 +172,8 @@ class ClippedAdamW(torch.optim.AdamW):
     For ZeRO-0 with fp32 weights, where DeepSpeed steps the client optimizer unwrapped: there its own
     clipping takes a norm and a multiply per parameter and then drops the norm (the engine reports
     none). torch's multi-tensor norm and scale are a few operations a step, and read nothing back to
-    the host (the trainer reads the norm once a step, with the loss). Its state dict is AdamW's:
-    checkpoints do not tell the two apart."""
+    the host (the trainer reads the norm once a step, with the loss). Its state dict is AdamW's; its
+    engine's checkpoints also name its parameters (``save_checkpoint``), for their universal form."""
 
     def __init__(self, params: Iterable[Any], *, max_norm: float, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)

@@ -89,7 +89,7 @@ class EncoderWorker:
         """Join the process group, build the model: for training, in a DeepSpeed engine with the clip
         stream that feeds it; for evaluation, alone, in inference mode (no optimizer, no ZeRO).
         ``load_universal``: the engine will be restored from a universal checkpoint (saved at another
-        world size)."""
+        world size, ZeRO stage or precision)."""
         torch.set_num_threads(_threads())
         backend = ds.init_process_group(master_addr=master_addr, master_port=master_port, rank=self.rank,
                                         world_size=self.world_size, timeout_s=timeout_s)

@@ -5,8 +5,10 @@ A one-rank job trains at ZeRO-0 (nothing to partition; see ``workers.engine.engi
 larger one at the stage its config names, so a job that grows from one rank or shrinks to one crosses
 the two layouts. Both cross through the universal one:
 
-- ``write``: a ZeRO-0 checkpoint into the universal layout, which a ZeRO-1/2/3 engine at any world size
-  restores with DeepSpeed's own loader. It runs in a child process (``python -m workers.zero0_universal
+- ``write``: a ZeRO-0 checkpoint into the universal layout, which a ZeRO-1/2 engine at any world size
+  restores with DeepSpeed's own loader. (ZeRO-3 reads its own variant of the layout; a job never crosses
+  between ZeRO-0 and ZeRO-3, and ``workers.checkpoint.loads_as_saved`` refuses another job's checkpoint
+  that would.) It runs in a child process (``python -m workers.zero0_universal
   IN OUT``), as ``ds_to_universal`` does: it holds the whole state in memory at once.
 - ``restore_optimizer``: a universal checkpoint's master weights and Adam state into a ZeRO-0 engine's
   optimizer, after DeepSpeed has restored the rest (module, schedule, step count, client state).
@@ -48,20 +50,34 @@ def write(folder: Path, out: Path) -> None:
     named = [name for group in groups for name in group]
     if len(numbered) != len(named):
         raise ValueError(f"{folder}: the optimizer holds {len(numbered)} parameters, the names {len(named)}")
-    for index, name in zip(numbered, named):
-        adam = optimizer["state"].get(index)
-        if adam is None:
-            raise ValueError(f"{folder}: {name} has no optimizer state (it was never stepped)")
-        tensors = {"fp32": module[name].float(), **{key: adam[key] for key in MOMENTS}}
-        (out / "zero" / name).mkdir(parents=True)
-        for key, tensor in tensors.items():
-            torch.save({"param": tensor}, out / "zero" / name / f"{key}.pt")
-        torch.save(adam["step"], out / "zero" / name / "step.pt")
+    name_of = dict(zip(numbered, named))
+    for group, group_step in zip(optimizer["param_groups"], _group_steps(optimizer)):
+        for index in group["params"]:
+            name = name_of[index]
+            # At one rank a parameter that got no gradient is not stepped (the engine skips the reduction
+            # that would give it a zero one), so it may have no state, or fewer steps than its group;
+            # ZeRO steps a flat group as one, with zero moments where there was nothing to step.
+            adam = optimizer["state"].get(index) or {key: torch.zeros_like(module[name], dtype=torch.float32)
+                                                      for key in MOMENTS}
+            tensors = {"fp32": module[name].float(), **{key: adam[key] for key in MOMENTS}}
+            (out / "zero" / name).mkdir(parents=True)
+            for key, tensor in tensors.items():
+                torch.save({"param": tensor}, out / "zero" / name / f"{key}.pt")
+            torch.save(group_step, out / "zero" / name / "step.pt")
     torch.save({"param_groups": optimizer["param_groups"], "ds_version": state["ds_version"]},
                out / "zero" / "optimizer_state.pt")
     # The optimizer's state now lives under zero/; the rest (module, schedule, steps, client state) is what
     # DeepSpeed reads beside it.
     torch.save({**state, "optimizer": None}, out / MODEL_STATES)
+
+
+def _group_steps(optimizer: dict[str, Any]) -> list[torch.Tensor]:
+    """Each group's step count: the most steps any of its parameters took."""
+    steps = []
+    for group in optimizer["param_groups"]:
+        counts = [optimizer["state"][index]["step"] for index in group["params"] if index in optimizer["state"]]
+        steps.append(max(counts, key=float) if counts else torch.tensor(0.0))
+    return steps
 
 
 @torch.no_grad()

@@ -1,11 +1,14 @@
 """Which checkpoints an engine loads as saved, and which through the universal layout."""
+import functools
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 
-from workers.checkpoint import UNIVERSAL, commit, loads_as_saved, to_universal
+from workers.checkpoint import UNIVERSAL, commit, loads_as_saved, read_commit, to_universal
 from workers.engine import resolve_precision, trained_weights
+from workers.zero0_universal import PARAM_NAMES
 
 
 def committed(folder: Path, *files: str, **meta) -> Path:
@@ -88,14 +91,54 @@ def test_auto_trains_under_bf16_autocast_at_zero_0_1_and_2_on_a_bf16_gpu(monkeyp
     assert resolve_precision("auto", on_gpu=False, zero_stage=2).weights == torch.float32
 
 
+def zero_0_checkpoint(folder: Path, *, names: bool = True) -> Path:
+    """A committed ZeRO-0 checkpoint as ``ClippedAdamW``'s engine writes one, of two parameters in one
+    group: ``a`` stepped 3 times, ``b`` never (it got no gradient)."""
+    committed(folder, world_size=1, weights="torch.float32")
+    a, b = torch.arange(6.0).view(2, 3), torch.ones(4)
+    state = {"module": {"a": a, "b": b}, "ds_version": "0.19.8",
+             "optimizer": {"state": {0: {"step": torch.tensor(3.0), "exp_avg": a / 10, "exp_avg_sq": a / 100}},
+                           "param_groups": [{"params": [0, 1], "lr": 1e-3}]}}
+    torch.save({**state, **({PARAM_NAMES: [["a", "b"]]} if names else {})}, folder / "mp_rank_00_model_states.pt")
+    return folder
+
+
 def test_a_zero_0_checkpoint_that_names_no_parameters_is_refused_a_universal_form_saying_why(tmp_path: Path) -> None:
     """One saved in bf16 weights (DeepSpeed's wrapper, not ``ClippedAdamW``) or before ZeRO-0 checkpoints
     named their optimizer's parameters: its Adam state cannot be told apart by name."""
-    folder = committed(tmp_path / "step-1", world_size=1, weights="torch.float32")
-    weight = torch.zeros(3)
-    torch.save({"module": {"weight": weight}, "ds_version": "0.19.8",
-                "optimizer": {"state": {0: {"step": torch.tensor(1.0), "exp_avg": weight, "exp_avg_sq": weight}},
-                              "param_groups": [{"params": [0], "lr": 1e-3}]}}, folder / "mp_rank_00_model_states.pt")
+    folder = zero_0_checkpoint(tmp_path / "step-1", names=False)
     with pytest.raises(RuntimeError, match="names no optimizer parameters: it was saved at ZeRO-0 in bf16 weights"):
         to_universal(folder)
     assert not (folder / UNIVERSAL).exists() and not (folder / f".{UNIVERSAL}.tmp").exists()
+
+
+def test_a_parameter_never_stepped_at_zero_0_gets_zero_moments_and_its_groups_step_count(tmp_path: Path) -> None:
+    """ZeRO steps a group as one flat tensor (DeepSpeed's loader asserts one step count a group)."""
+    universal = to_universal(zero_0_checkpoint(tmp_path / "step-3"))
+    load = functools.partial(torch.load, weights_only=False)
+    assert torch.equal(load(universal / "zero" / "a" / "exp_avg.pt")["param"], torch.arange(6.0).view(2, 3) / 10)
+    assert torch.equal(load(universal / "zero" / "b" / "exp_avg_sq.pt")["param"], torch.zeros(4))
+    assert torch.equal(load(universal / "zero" / "b" / "fp32.pt")["param"], torch.ones(4))
+    assert [float(load(universal / "zero" / name / "step.pt")) for name in "ab"] == [3.0, 3.0]
+
+
+def test_runners_converting_one_checkpoint_at_once_take_turns(tmp_path: Path) -> None:
+    """Two jobs resuming from one checkpoint: each gets the committed universal form; neither's conversion
+    removes the other's."""
+    folder = zero_0_checkpoint(tmp_path / "step-3")
+    with ThreadPoolExecutor(2) as pool:
+        converted = list(pool.map(lambda _: to_universal(folder), range(2)))
+    assert converted == [folder / UNIVERSAL] * 2
+    assert read_commit(folder / UNIVERSAL)["universal"] and not (folder / f".{UNIVERSAL}.tmp").exists()
+
+
+def test_a_job_never_crosses_between_zero_0_and_zero_3_and_is_told_so(tmp_path: Path) -> None:
+    """DeepSpeed's ZeRO-3 reads its own variant of the universal layout: another job's checkpoint that would
+    cross is refused, naming what works."""
+    zero_3 = committed(tmp_path / "zero-3", "zero_pp_rank_0_mp_rank_00_model_states.pt",
+                       "zero_pp_rank_0_mp_rank_00_optim_states.pt", world_size=1, weights="torch.float32")
+    with pytest.raises(ValueError, match="saved at ZeRO-3 and cannot be restored at ZeRO-0: resume it at"):
+        loads_as_saved(zero_3, world_size=1, weights="torch.float32", zero_stage=0)
+    zero_0 = committed(tmp_path / "zero-0", "mp_rank_00_model_states.pt", world_size=1, weights="torch.float32")
+    with pytest.raises(ValueError, match="saved at ZeRO-0 and cannot be restored at ZeRO-3"):
+        loads_as_saved(zero_0, world_size=2, weights="torch.float32", zero_stage=3)

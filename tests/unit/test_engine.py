@@ -296,6 +296,7 @@ def _cross_zero_0_and_zero_2(port: int, root: Path, queue) -> None:
     from workers import engine as ds
     from workers.checkpoint import commit, to_universal
 
+    ds.zero_config = lambda stage, **_: {"stage": stage, "contiguous_gradients": False}  # ZeRO-2 itself at one rank
     ds.init_process_group(master_addr="127.0.0.1", master_port=port, rank=0, world_size=1, timeout_s=60)
     config = classifier_config("tiny", 5, img_size=32, num_frames=4, embed_dim=64, depth=2, num_heads=2,
                                patch_size=8)
@@ -341,16 +342,24 @@ def _cross_zero_0_and_zero_2(port: int, root: Path, queue) -> None:
         before, after = state(source), state(target)
         with torch.no_grad():
             losses = (loss(source).item(), loss(target).item())
-        return {"equal": [torch.equal(a, b) for a, b in zip(before, after, strict=True)],
-                "steps": (source.global_steps, target.global_steps, client_state["step"]),
-                "adam_steps": (adam_steps(source), adam_steps(target)),
-                "lr": (source.get_lr(), target.get_lr()), "losses": losses}
+        restored = {"equal": [torch.equal(a, b) for a, b in zip(before, after, strict=True)],
+                    "steps": (source.global_steps, target.global_steps, client_state["step"]),
+                    "adam_steps": (adam_steps(source), adam_steps(target)),
+                    "lr": (source.get_lr(), target.get_lr()), "losses": losses}
+        # One more step on each: the schedule's position and Adam's step count (its bias correction) came
+        # back too when the updates agree (up to the order the two stages sum the gradient norm in).
+        for stepped in (source, target):
+            train(stepped, 1)
+        updates = [[b - a for a, b in zip(weights[::3], state(stepped)[::3])]  # [::3]: each group's weights
+                   for weights, stepped in ((before, source), (after, target))]
+        difference = max((u - v).abs().max().item() for u, v in zip(*updates))
+        return {**restored, "update_difference": difference / max(u.abs().max().item() for u in updates[0])}
 
     zero_0 = engine(0, seed=1)
     train(zero_0, 3)
     zero_2 = engine(2, seed=2, load_universal=True)
     grown = crossing(zero_0, zero_2)
-    train(zero_2, 2)
+    train(zero_2, 1)
     shrunk = crossing(zero_2, engine(0, seed=3, load_universal=True))
     bf16 = engine(2, seed=4, precision="bf16")
     train(bf16, 4)
@@ -365,15 +374,19 @@ def test_a_zero_0_checkpoint_crosses_to_zero_2_and_back_through_the_universal_la
     """A one-rank job trains at ZeRO-0 and a larger one at ZeRO-2: growing, the ZeRO-0 checkpoint's universal
     form restores into ZeRO-2's partitions; shrinking, a ZeRO-2 checkpoint's restores into a ZeRO-0
     engine, and one of bf16 weights restores its fp32 master weights, not its bf16 module's. Each engine
-    starts from other random weights, so a restore that missed a tensor would show."""
+    starts from other random weights, so a restore that missed a tensor would show; the next step's update
+    is the same on both sides, so the schedule and Adam's step count came back too."""
     report = _in_a_process(_cross_zero_0_and_zero_2, tmp_path)
     for crossing, steps in (("grown", 3), ("shrunk", 5), ("from_bf16", 4)):
         got = report[crossing]
         assert got["equal"] and all(got["equal"]), crossing
         assert got["steps"] == (steps, steps, steps) and got["adam_steps"] == ({steps}, {steps}), crossing
         assert got["lr"][0] == got["lr"][1], crossing
-    for crossing in ("grown", "shrunk"):  # the same weights in the same precision: the same next loss
+    for crossing in ("grown", "shrunk"):  # the same weights in the same precision: the same next loss and step
         assert report[crossing]["losses"][0] == report[crossing]["losses"][1], crossing
+        # a wrong schedule position or step count moves the update by percents; an ulp of the weights
+        # (~1e-7 at 1.0) is ~1e-4 of an update of lr ~1e-3
+        assert report[crossing]["update_difference"] < 1e-3, crossing
 
 
 def _restore_bf16_weights_under_autocast(port: int, folder: Path, queue) -> None:
