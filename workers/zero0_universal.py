@@ -93,7 +93,7 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, names: dict[torch.nn.Par
             tensors = _load_parameter(zero / names[param], param)
             param.copy_(tensors.pop("fp32"))
             optimizer.state[param] = tensors
-        group.update({key: value for key, value in saved.items() if key not in ("params", "param_names")})
+        group.update({key: value for key, value in saved.items() if key != "params"})
 
 
 def _load_parameter(folder: Path, param: torch.nn.Parameter) -> dict[str, Any]:
