@@ -184,6 +184,8 @@ class JobService(pb_grpc.JobServiceServicer):
             # A client may ask for events after one that does not exist yet: what wakes it is the job's
             # next event, whatever its number.
             seq = min(seq, self.store.newest_seq(request.job_id))
+            if self.store.get_job(request.job_id).state.terminal:
+                continue  # it ended during the replay, its last event perhaps sent: no event will follow
             # Wait for that event; meanwhile look up only whether the client left or its token was revoked.
             while not self.store.wait_for_events(request.job_id, seq, self.watch_poll_s):
                 if not context.is_active():

@@ -1,7 +1,9 @@
 """A long job's history stays bounded: paged replay, running totals, thinned progress."""
+import contextlib
 import json
 import math
 import sqlite3
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -180,35 +182,64 @@ def test_a_replay_reads_a_page_at_a_time_as_it_goes(tmp_path):
     assert [e.seq for e in store.replay(job_id, len(rows) - 2)] == [len(rows) - 1, len(rows), len(rows) + 1]
 
 
+@contextlib.contextmanager
+def watch_server(store: JobStore, tmp_path, watch_poll_s: float = 5.0) -> Iterator[JobClient]:
+    """A real gRPC server on loopback serving ``store``'s jobs, and a client of it."""
+    tokens = TokenStore(store.path)
+    token = tokens.create("local", Role.MEMBER, "test")[1]
+    scheduler = Scheduler(store, RunnerSettings(state_dir=tmp_path, trainer_bundle={"CPU": 1.0}), lambda: {})
+    server, port = bind_server(ServeOptions(port=0), tokens)
+    add_services(server, JobService(store, scheduler, tokens, watch_poll_s=watch_poll_s))
+    server.start()
+    try:
+        with JobClient(f"127.0.0.1:{port}", token=token) as client:
+            yield client
+    finally:
+        server.stop(grace=None)
+        tokens.close()
+
+
 def test_watch_streams_a_long_history_over_grpc_from_its_first_page(tmp_path):
     store = JobStore(tmp_path / "jobs.sqlite")
     job_id = store.create_job(SPEC)[0].job_id
     for step in range(1, 6001):
         store.record_progress(job_id, progress(step))
     store.transition(job_id, JobState.CANCELLED, "by test")
-    tokens = TokenStore(store.path)
-    token = tokens.create("local", Role.MEMBER, "test")[1]
-    scheduler = Scheduler(store, RunnerSettings(state_dir=tmp_path, trainer_bundle={"CPU": 1.0}), lambda: {})
-    server, port = bind_server(ServeOptions(port=0), tokens)
-    add_services(server, JobService(store, scheduler, tokens))
     pages = []
     store._db.set_trace_callback(lambda sql: pages.append(sql) if "ORDER BY seq LIMIT" in sql else None)
-    server.start()
-    try:
-        with JobClient(f"127.0.0.1:{port}", token=token) as client:
-            stream = client.watch(job_id)  # the job has ended: the stream ends after its last event
-            first = next(stream)
-            read_by_then = len(pages)
-            events = [first, *stream]
-            stored = list(store.replay(job_id, 0))
-            assert [e.seq for e in events] == [e.seq for e in stored] and len(stored) < 6000  # thinned, with gaps
-            assert events[-1].state_changed.to_state == pb.JOB_STATE_CANCELLED  # the job's last event
-            assert read_by_then <= 2 < len(pages) // 4  # streaming had begun long before the history was read
-            after = stored[-3].seq
-            assert [e.seq for e in client.watch(job_id, after_seq=after, follow=False)] == [e.seq for e in stored[-2:]]
-    finally:
-        server.stop(grace=None)
-        tokens.close()
+    with watch_server(store, tmp_path) as client:
+        stream = client.watch(job_id)  # the job has ended: the stream ends after its last event
+        first = next(stream)
+        read_by_then = len(pages)
+        events = [first, *stream]
+        stored = list(store.replay(job_id, 0))
+        assert [e.seq for e in events] == [e.seq for e in stored] and len(stored) < 6000  # thinned, with gaps
+        assert events[-1].state_changed.to_state == pb.JOB_STATE_CANCELLED  # the job's last event
+        assert read_by_then <= 2 < len(pages) // 4  # streaming had begun long before the history was read
+        after = stored[-3].seq
+        assert [e.seq for e in client.watch(job_id, after_seq=after, follow=False)] == [e.seq for e in stored[-2:]]
+
+
+class EndsDuringTheReplay(JobStore):
+    """A store whose running job ends just as a watch stream starts its replay: after the stream read the
+    job's state, before the replay reads its events (the order a busy coordinator can give them)."""
+
+    def replay(self, job_id: str, after_seq: int) -> Iterator[JobEvent]:
+        if self.get_job(job_id).state is JobState.RUNNING:
+            self.transition(job_id, JobState.SUCCEEDED, "done")
+        return super().replay(job_id, after_seq)
+
+
+def test_a_watch_ends_when_the_job_ends_between_its_state_read_and_its_replay(tmp_path):
+    store = EndsDuringTheReplay(tmp_path / "jobs.sqlite")
+    job_id = store.create_job(SPEC)[0].job_id
+    store.transition(job_id, JobState.STARTING)
+    store.transition(job_id, JobState.RUNNING)
+    # A poll far longer than the call's deadline: the stream must end on what it read, not on a poll.
+    with watch_server(store, tmp_path, watch_poll_s=600) as client:
+        stream = client.stub.WatchJob(pb.WatchJobRequest(job_id=job_id), metadata=client.metadata, timeout=20)
+        states = [e.state_changed.to_state for e in stream if e.WhichOneof("body") == "state_changed"]
+    assert states == [pb.JOB_STATE_QUEUED, pb.JOB_STATE_STARTING, pb.JOB_STATE_RUNNING, pb.JOB_STATE_SUCCEEDED]
 
 
 def test_a_store_from_before_totals_migrates_and_sums_its_jobs_history_once(tmp_path):
