@@ -185,7 +185,7 @@ class JobService(pb_grpc.JobServiceServicer):
             # next event, whatever its number.
             seq = min(seq, self.store.newest_seq(request.job_id))
             if self.store.get_job(request.job_id).state.terminal:
-                continue  # it ended during the replay, its last event perhaps sent: no event will follow
+                continue  # it ended since the state read: no event follows its last, sent or sent next pass
             # Wait for that event; meanwhile look up only whether the client left or its token was revoked.
             while not self.store.wait_for_events(request.job_id, seq, self.watch_poll_s):
                 if not context.is_active():

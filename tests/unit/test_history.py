@@ -235,8 +235,8 @@ def test_a_watch_ends_when_the_job_ends_between_its_state_read_and_its_replay(tm
     job_id = store.create_job(SPEC)[0].job_id
     store.transition(job_id, JobState.STARTING)
     store.transition(job_id, JobState.RUNNING)
-    # A poll far longer than the call's deadline: the stream must end on what it read, not on a poll.
-    with watch_server(store, tmp_path, watch_poll_s=600) as client:
+    # A poll longer than the call's deadline: the stream must end on what it read, not on a poll.
+    with watch_server(store, tmp_path, watch_poll_s=60) as client:
         stream = client.stub.WatchJob(pb.WatchJobRequest(job_id=job_id), metadata=client.metadata, timeout=20)
         states = [e.state_changed.to_state for e in stream if e.WhichOneof("body") == "state_changed"]
     assert states == [pb.JOB_STATE_QUEUED, pb.JOB_STATE_STARTING, pb.JOB_STATE_RUNNING, pb.JOB_STATE_SUCCEEDED]
