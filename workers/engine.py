@@ -95,11 +95,11 @@ def engine_zero_stage(stage: int, *, world_size: int, weights: torch.dtype | Non
     partition, and DeepSpeed's ZeRO code still works per parameter each step (copies into the flat
     partition, norms, bucket hooks), where at ZeRO-0 ``ClippedAdamW`` steps the parameters as a plain
     torch loop does. An H100's ViT-B step under autocast: 0.80 of plain torch at ZeRO-0 against 0.54 at
-    ZeRO-2, 1.6 GiB less memory (``benchmarks/results/gpu_suite_h100.json``); the tiny model on a CPU: 1.02
-    against 0.81 (``benchmarks/results/cpu_engine_vs_plain_tiny_zero0_default.json``). A job that grows from one rank or shrinks to one crosses the two checkpoint layouts
-    through the universal one (``workers.zero0_universal``). ZeRO-3 stays: it is asked for to partition
-    the weights of a model that would not fit otherwise, and bf16 weights keep DeepSpeed's own
-    optimizer wrapper at every stage."""
+    ZeRO-2, 1.6 GiB less memory (``benchmarks/results/gpu_suite_h100.json``); the tiny model on a CPU:
+    1.02 against 0.81 (``benchmarks/results/cpu_engine_vs_plain_tiny_zero0_default.json``). A job that
+    grows from one rank or shrinks to one crosses the two checkpoint layouts through the universal one
+    (``workers.zero0_universal``). ZeRO-3 stays: it is asked for to partition the weights of a model that
+    would not fit otherwise, and bf16 weights keep DeepSpeed's own optimizer wrapper at every stage."""
     one_rank_fp32 = world_size == 1 and weights == torch.float32
     return 0 if one_rank_fp32 and stage in (1, 2) else stage
 

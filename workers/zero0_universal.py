@@ -87,7 +87,8 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, names: dict[torch.nn.Par
     zero = folder / "zero"
     saved_groups = torch.load(zero / "optimizer_state.pt", weights_only=False)["param_groups"]
     if len(saved_groups) != len(optimizer.param_groups):
-        raise ValueError(f"{folder} holds {len(saved_groups)} parameter groups, this optimizer {len(optimizer.param_groups)}")
+        raise ValueError(f"{folder} holds {len(saved_groups)} parameter groups, "
+                         f"this optimizer {len(optimizer.param_groups)}")
     for group, saved in zip(optimizer.param_groups, saved_groups):
         for param in group["params"]:
             tensors = _load_parameter(zero / names[param], param)
