@@ -171,7 +171,9 @@ class JobService(pb_grpc.JobServiceServicer):
             self.watches.release(token_id)
 
     def _events(self, request: pb.WatchJobRequest, context: CallContext) -> Iterator[pb.JobEvent]:
-        seq = request.after_seq
+        # A client may ask for events after one that does not exist yet: what wakes it is the job's next
+        # event, whatever its number. Clamped before anything is read, so no event can land in between.
+        seq = min(request.after_seq, self.store.newest_seq(request.job_id))
         while True:
             # Read before the events: a job that had ended by then has its last event among them.
             ended = self.store.get_job(request.job_id).state.terminal
@@ -181,12 +183,9 @@ class JobService(pb_grpc.JobServiceServicer):
                 seq = event.seq
             if request.history_only or ended:
                 return
-            # A client may ask for events after one that does not exist yet: what wakes it is the job's
-            # next event, whatever its number.
-            seq = min(seq, self.store.newest_seq(request.job_id))
             if self.store.get_job(request.job_id).state.terminal:
                 continue  # it ended since the state read: no event follows its last, sent or sent next pass
-            # Wait for that event; meanwhile look up only whether the client left or its token was revoked.
+            # Wait for its next event; meanwhile look up only whether the client left or its token was revoked.
             while not self.store.wait_for_events(request.job_id, seq, self.watch_poll_s):
                 if not context.is_active():
                     return

@@ -221,25 +221,42 @@ def test_watch_streams_a_long_history_over_grpc_from_its_first_page(tmp_path):
 
 
 class EndsDuringTheReplay(JobStore):
-    """A store whose running job ends just as a watch stream starts its replay: after the stream read the
-    job's state, before the replay reads its events (the order a busy coordinator can give them)."""
+    """A store whose running job ends while a watch stream replays its events: before the replay reads
+    them (after the stream read the job's state) or after it read them (before the stream waits for
+    more): the orders a busy coordinator can give them."""
+
+    def __init__(self, path, after_reading: bool) -> None:
+        super().__init__(path)
+        self.after_reading = after_reading
 
     def replay(self, job_id: str, after_seq: int) -> Iterator[JobEvent]:
+        if not self.after_reading:
+            self._end(job_id)
+        yield from super().replay(job_id, after_seq)
+        if self.after_reading:
+            self._end(job_id)
+
+    def _end(self, job_id: str) -> None:
         if self.get_job(job_id).state is JobState.RUNNING:
             self.transition(job_id, JobState.SUCCEEDED, "done")
-        return super().replay(job_id, after_seq)
 
 
-def test_a_watch_ends_when_the_job_ends_between_its_state_read_and_its_replay(tmp_path):
-    store = EndsDuringTheReplay(tmp_path / "jobs.sqlite")
+@pytest.mark.parametrize("after_reading", [False, True], ids=["before-reading", "after-reading"])
+@pytest.mark.parametrize("after_seq", [0, 99], ids=["from-the-start", "after-a-seq-not-yet-written"])
+def test_a_watch_ends_with_the_jobs_last_event_when_the_job_ends_during_its_replay(tmp_path, after_reading,
+                                                                                   after_seq):
+    store = EndsDuringTheReplay(tmp_path / "jobs.sqlite", after_reading)
     job_id = store.create_job(SPEC)[0].job_id
     store.transition(job_id, JobState.STARTING)
     store.transition(job_id, JobState.RUNNING)
     # A poll longer than the call's deadline: the stream must end on what it read, not on a poll.
     with watch_server(store, tmp_path, watch_poll_s=60) as client:
-        stream = client.stub.WatchJob(pb.WatchJobRequest(job_id=job_id), metadata=client.metadata, timeout=20)
+        stream = client.stub.WatchJob(pb.WatchJobRequest(job_id=job_id, after_seq=after_seq),
+                                      metadata=client.metadata, timeout=20)
         states = [e.state_changed.to_state for e in stream if e.WhichOneof("body") == "state_changed"]
-    assert states == [pb.JOB_STATE_QUEUED, pb.JOB_STATE_STARTING, pb.JOB_STATE_RUNNING, pb.JOB_STATE_SUCCEEDED]
+    # A client asking after a seq beyond the newest is woken by the job's next event, whatever its number.
+    expected = [pb.JOB_STATE_QUEUED, pb.JOB_STATE_STARTING, pb.JOB_STATE_RUNNING, pb.JOB_STATE_SUCCEEDED]
+    assert states == (expected if after_seq == 0 else expected[-1:])
 
 
 def test_a_store_from_before_totals_migrates_and_sums_its_jobs_history_once(tmp_path):
