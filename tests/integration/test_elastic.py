@@ -28,8 +28,11 @@ JOB = ("train.global_batch=12", "train.micro_batch=2", "train.steps=36", "train.
 def cluster():
     """A head with 2 CPUs (the decode pool) and two 1-GPU nodes; the test process joins as a driver
     so that it can look at what Ray itself holds. Each test gets its own: none depends on what
-    another left behind."""
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    another left behind. Ray declares a node dead after 3 failed health checks a second apart (its
+    default: 5, 3 s apart): a killed raylet refuses the checks at once, so a node loss is seen in ~3 s,
+    not ~15; a slow raylet still has each check's 10 s to answer."""
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 2, "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}})
     gpu_nodes = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
