@@ -126,11 +126,13 @@ def test_sigterm_preempts_the_running_job_which_resumes_where_it_stood_on_restar
 
 
 def test_sigterm_exits_within_its_bound_even_when_a_job_cannot_checkpoint_in_time(coordinator, client, dataset):
-    """A step that outlasts the shutdown deadline (slow storage: every decode takes 35 s) does not hold
-    the coordinator: it exits on time, and the next start requeues the job, which then completes. One
+    """A step that outlasts the shutdown deadline (slow storage: every decode takes 28 s, the deadline
+    20 s after the SIGTERM, which follows the job's RUNNING within a second or two) does not hold the
+    coordinator: it exits on time, and the next start requeues the job, which then completes. One
     micro-batch a rank: the two decode workers answer the step's requests at once, so the step after the
-    restart waits 35 s once, not twice."""
-    job = tiny_job(client, dataset.train_list, "train.steps=1", "train.micro_batch=8", "debug.decode_delay_s=35")
+    restart waits 28 s once, not twice."""
+    job = tiny_job(client, dataset.train_list, "train.steps=1", "train.micro_batch=8",
+                   f"debug.decode_delay_s={SHUTDOWN_TIMEOUT_S + 8}")
     with JobClient(coordinator.address, token=coordinator.token) as watcher:
         for event in watcher.watch(job.job_id):
             if event.WhichOneof("body") == "state_changed" and event.state_changed.to_state == pb.JOB_STATE_RUNNING:
