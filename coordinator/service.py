@@ -172,7 +172,8 @@ class JobService(pb_grpc.JobServiceServicer):
 
     def _events(self, request: pb.WatchJobRequest, context: CallContext) -> Iterator[pb.JobEvent]:
         # A client may ask for events after one that does not exist yet: what wakes it is the job's next
-        # event, whatever its number. Clamped before anything is read, so no event can land in between.
+        # event, whatever its number. Clamped before anything is read: an event written after the clamp has
+        # a higher seq, so the replay or the wait below finds it.
         seq = min(request.after_seq, self.store.newest_seq(request.job_id))
         while True:
             # Read before the events: a job that had ended by then has its last event among them.

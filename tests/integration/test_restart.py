@@ -126,8 +126,9 @@ def test_sigterm_preempts_the_running_job_which_resumes_where_it_stood_on_restar
 
 
 def test_sigterm_exits_within_its_bound_even_when_a_job_cannot_checkpoint_in_time(coordinator, client, dataset):
-    """A step that outlasts the shutdown deadline (slow storage: every decode takes 28 s, the deadline
-    20 s after the SIGTERM, which follows the job's RUNNING within a second or two) does not hold the
+    """A step that outlasts the shutdown deadline (slow storage: every decode takes 28 s; the trainers ask
+    for their first clips in their first step, after the job is RUNNING, and the deadline ends 20 s after
+    the SIGTERM, which follows the RUNNING the client sees within a second or two) does not hold the
     coordinator: it exits on time, and the next start requeues the job, which then completes. One
     micro-batch a rank: the two decode workers answer the step's requests at once, so the step after the
     restart waits 28 s once, not twice."""
