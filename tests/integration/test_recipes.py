@@ -56,17 +56,23 @@ def test_the_recipe_runs_as_one_submission_each_stage_after_those_it_names(clien
 
 
 def test_a_failed_stage_fails_its_dependants_with_the_reason(client, dataset, coordinator):
-    # post-mm cannot decode a single video in a microsecond: it fails, and the interaction with it.
-    jobs = client.submit_recipe(read_recipe("tiny-cpu"), [*short(dataset), "post-mm:data.video_time_limit_s=1e-6"])
+    # mm cannot decode a single video in a microsecond: it fails, and every stage after it with it — those
+    # that start from it (post-mm, eval-mm) and, through post-mm, the interaction — none of them started.
+    jobs = client.submit_recipe(read_recipe("tiny-cpu"), [*short(dataset), "mm:data.video_time_limit_s=1e-6"])
     by_name = {j.name.split("/")[1]: j for j in jobs}
     for job in jobs:
         list(client.watch(job.job_id))
     ended = {name: client.get(job.job_id) for name, job in by_name.items()}
-    assert state(ended["post-mm"]) == "FAILED" and state(ended["post-mae"]) == "SUCCEEDED"
-    assert state(ended["interaction"]) == "FAILED"
+    assert {n: state(j) for n, j in ended.items()} == {
+        "mae": "SUCCEEDED", "post-mae": "SUCCEEDED", "eval-post-mae": "SUCCEEDED",
+        "mm": "FAILED", "post-mm": "FAILED", "eval-mm": "FAILED", "interaction": "FAILED"}
+    assert "could not be decoded" in ended["mm"].message
+    for name in ("post-mm", "eval-mm"):
+        assert ended[name].message == f"job {by_name['mm'].job_id}, which it starts from, failed: {ended['mm'].message}"
     assert ended["interaction"].message.startswith(f"job {by_name['post-mm'].job_id}, which it starts from, failed:")
     assert "could not be decoded" in ended["interaction"].message
-    assert not moments(history(client, ended["interaction"]), "STARTING")  # it never started
+    for name in ("post-mm", "eval-mm", "interaction"):
+        assert not moments(history(client, ended[name]), "STARTING")  # it never started
 
 
 def test_weights_named_by_job_id_and_checkpoints_that_do_not_fit(client, dataset, coordinator):
