@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import importlib
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -114,6 +115,7 @@ def build_engine(model: torch.nn.Module, groups: list[dict[str, Any]], *, micro_
     ``load_universal``: the engine will be restored from a universal checkpoint (another world size or
     layout, or weights of another dtype).
     ``compile_backend``: ``train.compile``."""
+    import_deepspeed_muon_uncompiled()
     groups = [{**group, "lr": lr * group.get("lr_scale", 1.0)} for group in groups]
     # Fused AdamW is one kernel per group on CPUs and GPUs alike; ZeRO-1/2 hand it one flat fp32
     # partition per group, on which the for-loop implementation's sqrt/div were a tenth of a CPU step.
@@ -163,6 +165,27 @@ def build_engine(model: torch.nn.Module, groups: list[dict[str, Any]], *, micro_
         inductor_config.fallback_random = True
         engine.compile(backend=compile_backend)  # the module in place: its state dict keeps its keys
     return engine
+
+
+def import_deepspeed_muon_uncompiled() -> None:
+    """Import DeepSpeed's Muon optimizer with its ``torch.compile`` decorator left off.
+
+    DeepSpeed's ZeRO-1/2, ZeRO-3 and bf16 optimizer wrappers import its Muon module, which decorates
+    its Newton–Schulz step with ``torch.compile`` at import; resolving the compiler there imports
+    Dynamo's debugging tools and AOTAutograd: 1.2 CPU-s in every trainer process, on a CPU a third of
+    an engine's build. Our engines step AdamW, never Muon, and a job that asks for ``train.compile``
+    still compiles: Dynamo reads ``TORCHDYNAMO_DISABLE`` only when a function is decorated."""
+    if "deepspeed.runtime.zero.muon.original_muon" in sys.modules:
+        return
+    before = os.environ.get("TORCHDYNAMO_DISABLE")
+    os.environ["TORCHDYNAMO_DISABLE"] = "1"
+    try:
+        importlib.import_module("deepspeed.runtime.zero.muon.original_muon")
+    finally:
+        if before is None:
+            del os.environ["TORCHDYNAMO_DISABLE"]
+        else:
+            os.environ["TORCHDYNAMO_DISABLE"] = before
 
 
 class ClippedAdamW(torch.optim.AdamW):
