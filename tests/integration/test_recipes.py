@@ -1,5 +1,6 @@
-"""Recipes through the real coordinator: one submission, stages that wait for the stages they name,
-failures that fail their dependants with the reason, and weights named by job id."""
+"""Recipes through the real coordinator: failures that fail their dependants with the reason, and
+weights named by job id. (A recipe run to its end, each stage after those it names: `test_demo`; a
+recipe sent again with its request id: `tests/unit/test_recipe.py`.)"""
 from __future__ import annotations
 
 import grpc
@@ -7,7 +8,7 @@ import pytest
 import yaml
 
 from coordinator.client import read_config, read_recipe
-from coordinator.demo import EVAL_STAGES, STAGES, data_overrides
+from coordinator.demo import STAGES, data_overrides
 from protos.internvideo.v1 import jobs_pb2 as pb
 from tests.integration.test_jobs import bodies, state
 
@@ -27,32 +28,6 @@ def history(client, job: pb.Job) -> list[pb.JobEvent]:
 def moments(events: list[pb.JobEvent], to: str) -> list[int]:
     return [e.time.ToNanoseconds() for e in events if e.WhichOneof("body") == "state_changed"
             and pb.JobState.Name(e.state_changed.to_state) == f"JOB_STATE_{to}"]
-
-
-def test_the_recipe_runs_as_one_submission_each_stage_after_those_it_names(client, dataset, coordinator):
-    jobs = client.submit_recipe(read_recipe("tiny-cpu"), short(dataset), request_id="tiny-recipe")
-    assert [j.name for j in jobs] == [f"internvideo-tiny/{s}" for s in (*STAGES, *EVAL_STAGES)]
-    assert [j.job_id for j in client.submit_recipe(read_recipe("tiny-cpu"), short(dataset),
-                                                   request_id="tiny-recipe")] == [j.job_id for j in jobs]
-    by_name = {j.name.split("/")[1]: j for j in jobs}
-    assert set(by_name["interaction"].depends_on) == {by_name["post-mae"].job_id, by_name["post-mm"].job_id}
-    assert list(by_name["eval-post-mae"].depends_on) == [by_name["post-mae"].job_id]
-    assert list(by_name["eval-mm"].depends_on) == [by_name["mm"].job_id]
-    for job in jobs:
-        list(client.watch(job.job_id))
-    ended = {name: client.get(job.job_id) for name, job in by_name.items()}
-    assert {n: state(j) for n, j in ended.items()} == dict.fromkeys((*STAGES, *EVAL_STAGES), "SUCCEEDED"), \
-        {n: j.message for n, j in ended.items()} | {"log": coordinator.log_tail()}
-    events = {name: history(client, job) for name, job in by_name.items()}
-    for name, job in ended.items():
-        # Nothing ran twice: one start, each step (an evaluation: its one shard) once.
-        assert len(moments(events[name], "STARTING")) == 1
-        assert [p.step for p in bodies(events[name], "progress")] == ([1] if name in EVAL_STAGES else [1, 2])
-        for dependency in job.depends_on:
-            (finished,) = moments(history(client, client.get(dependency)), "SUCCEEDED")
-            assert moments(events[name], "STARTING")[0] >= finished  # it waited
-    assert "final_accuracy" in ended["interaction"].result.metrics
-    assert "top1" in ended["eval-post-mae"].result.metrics and "t2v_r1" in ended["eval-mm"].result.metrics
 
 
 def test_a_failed_stage_fails_its_dependants_with_the_reason(client, dataset, coordinator):

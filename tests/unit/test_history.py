@@ -1,5 +1,4 @@
 """A long job's history stays bounded: paged replay, running totals, thinned progress."""
-import contextlib
 import json
 import math
 import sqlite3
@@ -8,18 +7,14 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from coordinator.client import JobClient
 from coordinator.efficiency import job_efficiency
 from coordinator.history import HistoryTotals, StepTimes, kept_progress
-from coordinator.runner import RunnerSettings, run_result
-from coordinator.scheduler import Scheduler
-from coordinator.server import ServeOptions, add_services, bind_server
-from coordinator.service import JobService
+from coordinator.runner import run_result
 from coordinator.state import JobState
 from coordinator.store import EVENTS_PAGE, MIGRATIONS, JobEvent, JobNeeds, JobSpec, JobStore
-from coordinator.tenancy import Role, TokenStore
 from coordinator.usage import JobUsage, Usage
 from protos.internvideo.v1 import jobs_pb2 as pb
+from tests.unit.loopback import serving
 
 SPEC = JobSpec(kind="pretrain-mae", config={"train": {"steps": 10, "global_batch": 16}}, min_workers=1,
                max_workers=2, needs=JobNeeds(world_sizes=(1, 2), decode_workers=2, decode_cpus=1.0))
@@ -182,23 +177,6 @@ def test_a_replay_reads_a_page_at_a_time_as_it_goes(tmp_path):
     assert [e.seq for e in store.replay(job_id, len(rows) - 2)] == [len(rows) - 1, len(rows), len(rows) + 1]
 
 
-@contextlib.contextmanager
-def watch_server(store: JobStore, tmp_path, watch_poll_s: float = 5.0) -> Iterator[JobClient]:
-    """A real gRPC server on loopback serving ``store``'s jobs, and a client of it."""
-    tokens = TokenStore(store.path)
-    token = tokens.create("local", Role.MEMBER, "test")[1]
-    scheduler = Scheduler(store, RunnerSettings(state_dir=tmp_path, trainer_bundle={"CPU": 1.0}), lambda: {})
-    server, port = bind_server(ServeOptions(port=0), tokens)
-    add_services(server, JobService(store, scheduler, tokens, watch_poll_s=watch_poll_s))
-    server.start()
-    try:
-        with JobClient(f"127.0.0.1:{port}", token=token) as client:
-            yield client
-    finally:
-        server.stop(grace=None)
-        tokens.close()
-
-
 def test_watch_streams_a_long_history_over_grpc_from_its_first_page(tmp_path):
     store = JobStore(tmp_path / "jobs.sqlite")
     job_id = store.create_job(SPEC)[0].job_id
@@ -207,7 +185,7 @@ def test_watch_streams_a_long_history_over_grpc_from_its_first_page(tmp_path):
     store.transition(job_id, JobState.CANCELLED, "by test")
     pages = []
     store._db.set_trace_callback(lambda sql: pages.append(sql) if "ORDER BY seq LIMIT" in sql else None)
-    with watch_server(store, tmp_path) as client:
+    with serving(store, tmp_path) as client:
         stream = client.watch(job_id)  # the job has ended: the stream ends after its last event
         first = next(stream)
         read_by_then = len(pages)
@@ -250,7 +228,7 @@ def test_a_watch_ends_with_the_jobs_last_event_when_the_job_ends_during_its_repl
     store.transition(job_id, JobState.STARTING)
     store.transition(job_id, JobState.RUNNING)
     # A poll longer than the call's deadline: the stream must end on what it read, not on a poll.
-    with watch_server(store, tmp_path, watch_poll_s=60) as client:
+    with serving(store, tmp_path, watch_poll_s=60) as client:
         stream = client.stub.WatchJob(pb.WatchJobRequest(job_id=job_id, after_seq=after_seq),
                                       metadata=client.metadata, timeout=20)
         states = [e.state_changed.to_state for e in stream if e.WhichOneof("body") == "state_changed"]

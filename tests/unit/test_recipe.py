@@ -6,11 +6,14 @@ import pytest
 import yaml
 
 from coordinator.client import read_recipe
+from coordinator.demo import EVAL_STAGES, STAGES
 from coordinator.recipe import plan_recipe
 from coordinator.state import JobState
+from coordinator.store import JobStore
 from coordinator.submission import InvalidSubmission, SubmissionContext
 from internvideo.data.synthetic import write_synthetic_dataset
 from internvideo.tasks import get_task_type
+from tests.unit.loopback import serving
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +89,22 @@ def test_the_paper_recipe_validates_at_the_papers_sizes():
         config = {**stage["config"], "data": {**stage["config"]["data"], "train_list": "/data/list"}}
         validated = get_task_type(stage["kind"]).config_type.model_validate(config)
         assert validated.valid_world_sizes(stage["min_workers"], stage["max_workers"]), stage["name"]
+
+
+def test_a_recipe_sent_again_with_its_request_id_is_stored_once(data, tmp_path):
+    """Over gRPC: a client that resends a recipe (its answer lost) gets the jobs of the first submission,
+    each stage's dependencies by their job ids; another request id is another recipe."""
+    store = JobStore(tmp_path / "jobs.sqlite")
+    with serving(store, tmp_path) as client:
+        jobs = client.submit_recipe(read_recipe("tiny-cpu"), data_overrides(data), request_id="tiny-recipe")
+        again = client.submit_recipe(read_recipe("tiny-cpu"), data_overrides(data), request_id="tiny-recipe")
+        assert [j.job_id for j in again] == [j.job_id for j in jobs]
+        assert [j.name for j in jobs] == [f"internvideo-tiny/{s}" for s in (*STAGES, *EVAL_STAGES)]
+        by_name = {j.name.split("/")[1]: j for j in again}
+        assert set(by_name["interaction"].depends_on) == {by_name["post-mae"].job_id, by_name["post-mm"].job_id}
+        assert list(by_name["eval-post-mae"].depends_on) == [by_name["post-mae"].job_id]
+        assert list(by_name["eval-mm"].depends_on) == [by_name["mm"].job_id]
+        assert len(store.list_jobs(limit=100)[0]) == 7
+        other = client.submit_recipe(read_recipe("tiny-cpu"), data_overrides(data), request_id="another")
+        assert not {j.job_id for j in other} & {j.job_id for j in jobs}
+        assert len(store.list_jobs(limit=100)[0]) == 14
