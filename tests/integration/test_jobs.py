@@ -47,11 +47,19 @@ def bodies(events, kind: str) -> list:
     return [getattr(e, kind) for e in events if e.WhichOneof("body") == kind]
 
 
-def test_job_runs_to_success_streams_events_and_resumes_exactly(client, dataset, coordinator):
-    job = tiny_job(client, dataset.train_list, "train.steps=6", "train.checkpoint_every=3")
-    assert state(job) in ("QUEUED", "STARTING")
-    events = list(client.watch(job.job_id))  # ends when the job does
-    job = client.get(job.job_id)
+@pytest.fixture(scope="module")
+def six_steps(coordinator, dataset) -> tuple[pb.Job, pb.Job, list[pb.JobEvent]]:
+    """A 2-worker job of 6 steps checkpointed every 3, run to its end: the job as submitted, as it ended,
+    and its events."""
+    with JobClient(coordinator.address, token=coordinator.token) as client:
+        submitted = tiny_job(client, dataset.train_list, "train.steps=6", "train.checkpoint_every=3")
+        events = list(client.watch(submitted.job_id))  # ends when the job does
+        return submitted, client.get(submitted.job_id), events
+
+
+def test_job_runs_to_success_streams_events_and_resumes_exactly(client, dataset, coordinator, six_steps):
+    submitted, job, events = six_steps
+    assert state(submitted) in ("QUEUED", "STARTING")
     assert state(job) == "SUCCEEDED", f"{job.message}\n{coordinator.log_tail()}"
 
     transitions = [pb.JobState.Name(s.to_state) for s in bodies(events, "state_changed")]
@@ -266,18 +274,31 @@ def test_a_cancel_stops_a_streamed_chunk_after_the_step_in_flight(client, datase
     assert done_before <= steps[-1] <= done_before + 2 and steps == list(range(1, steps[-1] + 1))
 
 
-def test_two_data_parallel_workers_train_like_one(client, dataset):
+FOUR_STEPS = ("train.steps=4", "train.checkpoint_every=2", "train.precision=fp32")
+
+
+@pytest.fixture(scope="module")
+def four_steps_fp32(coordinator, dataset) -> tuple[pb.Job, list[pb.JobEvent]]:
+    """A 2-worker fp32 job of 4 steps checkpointed every 2, run to its end, and its events."""
+    with JobClient(coordinator.address, token=coordinator.token) as client:
+        job = tiny_job(client, dataset.train_list, *FOUR_STEPS)
+        events = list(client.watch(job.job_id))
+        job = client.get(job.job_id)
+        assert state(job) == "SUCCEEDED", job.message
+        return job, events
+
+
+def test_two_data_parallel_workers_train_like_one(client, dataset, four_steps_fp32):
     """Same global batch, same samples: the gradient all-reduced over 2 ranks is 1 rank's mean gradient
     (its norm, step by step — a sum instead of a mean would double it, and AdamW would hide that in the
     losses), and the weights end where one rank's do."""
-    runs = {}
-    for workers in (1, 2):
-        job = tiny_job(client, dataset.train_list, "train.steps=4", "train.checkpoint_every=0", workers=workers)
-        events = list(client.watch(job.job_id))
-        job = client.get(job.job_id)
-        assert state(job) == "SUCCEEDED"
-        runs[workers] = (bodies(events, "progress"), weights(job.result.final_checkpoint))
-    (one, one_weights), (two, two_weights) = runs[1], runs[2]
+    job = tiny_job(client, dataset.train_list, *FOUR_STEPS, workers=1)
+    events = list(client.watch(job.job_id))
+    job = client.get(job.job_id)
+    assert state(job) == "SUCCEEDED"
+    one, one_weights = bodies(events, "progress"), weights(job.result.final_checkpoint)
+    two_job, two_events = four_steps_fp32
+    two, two_weights = bodies(two_events, "progress"), weights(two_job.result.final_checkpoint)
     assert all(p.metrics["grad_norm"] > 0 for p in one)
     assert [p.metrics["grad_norm"] for p in two] == pytest.approx([p.metrics["grad_norm"] for p in one], rel=1e-5)
     assert [p.loss for p in two] == pytest.approx([p.loss for p in one], rel=1e-5)
@@ -286,21 +307,19 @@ def test_two_data_parallel_workers_train_like_one(client, dataset):
 
 
 def test_a_job_under_bf16_autocast_keeps_fp32_weights_computes_in_bf16_and_rescales_from_its_checkpoint(
-        client, dataset):
+        client, dataset, four_steps_fp32):
     """``train.precision=bf16-autocast``: DeepSpeed's torch autocast, the precision a plain torch loop
     trains in — fp32 weights and optimizer, bf16 matmuls. Its losses are not the fp32 job's (the matmuls
     ran in bf16) but close to them; resumed at another world size from its checkpoint (a universal
     one), it ends where it ends, up to the order in which gradients were summed — resumed compiled, too
     (``train.compile``: an eager engine's checkpoint restores into a compiled one)."""
-    runs = {}
-    for precision in ("fp32", "bf16-autocast"):
-        job = tiny_job(client, dataset.train_list, "train.steps=4", "train.checkpoint_every=2",
-                       f"train.precision={precision}")
-        events = list(client.watch(job.job_id))
-        job = client.get(job.job_id)
-        assert state(job) == "SUCCEEDED", job.message
-        runs[precision] = ([p.loss for p in bodies(events, "progress")], job)
-    (fp32_losses, _), (autocast_losses, autocast) = runs["fp32"], runs["bf16-autocast"]
+    autocast = tiny_job(client, dataset.train_list, "train.steps=4", "train.checkpoint_every=2",
+                        "train.precision=bf16-autocast")
+    events = list(client.watch(autocast.job_id))
+    autocast = client.get(autocast.job_id)
+    assert state(autocast) == "SUCCEEDED", autocast.message
+    autocast_losses = [p.loss for p in bodies(events, "progress")]
+    fp32_losses = [p.loss for p in bodies(four_steps_fp32[1], "progress")]
     final = weights(autocast.result.final_checkpoint)
     assert {w.dtype for w in final.values()} == {torch.float32}
     assert autocast_losses != fp32_losses
@@ -546,15 +565,13 @@ def test_a_kind_from_outside_the_package_runs_through_the_coordinator(client, da
     assert {j.kind for j in client.list(kinds=["test-colour-probe"]).jobs} == {"test-colour-probe"}
 
 
-def test_the_efficiency_report_renders_in_a_headless_browser_with_its_plots(client, dataset, coordinator, tmp_path):
+def test_the_efficiency_report_renders_in_a_headless_browser_with_its_plots(coordinator, six_steps, tmp_path):
     chromium = shutil.which("chromium")
     if chromium is None:
         if os.environ.get("INTERNVIDEO_REQUIRE_CHROMIUM"):
             pytest.fail("chromium is not installed (.ci/run installs Debian's package)")
         pytest.skip("chromium is not installed; `apt-get install chromium` to run this test")
-    job = tiny_job(client, dataset.train_list, "train.steps=6", "train.checkpoint_every=3")
-    for _ in client.watch(job.job_id):
-        pass
+    _, job, _ = six_steps
     out = tmp_path / "report"
     report = subprocess.run([sys.executable, "-m", "coordinator.cli", "report", job.job_id,
                              "--address", coordinator.address, "--token", coordinator.token, "--out", str(out)],

@@ -215,10 +215,8 @@ def two_label_maps(dataset, tmp_path) -> tuple[Path, Path, Path, Path]:
 
 
 def test_post_pretrain_on_a_merged_label_space_from_a_pretrain_mae_checkpoint(client, dataset, coordinator,
-                                                                             two_label_maps):
-    mae = client.submit("pretrain-mae", read_config("tiny-cpu"), [f"data.train_list={dataset.train_list}",
-                                                                  "train.steps=2"], min_workers=1, max_workers=1)
-    mae, _ = finished(client, mae, coordinator)
+                                                                             two_label_maps, pretrain_mae):
+    mae, _ = pretrain_mae
     a, a_classes, b, b_classes = two_label_maps
     merge = (f"data.merge=[{{train_list: {a}, classes: {a_classes}}}, {{train_list: {b}, classes: {b_classes}}}]")
     job = client.submit("post-pretrain", read_config("tiny-cpu-finetune"),
@@ -246,16 +244,27 @@ def test_post_pretrain_of_the_multimodal_encoder_from_a_pretrain_mm_checkpoint(c
     assert 0 < (start["clip.visual.conv1.weight"] - end["visual.conv1.weight"]).abs().max() < 0.05
 
 
-def test_zero_3_with_activation_checkpointing_trains_like_zero_2_and_resumes(client, dataset, coordinator):
+def mae_job(client: JobClient, dataset, *overrides: str) -> pb.Job:
+    return client.submit("pretrain-mae", read_config("tiny-cpu"), [
+        f"data.train_list={dataset.train_list}", "train.steps=4", "train.checkpoint_every=2", *overrides],
+        min_workers=2, max_workers=2)
+
+
+@pytest.fixture(scope="module")
+def pretrain_mae(coordinator, dataset) -> tuple[pb.Job, list]:
+    """A 2-worker pretrain-mae run of 4 steps at ZeRO-2 (the default)."""
+    with JobClient(coordinator.address, token=coordinator.token) as client:
+        return finished(client, mae_job(client, dataset), coordinator)
+
+
+def test_zero_3_with_activation_checkpointing_trains_like_zero_2_and_resumes(client, dataset, coordinator,
+                                                                            pretrain_mae):
     """The large sizes' settings on the tiny model: weights partitioned over the ranks (ZeRO-3) and
     each block's activations recomputed in the backward pass — the same steps as ZeRO-2."""
     def run(*overrides: str) -> tuple[pb.Job, list]:
-        job = client.submit("pretrain-mae", read_config("tiny-cpu"), [
-            f"data.train_list={dataset.train_list}", "train.steps=4", "train.checkpoint_every=2", *overrides],
-            min_workers=2, max_workers=2)
-        return finished(client, job, coordinator)
+        return finished(client, mae_job(client, dataset, *overrides), coordinator)
 
-    _, plain = run()
+    _, plain = pretrain_mae
     zero3, partitioned = run("train.zero_stage=3", "train.activation_checkpointing=true")
     losses = [p.loss for p in bodies(plain, "progress")]
     assert [p.loss for p in bodies(partitioned, "progress")] == pytest.approx(losses, rel=1e-5)
