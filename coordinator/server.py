@@ -84,9 +84,10 @@ def start_ray(options: ServeOptions) -> str:
     # demo's 2 + 2 must fit on a 2-core laptop (they time-share the cores).
     num_cpus = options.num_cpus or max(4, os.cpu_count() or 1)
     # A GCS that runs binds its port at once (at most 0.26 s in 394 starts on the 2-core VM, under the
-    # test suite's load); one in ~45 never runs at all (no process, no log) and Ray waits out its whole
-    # wait for it, 30 s by default. The next try starts a new one.
-    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "10")
+    # test suite's load); in 9 starts of 403 it wrote no log at all, and Ray waited out the whole wait
+    # for its port (this was 60 s). The next try starts a new one. The same variable is every Ray
+    # process's number of GCS connect attempts (~1 s apart), which inherit it: 20 keeps Ray's own.
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "20")
     services = logging.getLogger("ray._private.services")
     dashboard_failures = 0
     # A dashboard that fails spends its own tries, not the ones a slow start needs.

@@ -181,6 +181,8 @@ def import_deepspeed_muon_uncompiled() -> None:
     os.environ["TORCHDYNAMO_DISABLE"] = "1"
     try:
         importlib.import_module("deepspeed.runtime.zero.muon.original_muon")
+    except ModuleNotFoundError:  # a DeepSpeed without Muon has nothing to leave uncompiled
+        pass
     finally:
         if before is None:
             del os.environ["TORCHDYNAMO_DISABLE"]
