@@ -12,7 +12,7 @@ import torch
 from coordinator.client import JobClient, read_config
 from internvideo.data.lists import VideoRecord, read_video_list, write_video_list
 from protos.internvideo.v1 import jobs_pb2 as pb
-from tests.integration.conftest import held, max_difference, release, wait_for, weights
+from tests.integration.conftest import held, max_difference, release, tiny_job, wait_for, weights
 from tests.integration.test_jobs import bodies, state, worker_pids
 
 pytestmark = pytest.mark.integration
@@ -245,9 +245,7 @@ def test_post_pretrain_of_the_multimodal_encoder_from_a_pretrain_mm_checkpoint(c
 
 
 def mae_job(client: JobClient, dataset, *overrides: str) -> pb.Job:
-    return client.submit("pretrain-mae", read_config("tiny-cpu"), [
-        f"data.train_list={dataset.train_list}", "train.steps=4", "train.checkpoint_every=2", *overrides],
-        min_workers=2, max_workers=2)
+    return tiny_job(client, dataset.train_list, "train.steps=4", "train.checkpoint_every=2", *overrides)
 
 
 @pytest.fixture(scope="module")
